@@ -1,0 +1,55 @@
+"""User settings: where weights, data, the token cache and results live.
+
+Each setting is read, first to last, from its environment variable, the `[paths]` table of the config
+file (`HARNESS_CONFIG`, else `./harness.toml` when present), then a default. No torch, no Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+_SETTINGS = {
+    # key: (environment variable, default)
+    "weights_dir": ("HARNESS_WEIGHTS_DIR", None),
+    "download_dir": ("HARNESS_DOWNLOAD_DIR", "~/.cache/harness/weights"),
+    "data_root": ("HARNESS_DATA_ROOT", "~/.cache/harness/data"),
+    "cache_dir": ("HARNESS_CACHE_DIR", "~/.cache/harness/tokens"),
+    "results_dir": ("HARNESS_RESULTS_DIR", "results"),
+}
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("HARNESS_CONFIG")
+    if explicit:
+        if not Path(explicit).is_file():
+            raise HarnessError(f"HARNESS_CONFIG points to {explicit}, which is not a file; "
+                               "accepted: a TOML file with a [paths] table.")
+        return Path(explicit)
+    local = Path("harness.toml")
+    return local if local.is_file() else None
+
+
+def _file_settings() -> dict[str, str]:
+    path = _config_file()
+    if path is None:
+        return {}
+    try:
+        paths = tomllib.loads(path.read_text()).get("paths", {})
+    except tomllib.TOMLDecodeError as e:
+        raise HarnessError(f"{path}: not valid TOML ({e}).") from None
+    unknown = sorted(set(paths) - set(_SETTINGS))
+    if unknown or not all(isinstance(v, str) for v in paths.values()):
+        raise HarnessError(f"{path}: [paths] has {unknown or paths}; accepted keys: {', '.join(_SETTINGS)} "
+                           "with string values.")
+    return paths
+
+
+def setting(key: str) -> Path | None:
+    """The configured path for `key` (one of the keys of `_SETTINGS`), with `~` expanded."""
+    env, default = _SETTINGS[key]
+    value = os.environ.get(env) or _file_settings().get(key) or default
+    return Path(value).expanduser() if value else None
