@@ -1,0 +1,183 @@
+"""The results store: one Parquet file per finished trial, read back as one table.
+
+Every trial writes its own new files (`rows/grid=<grid>/<trial>-<uuid>.parquet`, and the same under `curves/`),
+first under a temporary name in the same folder and then `os.replace`d into place, so concurrent trials never
+share a file and a reader never sees a torn one. Re-running a configuration appends; readers keep the latest row
+per `config_hash`. The schemas are written down once, here. No torch, no Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from harness.errors import HarnessError
+
+SCHEMA_VERSION = 1
+_TS = pa.timestamp("us", tz="UTC")
+
+RESULTS_SCHEMA = pa.schema([
+    # configuration
+    ("config_hash", pa.string()), ("trial_id", pa.string()), ("grid", pa.string()), ("head_id", pa.string()),
+    ("backbone", pa.string()), ("family", pa.string()), ("random_init", pa.bool_()), ("weights_sha256", pa.string()),
+    ("dataset", pa.string()), ("num_classes", pa.int64()), ("train_size", pa.int64()), ("val_size", pa.int64()),
+    ("test_size", pa.int64()), ("split_seed", pa.int64()), ("aggregator", pa.string()),
+    ("aggregator_kind", pa.string()), ("aggregator_options", pa.string()), ("token_tap", pa.string()),
+    ("protocol", pa.string()), ("optimizer", pa.string()), ("lr", pa.float64()), ("wd", pa.float64()),
+    ("epochs", pa.int64()), ("batch_size", pa.int64()), ("seed", pa.int64()), ("claim_margin", pa.float64()),
+    # outcome
+    ("status", pa.string()), ("error", pa.string()), ("diverged_step", pa.int64()), ("val_top1", pa.float64()),
+    ("val_top5", pa.float64()), ("test_top1", pa.float64()), ("test_top5", pa.float64()),
+    ("train_loss", pa.float64()),
+    # cost
+    ("wall_s", pa.float64()), ("backbone_passes", pa.int64()), ("images_per_s", pa.float64()),
+    # provenance
+    ("harness_version", pa.string()), ("git_commit", pa.string()), ("torch_version", pa.string()),
+    ("timm_version", pa.string()), ("ray_version", pa.string()), ("device", pa.string()),
+    ("started_at", _TS), ("ended_at", _TS), ("schema_version", pa.int32()),
+])
+
+CURVES_SCHEMA = pa.schema([
+    ("config_hash", pa.string()), ("epoch", pa.int64()), ("lr", pa.float64()), ("train_loss", pa.float64()),
+    ("val_top1", pa.float64()), ("schema_version", pa.int32()),
+])
+
+STATUSES = ("ok", "diverged", "failed", "not-applicable")
+_ROWS, _CURVES = "rows", "curves"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
+
+
+def _safe(name: str) -> str:
+    """A file-name-safe form of a grid or trial name (grid names may come from arbitrary file stems)."""
+    return _UNSAFE.sub("_", name).lstrip(".") or "_"
+
+
+def _to_table(records: list[dict], schema: pa.Schema, what: str) -> pa.Table:
+    """Records -> table of exactly `schema`; a missing or extra key or a wrong schema_version is a bug."""
+    names = set(schema.names)
+    for i, record in enumerate(records):
+        missing, extra = sorted(names - record.keys()), sorted(record.keys() - names)
+        if missing or extra:
+            raise ValueError(f"{what} {i}: missing keys {missing}, extra keys {extra}")
+        if record["schema_version"] != SCHEMA_VERSION:
+            raise ValueError(f"{what} {i}: schema_version {record['schema_version']!r}, expected {SCHEMA_VERSION}")
+    return pa.Table.from_pylist(records, schema=schema)
+
+
+def _write_atomic(table: pa.Table, folder: Path, stem: str) -> Path:
+    """Write to a temporary name in `folder`, fsync, then rename: readers see the whole file or none."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{stem}.parquet"
+    tmp = folder / f".{stem}.parquet.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
+def write_trial(root: Path, rows: list[dict], curves: list[dict]) -> Path:
+    """Store one trial's head rows (and their per-epoch curves) as new files; returns the rows file."""
+    if not rows:
+        raise ValueError("write_trial needs at least one row")
+    grids, trials = {r.get("grid") for r in rows}, {r.get("trial_id") for r in rows}
+    if len(grids) != 1 or len(trials) != 1:
+        raise ValueError(f"one trial per call: rows name grids {sorted(map(str, grids))}, "
+                         f"trials {sorted(map(str, trials))}")
+    table = _to_table(rows, RESULTS_SCHEMA, "row")
+    curve_table = _to_table(curves, CURVES_SCHEMA, "curve")
+    unknown = set(curve_table.column("config_hash").to_pylist()) - {r["config_hash"] for r in rows}
+    if unknown:
+        raise ValueError(f"curves for config hashes not in this trial's rows: {sorted(unknown)[:3]}")
+    grid, trial = _safe(grids.pop()), _safe(trials.pop())
+    stem = f"{trial}-{uuid.uuid4().hex}"
+    path = _write_atomic(table, Path(root) / _ROWS / f"grid={grid}", stem)
+    if curves:
+        _write_atomic(curve_table, Path(root) / _CURVES / f"grid={grid}", stem)
+    return path
+
+
+def _files(root: Path, kind: str) -> list[Path]:
+    """Finished files only: temporary names start with a dot and end in `.tmp`, so they never match."""
+    return sorted(p for p in (Path(root) / kind).glob("grid=*/*.parquet") if not p.name.startswith("."))
+
+
+def _read_file(path: Path, schema: pa.Schema) -> pa.Table:
+    """One file, checked: its columns and schema_version must match `schema`, else a HarnessError naming it."""
+    try:
+        file_schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as e:
+        raise HarnessError(f"{path}: not a readable Parquet results file ({e}); move it out of the results folder.")
+    missing = [n for n in schema.names if n not in file_schema.names]
+    if missing:
+        raise HarnessError(f"{path}: missing columns {', '.join(missing)}; a results file of schema version "
+                           f"{SCHEMA_VERSION} has columns {', '.join(schema.names)}.")
+    table = pq.read_table(path, columns=schema.names)
+    versions = pc.unique(table.column("schema_version")).to_pylist()
+    if versions and versions != [SCHEMA_VERSION]:
+        raise HarnessError(f"{path}: schema_version {', '.join(map(str, versions))} found, {SCHEMA_VERSION} "
+                           "expected; read it with the harness version that wrote it, or move it out of the folder.")
+    try:
+        return table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise HarnessError(f"{path}: column types do not match schema version {SCHEMA_VERSION} ({e}).") from None
+
+
+def _read_all(root: Path, kind: str, schema: pa.Schema) -> pa.Table:
+    """Every finished file of `kind`, plus a `_file` column (the file stem, shared by a trial's rows and curves)."""
+    files = _files(root, kind)
+
+    def read(path: Path) -> pa.Table:
+        table = _read_file(path, schema)
+        return table.append_column("_file", pa.array([path.stem] * table.num_rows, pa.string()))
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        tables = list(pool.map(read, files))
+    return pa.concat_tables(tables) if tables else schema.append(pa.field("_file", pa.string())).empty_table()
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    """Integers stay integers even with nulls (diverged_step), so exports never print `12.0`."""
+    return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}.get)
+
+
+def _latest_rows(root: Path) -> pa.Table:
+    """The latest row (by `ended_at`, file order breaking ties) of every config hash, with its `_file`."""
+    table = _read_all(root, _ROWS, RESULTS_SCHEMA)
+    if table.num_rows == 0:
+        return table
+    table = table.take(pc.sort_indices(table, sort_keys=[("config_hash", "ascending"), ("ended_at", "ascending")]))
+    hashes = table.column("config_hash").combine_chunks()
+    is_last = pa.concat_arrays([pc.not_equal(hashes[:-1], hashes[1:]), pa.array([True])])
+    return table.filter(is_last)
+
+
+def read_results(root: Path) -> pd.DataFrame:
+    """Every configuration's latest row (by `ended_at`); an empty frame with the schema's columns if none."""
+    return _to_pandas(_latest_rows(root).drop_columns(["_file"]))
+
+
+def read_curves(root: Path) -> pd.DataFrame:
+    """The per-epoch curves of every configuration's latest run, ordered by config hash then epoch."""
+    latest = _latest_rows(root).select(["config_hash", "_file"])
+    curves = _read_all(root, _CURVES, CURVES_SCHEMA).join(latest, ["config_hash", "_file"], join_type="left semi")
+    curves = curves.take(pc.sort_indices(curves, sort_keys=[("config_hash", "ascending"), ("epoch", "ascending")]))
+    return _to_pandas(curves.drop_columns(["_file"]))
+
+
+def completed_hashes(root: Path) -> set[str]:
+    """Configurations that need no re-run: their latest row is final (anything but "failed")."""
+    latest = _latest_rows(root)
+    return set(latest.filter(pc.not_equal(latest.column("status"), "failed")).column("config_hash").to_pylist())

@@ -1,0 +1,153 @@
+"""The results store: round trip, atomic and concurrent writes, schema checks, latest-row dedupe, selection."""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from results_factory import T0, make_curve, make_row
+
+from harness.errors import HarnessError
+from harness.selection import select_best
+from harness.store import (CURVES_SCHEMA, RESULTS_SCHEMA, completed_hashes, read_curves, read_results,
+                           write_trial)
+
+
+def _trial(trial_id: str, n: int = 3, **overrides) -> list[dict]:
+    return [make_row(trial_id=trial_id, lr=0.01 * (i + 1), val_top1=40.0 + i, **overrides) for i in range(n)]
+
+
+def _write_many(root: str, worker: int, trials: int = 4) -> None:
+    for t in range(trials):
+        rows = _trial(f"w{worker}-t{t}", n=20, seed=worker * 100 + t)
+        write_trial(Path(root), rows, [make_curve(r["config_hash"], e) for r in rows for e in range(3)])
+
+
+def test_round_trip_keeps_values_and_types(tmp_path):
+    rows = _trial("t1")
+    rows[1].update(status="diverged", diverged_step=17, val_top1=None, test_top1=None)
+    curves = [make_curve(rows[0]["config_hash"], e) for e in range(3)]
+    path = write_trial(tmp_path, rows, curves)
+    assert path.parent == tmp_path / "rows" / "grid=demo" and path.name.startswith("t1-")
+    df = read_results(tmp_path)
+    assert list(df.columns) == RESULTS_SCHEMA.names and len(df) == 3
+    got = df.set_index("config_hash").loc[rows[1]["config_hash"]]
+    assert got["status"] == "diverged" and got["diverged_step"] == 17 and pd.isna(got["test_top1"])
+    assert str(df["diverged_step"].dtype) == "Int64" and df["ended_at"].iloc[0] == T0 + timedelta(seconds=1)
+    c = read_curves(tmp_path)
+    assert list(c.columns) == CURVES_SCHEMA.names and c["epoch"].tolist() == [0, 1, 2]
+
+
+def test_empty_or_missing_folder_gives_empty_frames(tmp_path):
+    assert read_results(tmp_path / "nothing").columns.tolist() == RESULTS_SCHEMA.names
+    assert read_results(tmp_path).empty and read_curves(tmp_path).empty and completed_hashes(tmp_path) == set()
+
+
+@pytest.mark.parametrize("change, word", [({"extra": 1}, "extra"), ({"schema_version": 2}, "schema_version")])
+def test_bad_rows_are_bugs(tmp_path, change, word):
+    row = make_row(**change)
+    with pytest.raises(ValueError, match=word):
+        write_trial(tmp_path, [row], [])
+
+
+def test_missing_key_is_named(tmp_path):
+    row = make_row()
+    del row["wall_s"]
+    with pytest.raises(ValueError, match="wall_s"):
+        write_trial(tmp_path, [row], [])
+    assert not (tmp_path / "rows").exists()
+
+
+def test_one_trial_per_call_and_curves_must_belong(tmp_path):
+    with pytest.raises(ValueError, match="one trial"):
+        write_trial(tmp_path, _trial("a") + _trial("b"), [])
+    with pytest.raises(ValueError, match="not in this trial"):
+        write_trial(tmp_path, _trial("a"), [make_curve("f" * 64, 0)])
+
+
+def test_leftover_temp_file_is_never_read(tmp_path):
+    write_trial(tmp_path, _trial("t1"), [])
+    folder = tmp_path / "rows" / "grid=demo"
+    (folder / ".t2-dead.parquet.tmp").write_bytes(b"PAR1 torn")
+    assert len(read_results(tmp_path)) == 3
+
+
+def test_odd_grid_names_stay_inside_the_store(tmp_path):
+    path = write_trial(tmp_path, _trial("../x", grid="../../evil grid"), [])
+    assert path.resolve().is_relative_to((tmp_path / "rows").resolve())
+    assert read_results(tmp_path)["grid"].unique().tolist() == ["../../evil grid"]
+
+
+def test_concurrent_threads_and_processes_lose_and_tear_nothing(tmp_path):
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda w: _write_many(str(tmp_path), w), range(4)))
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_write_many, [str(tmp_path)] * 2, [10, 11]))
+    df = read_results(tmp_path)
+    assert len(df) == 6 * 4 * 20 and df["config_hash"].is_unique
+    assert len(read_curves(tmp_path)) == 6 * 4 * 20 * 3
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_latest_row_per_config_wins_and_its_curves(tmp_path):
+    first = make_row(status="failed", error="OOM", val_top1=None, test_top1=None, trial_id="a")
+    second = make_row(trial_id="b", val_top1=77.0, ended_at=T0 + timedelta(hours=1))
+    assert first["config_hash"] == second["config_hash"]
+    write_trial(tmp_path, [second], [make_curve(second["config_hash"], 0, val_top1=77.0)])
+    write_trial(tmp_path, [first], [make_curve(first["config_hash"], 0, val_top1=1.0)])
+    df = read_results(tmp_path)
+    assert len(df) == 1 and df["val_top1"].iloc[0] == 77.0
+    assert read_curves(tmp_path)["val_top1"].tolist() == [77.0]
+    assert completed_hashes(tmp_path) == {second["config_hash"]}
+
+
+def test_completed_hashes_excludes_only_failed(tmp_path):
+    rows = [make_row(status=s, lr=i * 0.1) for i, s in enumerate(("ok", "diverged", "failed", "not-applicable"))]
+    write_trial(tmp_path, rows, [])
+    assert completed_hashes(tmp_path) == {r["config_hash"] for r in rows if r["status"] != "failed"}
+
+
+def _write_raw(root: Path, table: pa.Table) -> Path:
+    folder = root / "rows" / "grid=old"
+    folder.mkdir(parents=True)
+    pq.write_table(table, folder / "x.parquet")
+    return folder / "x.parquet"
+
+
+def test_other_schema_version_is_named(tmp_path):
+    table = pa.Table.from_pylist([make_row()], schema=RESULTS_SCHEMA)
+    table = table.set_column(table.schema.get_field_index("schema_version"), "schema_version",
+                             pa.array([2], pa.int32()))
+    path = _write_raw(tmp_path, table)
+    with pytest.raises(HarnessError, match=rf"{path}.*schema_version 2 found, 1 expected"):
+        read_results(tmp_path)
+
+
+def test_missing_columns_are_named(tmp_path):
+    table = pa.Table.from_pylist([make_row()], schema=RESULTS_SCHEMA).drop_columns(["val_top1", "seed"])
+    path = _write_raw(tmp_path, table)
+    with pytest.raises(HarnessError, match=rf"{path}: missing columns seed, val_top1"):
+        read_results(tmp_path)
+
+
+def test_select_best_uses_val_with_lr_then_wd_ties():
+    rows = [
+        make_row(lr=0.1, wd=0.0, val_top1=60.0, test_top1=50.0),
+        make_row(lr=0.01, wd=0.0, val_top1=55.0, test_top1=70.0),  # test-best, never selected
+        make_row(lr=1.0, wd=0.0, status="diverged", val_top1=None, test_top1=None),
+        make_row(aggregator="mean", lr=0.1, wd=0.1, val_top1=60.0, test_top1=1.0),
+        make_row(aggregator="mean", lr=0.1, wd=0.0, val_top1=60.0, test_top1=2.0),
+        make_row(aggregator="mean", lr=0.3, wd=0.0, val_top1=60.0, test_top1=3.0),
+        make_row(aggregator="mean", lr=0.1, seed=1, val_top1=10.0, test_top1=4.0),
+    ]
+    df = pd.DataFrame(rows)
+    best = select_best(df)
+    assert best[["aggregator", "seed", "test_top1"]].values.tolist() == [["cls", 0, 50.0], ["mean", 0, 2.0],
+                                                                         ["mean", 1, 4.0]]
+    assert select_best(df[df["status"] != "ok"]).empty
