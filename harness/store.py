@@ -181,3 +181,85 @@ def completed_hashes(root: Path) -> set[str]:
     """Configurations that need no re-run: their latest row is final (anything but "failed")."""
     latest = _latest_rows(root)
     return set(latest.filter(pc.not_equal(latest.column("status"), "failed")).column("config_hash").to_pylist())
+
+
+# ------------------------------------------------------------------------------------------ query / export
+
+EXPORT_FORMATS = ("csv", "parquet")
+_FILTER = re.compile(r"^\s*([A-Za-z_]\w*)\s*(!=|>=|<=|==|=|<|>)\s*(.*?)\s*$")
+_OPS = {"=": "eq", "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _accepted_columns() -> str:
+    return ", ".join(RESULTS_SCHEMA.names)
+
+
+def _parse_value(column: str, text: str, op: str) -> object:
+    """`text` as a value of `column`'s type; `null` matches missing values with = and !=."""
+    kind = RESULTS_SCHEMA.field(column).type
+    if text.lower() in ("null", "none", "nan") and op in ("eq", "ne"):
+        return None
+    try:
+        if pa.types.is_boolean(kind):
+            if op not in ("eq", "ne"):
+                raise ValueError("booleans compare with = and != only")
+            return _BOOLS[text.lower()]
+        if pa.types.is_integer(kind):
+            return int(text)
+        if pa.types.is_floating(kind):
+            return float(text)
+        if pa.types.is_timestamp(kind):
+            stamp = pd.Timestamp(text)
+            return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        return text
+    except (ValueError, KeyError) as e:
+        accepted = {"bool": "true or false", "int64": "an integer", "int32": "an integer", "double": "a number",
+                    "timestamp[us, tz=UTC]": "an ISO date/time such as 2026-01-31T12:00"}.get(str(kind), "text")
+        raise HarnessError(f"filter on '{column}': value {text!r} is not {accepted} ({e}); "
+                           f"'{column}' holds {kind} values.") from None
+
+
+def _mask(df: pd.DataFrame, spec: str) -> pd.Series:
+    match = _FILTER.match(spec)
+    if not match:
+        raise HarnessError(f"filter {spec!r} is not COLUMN OP VALUE; accepted operators: =, !=, <, <=, >, >= "
+                           f"(e.g. aggregator=mean, lr<=0.01); accepted columns: {_accepted_columns()}.")
+    column, op, text = match.group(1), _OPS[match.group(2)], match.group(3)
+    if column not in RESULTS_SCHEMA.names:
+        raise HarnessError(f"filter {spec!r}: unknown column '{column}'; accepted columns: {_accepted_columns()}.")
+    value = _parse_value(column, text, op)
+    if value is None:
+        missing = df[column].isna()
+        return missing if op == "eq" else ~missing
+    return getattr(df[column], op)(value).fillna(False).astype(bool)
+
+
+def query(root: Path, filters: list[str] | tuple[str, ...] = (), columns: list[str] | None = None) -> pd.DataFrame:
+    """The latest rows matching every filter (`column=value`, `column!=value`, `column<value`, ... ANDed),
+    with only `columns` if given; values are parsed by the column's type."""
+    unknown = [c for c in columns or () if c not in RESULTS_SCHEMA.names]
+    if unknown:
+        raise HarnessError(f"unknown column(s) {', '.join(unknown)}; accepted columns: {_accepted_columns()}.")
+    df = read_results(root)
+    keep = pd.Series(True, index=df.index)
+    for spec in filters:
+        keep &= _mask(df, spec)
+    df = df[keep].reset_index(drop=True)
+    return df[list(columns)] if columns else df
+
+
+def export(root: Path, fmt: str, out: Path) -> Path:
+    """Write the latest rows to `out` as CSV or Parquet (the store's schema, readable by any Arrow tool)."""
+    if fmt not in EXPORT_FORMATS:
+        raise HarnessError(f"export format {fmt!r} is not supported; accepted: {', '.join(EXPORT_FORMATS)}.")
+    out = Path(out)
+    if out.is_dir():
+        raise HarnessError(f"export target {out} is a folder; accepted: a file path such as {out / f'results.{fmt}'}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df = read_results(root)
+    if fmt == "csv":
+        df.to_csv(out, index=False)
+    else:
+        pq.write_table(pa.Table.from_pandas(df, schema=RESULTS_SCHEMA, preserve_index=False), out)
+    return out

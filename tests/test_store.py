@@ -15,8 +15,8 @@ from results_factory import T0, make_curve, make_row
 
 from harness.errors import HarnessError
 from harness.selection import select_best
-from harness.store import (CURVES_SCHEMA, RESULTS_SCHEMA, completed_hashes, read_curves, read_results,
-                           write_trial)
+from harness.store import (CURVES_SCHEMA, RESULTS_SCHEMA, completed_hashes, export, query, read_curves,
+                           read_results, write_trial)
 
 
 def _trial(trial_id: str, n: int = 3, **overrides) -> list[dict]:
@@ -151,3 +151,60 @@ def test_select_best_uses_val_with_lr_then_wd_ties():
     assert best[["aggregator", "seed", "test_top1"]].values.tolist() == [["cls", 0, 50.0], ["mean", 0, 2.0],
                                                                          ["mean", 1, 4.0]]
     assert select_best(df[df["status"] != "ok"]).empty
+
+
+@pytest.fixture
+def store(tmp_path) -> Path:
+    rows = [make_row(aggregator=a, lr=lr, random_init=a == "mean", val_top1=10 * i, diverged_step=None)
+            for i, (a, lr) in enumerate([("cls", 0.1), ("cls", 0.01), ("mean", 0.1), ("mean", 1.0)])]
+    rows[3].update(status="diverged", diverged_step=5, ended_at=T0 + timedelta(days=1))
+    write_trial(tmp_path, rows, [])
+    return tmp_path
+
+
+@pytest.mark.parametrize("filters, expected", [
+    ([], 4),
+    (["aggregator=mean"], 2),
+    (["aggregator != mean"], 2),
+    (["lr<0.1"], 1),
+    (["lr>=0.1", "aggregator==cls"], 1),
+    (["random_init=true"], 2),
+    (["diverged_step=null"], 3),
+    (["diverged_step>=5"], 1),
+    (["ended_at>2026-01-01T12:00"], 1),
+    (["val_top1>=20", "status=ok"], 1),
+])
+def test_query_filters(store, filters, expected):
+    assert len(query(store, filters)) == expected
+
+
+def test_query_columns(store):
+    df = query(store, ["aggregator=cls"], ["lr", "val_top1"])
+    assert df.columns.tolist() == ["lr", "val_top1"] and sorted(df["lr"]) == [0.01, 0.1]
+
+
+@pytest.mark.parametrize("filters, columns, message", [
+    (["colour=red"], None, "unknown column 'colour'; accepted columns: config_hash, trial_id"),
+    (["lr<fast"], None, "value 'fast' is not a number"),
+    (["seed=1.5"], None, "value '1.5' is not an integer"),
+    (["random_init>true"], None, "booleans compare with = and != only"),
+    (["ended_at>yesterday-ish"], None, "is not an ISO date"),
+    (["lr~0.1"], None, "not COLUMN OP VALUE"),
+    ([], ["lr", "speed"], "unknown column.*speed; accepted columns: config_hash"),
+])
+def test_query_errors_name_the_problem(store, filters, columns, message):
+    with pytest.raises(HarnessError, match=message):
+        query(store, filters, columns)
+
+
+def test_export_csv_and_parquet(store, tmp_path):
+    csv = export(store, "csv", tmp_path / "out" / "r.csv")
+    back = pd.read_csv(csv)
+    assert back.columns.tolist() == RESULTS_SCHEMA.names and len(back) == 4
+    assert pd.read_csv(csv, dtype=str)["diverged_step"].dropna().tolist() == ["5"]
+    parquet = export(store, "parquet", tmp_path / "r.parquet")
+    assert pq.read_schema(parquet).equals(RESULTS_SCHEMA) and pq.read_table(parquet).num_rows == 4
+    with pytest.raises(HarnessError, match="accepted: csv, parquet"):
+        export(store, "xlsx", tmp_path / "r.xlsx")
+    with pytest.raises(HarnessError, match="is a folder"):
+        export(store, "csv", tmp_path)
