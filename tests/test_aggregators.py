@@ -1,0 +1,218 @@
+"""Readout heads: parity with the official pooling modules (data-driven from the fixture manifests), shapes,
+and the user errors of `build_head`."""
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.aggregators import NotApplicable, build_head, sincos_pos_embed_2d
+from harness.errors import HarnessError
+from harness.registry import AggregatorEntry, load_registry
+from conftest import manifests
+
+KINDS = ("cls", "mean", "abmilp", "query", "ep")
+
+
+def _entry(kind: str) -> AggregatorEntry:
+    return load_registry().aggregator(kind)
+
+
+def _constructor(manifest: dict) -> tuple[str, dict]:
+    """The class name and keywords of the manifest's constructor call (non-literals such as nn.LayerNorm as text)."""
+    call = ast.parse(manifest["constructor"], mode="eval").body
+    kwargs = {}
+    for kw in call.keywords:
+        try:
+            kwargs[kw.arg] = ast.literal_eval(kw.value)
+        except ValueError:
+            kwargs[kw.arg] = ast.unparse(kw.value)
+    return call.func.id, kwargs
+
+
+# Per kind: official constructor keywords -> (embed_dim, num_heads, options, num_classes), and official
+# parameter names -> ours. Each raises on a setting the project does not reproduce, so no fixture is half-checked.
+
+
+def _abmilp_settings(kw: dict) -> tuple[int, int, dict, int]:
+    opts = {"self_attention": kw["self_attention_apply_to"], "activation": kw["activation"], "depth": kw["depth"],
+            "cond": kw["cond"] or "none", "content": kw["content"]}
+    return kw["dim"], 1, opts, 10
+
+
+def _query_settings(kw: dict) -> tuple[int, int, dict, int]:
+    assert kw.get("qkv_bias", True) and kw.get("complete_block", True)
+    assert kw.get("norm_layer", "nn.LayerNorm") == "nn.LayerNorm"
+    opts = {"num_queries": kw.get("num_queries", 1), "depth": kw["depth"], "mlp_ratio": kw["mlp_ratio"]}
+    return kw["embed_dim"], kw["num_heads"], opts, kw.get("num_classes", 10)
+
+
+def _ep_settings(kw: dict) -> tuple[int, int, dict, int]:
+    assert kw["num_heads"] == 1 and kw["qk_scale"] is None
+    return kw["dim"], 1, {"num_queries": kw["num_queries"], "d_out": kw["d_out"], "qkv_bias": kw["qkv_bias"]}, 10
+
+
+def _map_abmilp(sd: dict, head) -> dict:
+    side = sd["pos_embed"].shape[1]
+    prefix = 1 if head.pooler.skip == 0 else 0  # official table has a zero [cls] row when content != "patch"
+    torch.testing.assert_close(sincos_pos_embed_2d(sd["pos_embed"].shape[2], side - prefix, prefix), sd["pos_embed"],
+                               rtol=0, atol=1e-6)
+    return {"pooler." + k: v for k, v in sd.items() if k != "pos_embed"}
+
+
+def _map_query(sd: dict, head) -> dict:
+    out = {}
+    for key, value in sd.items():
+        if ".xattn.proj." in key:  # stored by the official module, never applied in its forward
+            continue
+        key = key.replace("pooler.", "").replace("cross_attention_block.", "").replace("xattn.", "")
+        out[key if key.startswith("linear.") else "pooler." + key] = value
+    return out
+
+
+def _map_ep(sd: dict, head) -> dict:
+    return {"pooler." + {"cls_token": "queries"}.get(k, k): v for k, v in sd.items()}
+
+
+SETTINGS = {"abmilp": _abmilp_settings, "query": _query_settings, "ep": _ep_settings}
+MAPPERS = {"abmilp": _map_abmilp, "query": _map_query, "ep": _map_ep}
+
+
+def _content(manifest: dict, kw: dict, output: str) -> str:
+    """Which tokens the official module saw for this output: patch tokens only, or all of them."""
+    if output == "pooled_all_tokens":
+        return "all"
+    if "tokens[:, 1:]" in manifest["call"]:
+        return "patch"
+    return kw.get("content", "all")
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("path", manifests("aggregator"), ids=lambda p: p.parent.name)
+def test_parity_with_official_module(path: Path):
+    manifest = json.loads(path.read_text())
+    kind = manifest["aggregator"]
+    _, kw = _constructor(manifest)
+    embed_dim, num_heads, opts, num_classes = SETTINGS[kind](kw)
+    weights = torch.load(path.parent / "weights.pt", weights_only=True)
+    io = torch.load(path.parent / "io.pt", weights_only=True)
+    tokens, tol = io["tokens"], manifest["tolerance"]
+    outputs = [k for k in ("pooled", "attn", "logits", "pooled_all_tokens") if k in io]
+    assert "pooled" in outputs
+    for output in outputs:
+        head = build_head(_entry(kind), embed_dim=embed_dim, num_heads=num_heads, num_prefix_tokens=1,
+                          num_classes=num_classes, options={**opts, "content": _content(manifest, kw, output)})
+        state = MAPPERS[kind](weights, head)
+        own_linear = {k: v for k, v in head.state_dict().items() if not k.startswith("pooler.")}
+        head.load_state_dict({**own_linear, **state}, strict=True)
+        head.eval()
+        with torch.no_grad():
+            if output == "attn":
+                got = head.pooler.forward_with_attn(tokens)[1]
+            elif output == "logits":
+                got = head(tokens)
+            else:
+                got = head.pool(tokens)
+        assert got.shape == io[output].shape, output
+        err = (got - io[output]).abs().max().item()
+        assert err <= tol, f"{path.parent.name}/{output}: max abs err {err:.3g} > {tol}"
+
+
+def test_every_aggregator_kind_has_a_parity_fixture():
+    covered = {json.loads(p.read_text())["aggregator"] for p in manifests("aggregator")}
+    assert {"abmilp", "query", "ep"} <= covered
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("tokens_dim_heads_prefix", [(5, 16, 2, 1), (17, 32, 4, 1), (16, 24, 3, 0), (10, 48, 6, 2)])
+def test_shapes_and_gradients(kind: str, tokens_dim_heads_prefix: tuple[int, int, int, int]):
+    t, d, h, prefix = tokens_dim_heads_prefix
+    kwargs = dict(embed_dim=d, num_heads=h, num_prefix_tokens=prefix, num_classes=7)
+    if kind == "cls" and prefix == 0:
+        with pytest.raises(NotApplicable):
+            build_head(_entry(kind), **kwargs)
+        return
+    head = build_head(_entry(kind), **kwargs)
+    assert head.tap == _entry(kind).tap
+    tokens = torch.randn(3, t, d, requires_grad=True)
+    pooled, logits = head.pool(tokens), head(tokens)
+    expected_dim = d * (_entry(kind).options.get("num_queries", 1) if kind == "query" else 1)
+    assert pooled.shape == (3, expected_dim) and logits.shape == (3, 7)
+    assert all(p.dtype == torch.float32 for p in head.parameters())
+    logits.sum().backward()
+    assert torch.isfinite(tokens.grad).all()
+    assert all(p.grad is not None for p in head.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("kind,options,pooled_dim", [
+    ("abmilp", {"self_attention": "both", "depth": 2, "activation": "tanh", "content": "all"}, 32),
+    ("abmilp", {"self_attention": "map", "cond": "pe"}, 32),
+    ("query", {"num_queries": 3, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0}, 96),
+    ("ep", {"num_queries": 8, "d_out": 2, "qkv_bias": True, "content": "all"}, 16),
+])
+def test_option_variants(kind: str, options: dict, pooled_dim: int):
+    head = build_head(_entry(kind), embed_dim=32, num_heads=4, num_prefix_tokens=1, num_classes=5, options=options)
+    tokens = torch.randn(2, 17, 32)
+    assert head.pool(tokens).shape == (2, pooled_dim) and head(tokens).shape == (2, 5)
+
+
+def test_prefix_tokens_are_excluded_unless_asked():
+    tokens = torch.randn(2, 9, 16)
+    changed = tokens.clone()
+    changed[:, 0] += 5.0
+    for kind in ("mean", "abmilp", "query", "ep"):
+        head = build_head(_entry(kind), embed_dim=16, num_heads=2, num_prefix_tokens=1, num_classes=3).eval()
+        torch.testing.assert_close(head.pool(tokens), head.pool(changed))
+    head = build_head(_entry("ep"), embed_dim=16, num_heads=2, num_prefix_tokens=1, num_classes=3,
+                      options={"content": "all"})
+    assert not torch.allclose(head.pool(tokens), head.pool(changed))
+
+
+def test_cls_and_mean_read_the_right_tokens():
+    tokens = torch.randn(2, 5, 8)
+    cls = build_head(_entry("cls"), embed_dim=8, num_heads=1, num_prefix_tokens=1, num_classes=3)
+    mean = build_head(_entry("mean"), embed_dim=8, num_heads=1, num_prefix_tokens=1, num_classes=3)
+    torch.testing.assert_close(cls.pool(tokens), tokens[:, 0])
+    torch.testing.assert_close(mean.pool(tokens), tokens[:, 1:].mean(1))
+    assert isinstance(cls.norm, torch.nn.BatchNorm1d) and not cls.norm.affine and cls.norm.eps == 1e-6
+    assert cls.linear.bias.abs().max() == 0 and cls.linear.weight.std() < 0.02
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def test_cls_without_prefix_tokens_is_not_applicable():
+    with pytest.raises(NotApplicable, match="cls"):
+        build_head(_entry("cls"), embed_dim=16, num_heads=2, num_prefix_tokens=0, num_classes=3)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unknown_option_names_option_and_accepted(kind: str):
+    with pytest.raises(HarnessError, match="unknown option 'deph'") as err:
+        build_head(_entry(kind), embed_dim=16, num_heads=2, num_prefix_tokens=1, num_classes=3, options={"deph": 2})
+    accepted = str(err.value).split("accepted:")[1]
+    for name in _entry(kind).options:
+        assert name in accepted
+
+
+@pytest.mark.parametrize("kind,options,fragment", [
+    ("abmilp", {"activation": "gelu"}, "'relu' or 'tanh'"),
+    ("query", {"num_heads": 3}, "divisor"),
+    ("ep", {"num_queries": 5}, "num_queries dividing"),
+    ("query", {"depth": 0}, "positive integer"),
+])
+def test_bad_option_values_are_user_errors(kind: str, options: dict, fragment: str):
+    with pytest.raises(HarnessError, match=fragment):
+        build_head(_entry(kind), embed_dim=16, num_heads=2, num_prefix_tokens=1, num_classes=3, options=options)
+
+
+def test_positional_conditioning_needs_a_square_grid():
+    head = build_head(_entry("abmilp"), embed_dim=16, num_heads=2, num_prefix_tokens=1, num_classes=3,
+                      options={"cond": "pe"})
+    with pytest.raises(HarnessError, match="square patch grid"):
+        head(torch.randn(2, 7, 16))
