@@ -447,7 +447,8 @@ def _load(root: Path) -> Registry:
                 raise HarnessError(f"{path}: backbone {name!r} is already registered in {raw[name][0]}; "
                                    "names must be unique across registry files.")
             raw[name] = (path, table)
-    backbones = {name: _backbone(name, raw) for name in raw}
+    # entries without `extends` first, so an error in an inherited field names the file that holds it
+    backbones = {name: _backbone(name, raw) for name in sorted(raw, key=lambda n: "extends" in raw[n][1])}
     aggregators: dict[str, AggregatorEntry] = {}
     datasets: dict[str, DatasetEntry] = {}
     for path in sorted(root.glob("aggregators*.toml")) + sorted((root / "aggregators").glob("*.toml")):

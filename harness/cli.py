@@ -1,0 +1,285 @@
+"""`harness`: thin subcommands over the package's functions.
+
+Heavy imports (torch, Ray) happen inside the commands that need them, so `harness list` and
+`harness leaderboard` start instantly. A `HarnessError` is a user error: one paragraph on stderr, exit 2,
+no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import textwrap
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from harness.config import setting
+from harness.errors import HarnessError
+from harness.registry import load_registry
+
+EXIT_USER_ERROR = 2
+EXIT_FAILED_TRIALS = 1
+
+
+def _results_dir(args: argparse.Namespace) -> Path:
+    return Path(args.results_dir) if args.results_dir else setting("results_dir")
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    reg = load_registry()
+    kinds = [args.kind] if args.kind else ["backbones", "aggregators", "datasets", "grids"]
+    for kind in kinds:
+        table = Table(title=kind, title_justify="left")
+        if kind == "backbones":
+            for col in ("name", "family", "arch", "input", "[cls]", "weights"):
+                table.add_column(col)
+            for e in sorted(reg.backbones.values(), key=lambda e: (e.family, e.name)):
+                weights = "random-init (demo)" if e.random_init else ("manual download" if e.manual_download else "url")
+                _row(table, e.label, e.family, e.arch, f"{e.img_size}px /{e.patch_size}",
+                              "yes" if e.class_token else "no", weights)
+        elif kind == "aggregators":
+            for col in ("name", "kind", "tap", "description"):
+                table.add_column(col)
+            for e in reg.aggregators.values():
+                _row(table, e.name, e.kind, e.tap, e.description)
+        elif kind == "datasets":
+            for col in ("name", "source", "classes", "val hold-out", "description"):
+                table.add_column(col)
+            for e in reg.datasets.values():
+                _row(table, e.name, e.source, str(e.num_classes), f"{e.val_fraction:g} (seed {e.split_seed})",
+                              e.description)
+        else:
+            for col in ("name", "description"):
+                table.add_column(col)
+            for name in reg.grid_files:
+                _row(table, name, reg.grid(name).description)
+        console.print(table)
+    return 0
+
+
+def _row(table: Table, *cells: str) -> None:
+    """Registry text is data, not rich markup: "[cls]" must print as written."""
+    table.add_row(*(Text(c) for c in cells))
+
+
+def _parse_weights(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise HarnessError(f"--weights {pair!r} is not NAME=PATH; accepted: a registered backbone name, '=', "
+                               "and the path of its checkpoint file.")
+        if not Path(path).is_file():
+            raise HarnessError(f"--weights {pair!r}: {path} is not a file.")
+        out[name] = str(Path(path).resolve())
+    return out
+
+
+def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
+    from harness.plan import expand, without_done
+    from harness import store
+
+    reg = load_registry()
+    grid = reg.grid(args.grid)
+    weights = _parse_weights(args.weights)
+    for name in weights:
+        reg.backbone(name)
+    if args.backbones or args.datasets:
+        grid = dataclasses.replace(
+            grid, backbones=tuple(reg.backbone(b).name for b in args.backbones.split(",")) if args.backbones
+            else grid.backbones,
+            datasets=tuple(reg.dataset(d).name for d in args.datasets.split(",")) if args.datasets else grid.datasets)
+    results_dir = _results_dir(args)
+    trials = expand(grid, reg, weights=weights)
+    todo = trials if args.force else without_done(trials, store.completed_hashes(results_dir))
+    if args.dry_run:
+        _print_plan(console, grid, trials, todo)
+        return 0
+    if not todo:
+        console.print(f"Nothing to run: all {grid.num_heads * len(trials)} heads of grid '{grid.name}' already have "
+                      f"results under {results_dir} (use --force to rerun).")
+        return 0
+    from harness.sweep import git_commit, run_sweep
+
+    commit = git_commit()
+    todo = [dataclasses.replace(t, provenance={"git_commit": commit}) for t in todo]
+    console.print(f"Grid '{grid.name}': {len(todo)} trials, {sum(len(t.heads) for t in todo)} heads to run "
+                  f"({'forced rerun' if args.force else 'finished heads skipped'}); results -> {results_dir}")
+    summary = run_sweep(todo, results_dir=results_dir, cpus_per_trial=grid.cpus_per_trial,
+                        gpus_per_trial=grid.gpus_per_trial,
+                        max_retries=grid.max_retries if args.max_retries is None else args.max_retries,
+                        address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
+                        console=None if args.no_progress else console)
+    console.print(f"Sweep finished in {summary.wall_s:.1f} s: {summary.trials - len(summary.failed)} trials ok, "
+                  f"{len(summary.failed)} failed.")
+    if not args.no_leaderboard:
+        cmd_leaderboard(args, console)
+    if summary.failed:
+        console.print("[red]Failed trials (recorded in the results with status 'failed'):[/red]")
+        for name, error in summary.failed.items():
+            console.print(f"  {name}: {error}")
+        return EXIT_FAILED_TRIALS
+    return 0
+
+
+def _print_plan(console: Console, grid, trials, todo) -> None:
+    table = Table(title=f"Plan for grid '{grid.name}' ({grid.protocol} protocol, {grid.epochs} epochs)")
+    for col in ("backbone", "dataset", "heads", "to run"):
+        table.add_column(col)
+    remaining = {t.trial_id: len(t.heads) for t in todo}
+    for t in trials:
+        table.add_row(t.backbone, t.dataset, str(len(t.heads)), str(remaining.get(t.trial_id, 0)))
+    console.print(table)
+    console.print(f"{len(trials)} trials, {len(trials)} backbone passes over each split, "
+                  f"{grid.num_heads * len(trials)} heads ({grid.num_heads} per trial).")
+
+
+def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
+    from harness import store
+    from harness.leaderboard import render_terminal, write_leaderboards
+
+    results_dir = _results_dir(args)
+    results = store.read_results(results_dir)
+    if results.empty:
+        raise HarnessError(f"no results yet under {results_dir}; run `harness sweep --grid demo` first "
+                           "(or pass --results-dir).")
+    paths = write_leaderboards(results_dir)
+    render_terminal(results, console)
+    console.print("Wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_claim(args: argparse.Namespace, console: Console) -> int:
+    from harness import store
+    from harness.claim import claim_terminal
+
+    results_dir = _results_dir(args)
+    results = store.read_results(results_dir)
+    if results.empty:
+        raise HarnessError(f"no results yet under {results_dir}; run `harness sweep --grid claim` first.")
+    claim_terminal(results, console)
+    return 0
+
+
+def cmd_results(args: argparse.Namespace, console: Console) -> int:
+    from harness import store
+
+    results_dir = _results_dir(args)
+    if args.results_command == "export":
+        out = store.export(results_dir, args.format, Path(args.out))
+        console.print(f"Wrote {out}")
+        return 0
+    frame = store.query(results_dir, args.where, args.columns.split(",") if args.columns else None)
+    if args.csv:
+        sys.stdout.write(frame.to_csv(index=False))
+    else:
+        console.print(frame.to_string(index=False, max_rows=args.limit))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Benchmark frozen self-supervised ViTs by how well their tokens can be read out.",
+        epilog=textwrap.dedent("""\
+            examples:
+              harness list backbones
+              harness sweep --grid demo            # offline pipeline check, a few minutes on a laptop CPU
+              harness sweep --grid full --dry-run  # what the full benchmark would run
+              harness leaderboard                  # regenerate results/leaderboard.{md,html} from the Parquet files
+              harness claim                        # is mean pooling equivalent to [cls] once its lr is tuned?
+            """))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=description, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        return p
+
+    def results_dir_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--results-dir", metavar="DIR",
+                       help="results folder (default: HARNESS_RESULTS_DIR, [paths] results_dir, or ./results)")
+
+    p = add("list", "list registry entries", "List the backbones, aggregators, datasets and grids in the registry.",
+            "example: harness list backbones")
+    p.add_argument("kind", nargs="?", choices=["backbones", "aggregators", "datasets", "grids"])
+    p.set_defaults(func=cmd_list)
+
+    p = add("sweep", "run a grid on Ray Tune", textwrap.dedent("""\
+        Run every trial of a grid (one per backbone x dataset, each training all of the grid's heads from one
+        backbone pass) on a local Ray instance or a cluster. Heads that already have a final result are skipped,
+        so rerunning after a crash resumes. Rows land in the results folder as each trial finishes; the
+        leaderboard is regenerated at the end. Exit status 1 if any trial failed after its retries."""),
+            "examples:\n  harness sweep --grid demo\n  harness sweep --grid full --dry-run\n"
+            "  harness sweep --grid claim --backbones demo-mae-tiny,demo-dino-tiny --datasets digits\n"
+            "  harness sweep --grid full --address ray://head:10001")
+    p.add_argument("--grid", required=True, help="grid name in registry/grids (see `harness list grids`) or a .toml path")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (trials, heads, passes) and exit")
+    p.add_argument("--force", action="store_true", help="rerun heads that already have results")
+    p.add_argument("--backbones", metavar="A,B", help="replace the grid's backbones (comma-separated names)")
+    p.add_argument("--datasets", metavar="X,Y", help="replace the grid's datasets (comma-separated names)")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="use this checkpoint file for backbone NAME (repeatable)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance)")
+    p.add_argument("--max-retries", type=int, help="retries of a failing trial (default: the grid's max_retries)")
+    p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance (default: detected)")
+    p.add_argument("--no-progress", action="store_true", help="no live trial table")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")
+    results_dir_arg(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = add("leaderboard", "regenerate leaderboards from the results",
+            "Regenerate results/leaderboard.md and results/leaderboard.html from the Parquet results alone and "
+            "print the tables in the terminal. Deterministic: the same results give the same files.")
+    results_dir_arg(p)
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = add("claim", "test mean pooling vs [cls]",
+            "For each backbone x dataset x protocol: is mean pooling equivalent to [cls] once each has its own "
+            "validation-selected learning rate (paired by seed, TOST at the grid's margin)? Also shows the "
+            "comparison at the [cls] learning rate.")
+    results_dir_arg(p)
+    p.set_defaults(func=cmd_claim)
+
+    p = add("results", "export or query raw results", "Export or query the raw result rows.",
+            "examples:\n  harness results export --format csv --out results.csv\n"
+            "  harness results query --where aggregator=mean --where lr>=0.01 --columns backbone,lr,test_top1")
+    rsub = p.add_subparsers(dest="results_command", required=True, metavar="ACTION")
+    e = rsub.add_parser("export", help="write all rows to one CSV or Parquet file",
+                        description="Write all result rows (latest per head) to one CSV or Parquet file.")
+    e.add_argument("--format", choices=["csv", "parquet"], required=True)
+    e.add_argument("--out", required=True, help="output file")
+    results_dir_arg(e)
+    q = rsub.add_parser("query", help="filter rows by column",
+                        description="Print the result rows matching every --where filter (column OP value, "
+                                    "OP one of = != < <= > >=).")
+    q.add_argument("--where", action="append", default=[], metavar="FILTER", help="e.g. aggregator=mean, lr<0.1")
+    q.add_argument("--columns", metavar="A,B", help="columns to show")
+    q.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    q.add_argument("--limit", type=int, default=50, help="rows to print in table mode (default 50)")
+    results_dir_arg(q)
+    p.set_defaults(func=cmd_results)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    console = Console()
+    try:
+        return args.func(args, console)
+    except HarnessError as e:
+        Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), str(e)))
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; results of finished trials are kept, rerun to resume.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The sweep runner: trials on Ray Tune, results into the store as each trial finishes.
+
+The only module that imports Ray. Each trial asks Ray for the CPUs and GPUs its grid names, so Ray
+places trials across GPUs and nodes; a trial sends its rows back through `tune.report`, and a driver-side
+callback writes them to the results store at once (atomically, one file per trial), so a driver killed
+mid-sweep loses no finished trial and a rerun skips every head that has a final result. Ray Tune's
+`fit()` does not raise for failed trials: the result grid is checked, failures are recorded as rows, and
+the sweep reports them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import ray
+from ray import tune
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from harness import store
+from harness.plan import TrialPlan
+
+_TIMESTAMPS = ("started_at", "ended_at")
+
+
+def _trainable(config: dict, plans: list[dict]) -> None:
+    """Ray Tune entry point: run one trial on the device Ray assigned and report its rows."""
+    import torch
+
+    from harness.trial import run_trial
+
+    plan = TrialPlan.from_dict(plans[config["index"]])
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    gpu_ids = ray.get_gpu_ids()
+    device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
+    rows, curves = run_trial(plan, device=device)
+    node = ray.get_runtime_context().get_node_id()
+    for row in rows:
+        row["device"] += f" [ray node {node[:8]}, gpus {','.join(map(str, gpu_ids)) or 'none'}]"
+    tune.report({"payload": json.dumps({"rows": rows, "curves": curves}, default=_iso)})
+
+
+def _iso(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _decode(rows: list[dict]) -> list[dict]:
+    for row in rows:
+        for key in _TIMESTAMPS:
+            row[key] = datetime.fromisoformat(row[key])
+    return rows
+
+
+@dataclass
+class SweepSummary:
+    trials: int
+    heads: int
+    failed: dict[str, str] = field(default_factory=dict)  # "backbone/dataset" -> error
+    wall_s: float = 0.0
+
+
+class _StoreAndShow(tune.Callback):
+    """Writes each finished trial's rows to the store and keeps the live trial table up to date."""
+
+    def __init__(self, plans: list[TrialPlan], results_dir: Path, live: Live | None):
+        self.plans, self.results_dir, self.live = plans, results_dir, live
+        self.state = {i: "pending" for i in range(len(plans))}
+        self.started = time.monotonic()
+
+    def _set(self, trial, state: str) -> None:
+        self.state[trial.config["index"]] = state
+        if self.live is not None:
+            self.live.update(self.table())
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._set(trial, "running")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._set(trial, "retrying")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        payload = json.loads(result["payload"])
+        store.write_trial(self.results_dir, _decode(payload["rows"]), payload["curves"])
+        self._set(trial, "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._set(trial, "failed")
+
+    def table(self) -> Table:
+        counts = {s: sum(1 for v in self.state.values() if v == s) for s in ("running", "done", "failed")}
+        finished = counts["done"] + counts["failed"]
+        elapsed = time.monotonic() - self.started
+        eta = f"{elapsed / finished * (len(self.plans) - finished):.0f} s" if finished else "?"
+        table = Table(title=f"{len(self.plans)} trials: {counts['running']} running, {counts['done']} done, "
+                            f"{counts['failed']} failed; elapsed {elapsed:.0f} s, ETA {eta}")
+        for col in ("backbone", "dataset", "heads", "state"):
+            table.add_column(col)
+        style = {"done": "green", "failed": "red", "running": "yellow", "retrying": "magenta"}
+        for i, plan in enumerate(self.plans):
+            state = self.state[i]
+            table.add_row(plan.backbone, plan.dataset, str(len(plan.heads)), f"[{style.get(state, '')}]{state}")
+        return table
+
+
+def git_commit() -> str:
+    """The project's commit, read once by the driver (workers may have no git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except OSError:
+        return ""
+
+
+def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float | None = None) -> None:
+    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local Ray instance for this process."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=200 * 1024**2)
+
+
+def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: float, gpus_per_trial: float,
+              max_retries: int, address: str | None = None, num_cpus: int | None = None,
+              num_gpus: float | None = None, console: Console | None = None) -> SweepSummary:
+    """Run the trials on Ray Tune and write every finished trial's rows; failed trials become "failed" rows."""
+    from harness.trial import failed_rows
+
+    results_dir = results_dir.resolve()
+    summary = SweepSummary(trials=len(plans), heads=sum(len(p.heads) for p in plans))
+    if not plans:
+        return summary
+    started = datetime.now(timezone.utc)
+    t0 = time.monotonic()
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    connect(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    trainable = tune.with_resources(tune.with_parameters(_trainable, plans=[p.to_dict() for p in plans]),
+                                    {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    live = Live(console=console, refresh_per_second=2, transient=False) if console is not None else None
+    callback = _StoreAndShow(plans, results_dir, live)
+    with tempfile.TemporaryDirectory(prefix="harness-tune-") as storage:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"index": tune.grid_search(list(range(len(plans))))},
+            tune_config=tune.TuneConfig(reuse_actors=False),
+            run_config=tune.RunConfig(name="sweep", storage_path=storage, verbose=0, callbacks=[callback],
+                                      failure_config=tune.FailureConfig(max_failures=max_retries),
+                                      checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),
+        )
+        if live is not None:
+            live.start()
+            live.update(callback.table())
+        try:
+            grid = tuner.fit()
+        finally:
+            if live is not None:
+                live.stop()
+    for result in grid:
+        if result.error is not None:
+            plan = plans[result.config["index"]]
+            message = _last_line(str(result.error))
+            store.write_trial(results_dir, failed_rows(plan, message, started), [])
+            summary.failed[f"{plan.backbone}/{plan.dataset}"] = message
+    summary.wall_s = time.monotonic() - t0
+    return summary
+
+
+def _last_line(text: str) -> str:
+    """The exception line of a Ray error's traceback text."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else text
