@@ -1,0 +1,49 @@
+"""How much disk the token cache needs, checked before a sweep writes anything.
+
+Pure arithmetic and `shutil.disk_usage`: no torch, so `--dry-run` and the sweep planner can call it cheaply.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+TOKEN_BYTES = 2  # float16
+LABEL_BYTES = 8  # int64
+NPY_HEADER_BYTES = 128  # numpy's .npy header for these shapes (padded to a multiple of 64)
+META_BYTES = 2048  # upper bound on one entry's meta.json
+
+
+def predict_cache_bytes(num_images: int, num_tokens: int, embed_dim: int, taps: Sequence[str]) -> int:
+    """Bytes on disk for one split's cache entries, one per tap (tokens, labels, headers, meta); an upper bound."""
+    per_tap = (num_images * num_tokens * embed_dim * TOKEN_BYTES + num_images * LABEL_BYTES
+               + 2 * NPY_HEADER_BYTES + META_BYTES)
+    return per_tap * len(set(taps))
+
+
+def human_bytes(n: int) -> str:
+    units, value, i = ("B", "KiB", "MiB", "GiB", "TiB"), float(n), 0
+    while value >= 1024 and i < len(units) - 1:
+        value, i = value / 1024, i + 1
+    return f"{n} B" if i == 0 else f"{value:.1f} {units[i]}"
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space of the file system that holds `folder` (or would, once its missing parents are created)."""
+    probe = Path(folder).expanduser().absolute()
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def ensure_cache_space(cache_dir: Path, needed_bytes: int) -> None:
+    """Raise before a sweep starts if the cache it would write does not fit in the free space of `cache_dir`."""
+    free = free_bytes(cache_dir)
+    if needed_bytes > free:
+        raise HarnessError(
+            f"token cache folder {cache_dir} needs {human_bytes(needed_bytes)} ({needed_bytes} bytes) but only "
+            f"{human_bytes(free)} ({free} bytes) are free there; free some space, point --cache-dir or "
+            "HARNESS_CACHE_DIR at a larger disk, or use protocol = \"online\", which caches nothing.")

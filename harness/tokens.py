@@ -1,0 +1,221 @@
+"""Backbone tokens: extracted in one frozen pass per split, optionally kept in a crash-safe on-disk cache.
+
+The backbone is the expensive part, so every tap a grid asks for comes out of ONE forward per batch, and the
+`cached` protocol writes them once (float16, memory-mapped for training) so a later sweep over the same
+backbone and dataset reruns nothing. A cache entry is one (backbone, weights checksum, dataset, split,
+transform, tap); it is written in a temporary folder, fsynced, and renamed into place as the last step, so
+an interrupted writer leaves only a temporary folder that is never read, and two writers of the same key
+cannot mix their files (the second rename fails and that writer reads the first one's entry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from harness.cache_space import ensure_cache_space, predict_cache_bytes
+from harness.data import transform_key
+from harness.errors import HarnessError
+from harness.registry import DatasetEntry
+
+CACHE_FORMAT = 1
+_TMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class TokenSet:
+    """Tokens of one split: tap -> (N, T, D) float16 (memory-mapped when cached), and the (N,) int64 labels."""
+
+    tokens: dict[str, torch.Tensor]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+Allocate = Callable[[str, tuple[int, ...]], torch.Tensor]
+
+
+def _in_memory(tap: str, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.empty(shape, dtype=torch.float16)
+
+
+def _run_backbone(backbone: Any, dataset: Dataset, taps: tuple[str, ...], *, batch_size: int, device: torch.device,
+                  num_workers: int, allocate: Allocate) -> tuple[TokenSet, int]:
+    """One forward per batch for all taps; each tap's float16 tokens land in the tensor `allocate` returns."""
+    n = len(dataset)
+    if n == 0 or not taps:
+        raise ValueError(f"nothing to extract: {n} images, taps {taps}")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    out: dict[str, torch.Tensor] = {}
+    labels = torch.empty(n, dtype=torch.int64)
+    done = 0
+    with torch.inference_mode():
+        for images, y in loader:
+            feats = backbone.forward_taps(images.to(device, non_blocking=True), taps)
+            for tap in taps:
+                half = feats[tap].to(torch.float16)
+                if not bool(torch.isfinite(half).all()):
+                    raise HarnessError(f"tap '{tap}' of backbone {backbone.entry.name!r} has values that are not "
+                                       f"finite in float16 (max |x| = {feats[tap].abs().max().item():.4g}); "
+                                       "accepted: tokens within float16 range (|x| < 65504).")
+                if tap not in out:
+                    out[tap] = allocate(tap, (n, *half.shape[1:]))
+                out[tap][done:done + len(y)].copy_(half)
+            labels[done:done + len(y)] = y
+            done += len(y)
+    return TokenSet(out, labels), done
+
+
+def extract_tokens(backbone: Any, dataset: Dataset, taps: Sequence[str], *, batch_size: int,
+                   device: torch.device | str, num_workers: int = 0) -> tuple[TokenSet, int]:
+    """Tokens of every image of `dataset` for each tap, in memory, and the number of images passed."""
+    return _run_backbone(backbone, dataset, tuple(dict.fromkeys(taps)), batch_size=batch_size,
+                         device=torch.device(device), num_workers=num_workers, allocate=_in_memory)
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+
+def cache_key(backbone: Any, dataset_entry: DatasetEntry, split_name: str, num_images: int, tap: str) -> dict:
+    """Everything that makes one split's tokens what they are; any change gives a different cache entry."""
+    entry = backbone.entry
+    return {
+        "format": CACHE_FORMAT, "backbone": entry.name, "weights_sha256": backbone.weights_sha256,
+        "arch": entry.arch, "arch_overrides": entry.arch_overrides, "checkpoint_key": entry.checkpoint_key,
+        "dataset": dataset_entry.name, "dataset_source": dataset_entry.source, "options": dataset_entry.options,
+        "val_fraction": dataset_entry.val_fraction, "split_seed": dataset_entry.split_seed, "split": split_name,
+        "num_images": num_images, "transform": transform_key(dataset_entry, entry), "tap": tap,
+    }
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+
+
+def _canonical(key: dict) -> dict:
+    """The key as JSON reads it back (tuples become lists), so a stored key compares equal to a fresh one."""
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def cache_entry_dir(cache_dir: Path, key: dict) -> Path:
+    """cache_dir/<backbone>/<dataset>/<split>.<tap>.<digest of the whole key>."""
+    digest = hashlib.sha256(json.dumps(_canonical(key), sort_keys=True).encode()).hexdigest()[:20]
+    return Path(cache_dir) / _safe(key["backbone"]) / _safe(key["dataset"]) / f"{key['split']}.{key['tap']}.{digest}"
+
+
+def _open_entry(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(tokens, labels) of a complete entry, memory-mapped; None when there is none."""
+    if not path.is_dir():
+        return None
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        tokens = np.load(path / "tokens.npy", mmap_mode="c")
+        labels = np.load(path / "labels.npy", mmap_mode="c")
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"token cache entry {path} is damaged ({e}); delete that folder and rerun to "
+                           "rebuild it.") from None
+    if meta.get("key") != _canonical(key) or tokens.shape[0] != len(labels) \
+            or list(tokens.shape) != meta.get("shape"):
+        raise HarnessError(f"token cache entry {path} does not match its key or shape; delete that folder and "
+                           "rerun to rebuild it.")
+    return torch.from_numpy(tokens), torch.from_numpy(labels)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary folders left by killed writers on this host (their process no longer exists)."""
+    host = socket.gethostname()
+    for tmp in folder.glob(f"{_TMP_PREFIX}*"):
+        pid, host_of_tmp = tmp.name[len(_TMP_PREFIX):].split("-", 1)[0], tmp.name.rpartition("@")[2]
+        if host_of_tmp != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def _publish(tmp: Path, final: Path, tokens: np.memmap, labels: torch.Tensor, key: dict) -> None:
+    """Make the entry durable in `tmp`, then rename it to `final`; a concurrent writer's entry wins if first."""
+    tokens.flush()
+    np.save(tmp / "labels.npy", labels.numpy())
+    meta = {"key": _canonical(key), "shape": list(tokens.shape), "dtype": "float16"}
+    (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
+    for file in ("tokens.npy", "labels.npy", "meta.json"):
+        _fsync(tmp / file)
+    _fsync(tmp)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another writer published the same key first; keep theirs
+    _fsync(final.parent)
+
+
+def cached_tokens(backbone: Any, dataset_entry: DatasetEntry, split_name: str, dataset: Dataset,
+                  taps: Sequence[str], *, cache_dir: Path, batch_size: int, device: torch.device | str,
+                  num_workers: int = 0) -> tuple[TokenSet, int]:
+    """Tokens of one split from the cache, extracting (once, all missing taps together) what is not there.
+
+    `dataset` must be the un-augmented split (the `cached` protocol). Returns the tokens, memory-mapped, and
+    the number of images passed through the backbone: 0 when every tap was already cached.
+    """
+    taps = tuple(dict.fromkeys(taps))
+    keys = {tap: cache_key(backbone, dataset_entry, split_name, len(dataset), tap) for tap in taps}
+    paths = {tap: cache_entry_dir(cache_dir, keys[tap]) for tap in taps}
+    found = {tap: _open_entry(paths[tap], keys[tap]) for tap in taps}
+    missing = tuple(tap for tap in taps if found[tap] is None)
+    passes = 0
+    if missing:
+        folder = paths[missing[0]].parent
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(folder)
+        tmps = {tap: folder / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{tap}@{socket.gethostname()}"
+                for tap in missing}
+        arrays: dict[str, np.memmap] = {}
+
+        def allocate(tap: str, shape: tuple[int, ...]) -> torch.Tensor:
+            if not arrays:
+                ensure_cache_space(cache_dir, predict_cache_bytes(shape[0], shape[1], shape[2], missing))
+            tmps[tap].mkdir()
+            arrays[tap] = np.lib.format.open_memmap(tmps[tap] / "tokens.npy", mode="w+", dtype=np.float16,
+                                                    shape=shape)
+            return torch.from_numpy(arrays[tap])
+
+        try:
+            extracted, passes = _run_backbone(backbone, dataset, missing, batch_size=batch_size,
+                                              device=torch.device(device), num_workers=num_workers,
+                                              allocate=allocate)
+            for tap in missing:
+                _publish(tmps[tap], paths[tap], arrays[tap], extracted.labels, keys[tap])
+        finally:
+            for tmp in tmps.values():
+                shutil.rmtree(tmp, ignore_errors=True)
+        found.update({tap: _open_entry(paths[tap], keys[tap]) for tap in missing})
+    labels = found[taps[0]][1]
+    return TokenSet({tap: found[tap][0] for tap in taps}, labels), passes
