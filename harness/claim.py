@@ -205,7 +205,7 @@ def _group_row(key: tuple, rows: pd.DataFrame, best: pd.DataFrame, per_lr: pd.Da
     cls_lr, cls_edge = _optimum(cls["lr"], rows.loc[rows["aggregator"] == CLS, "lr"].to_numpy())
     mean_lr, mean_edge = _optimum(mean["lr"], rows.loc[rows["aggregator"] == MEAN, "lr"].to_numpy())
     row = dict(backbone=backbone, label=f"{backbone} (random-init)" if random_init else backbone,
-               random_init=random_init, dataset=dataset, protocol=protocol, margin=margin, n_seeds=len(seeds),
+               random_init=random_init, dataset=dataset, protocol=protocol, margin=margin,
                cls_lr=cls_lr, cls_lr_edge=cls_edge, mean_lr=mean_lr, mean_lr_edge=mean_edge,
                cls_test=float(cls.loc[seeds, "test_top1"].mean()) if seeds else math.nan,
                mean_test=float(mean.loc[seeds, "test_top1"].mean()) if seeds else math.nan)
@@ -222,10 +222,12 @@ def _group_row(key: tuple, rows: pd.DataFrame, best: pd.DataFrame, per_lr: pd.Da
             a for a, edge in ((CLS, cls_edge), (MEAN, mean_edge)) if edge) + ": widen it")
     elif tuned.n < 2:
         notes.append(f"{tuned.n} paired seed(s): at least 2 are needed")
+    if untuned.n < tuned.n:
+        notes.append(f"mean had no ok head at the cls-selected lr for {tuned.n - untuned.n} seed(s)")
     tuned_verdict = _overall(tuned, cls.empty or mean.empty, cls_edge or mean_edge)
     untuned_verdict = _overall(untuned, cls.empty or mean.empty, cls_edge)
     for prefix, comp, verdict in (("", tuned, tuned_verdict), ("untuned_", untuned, untuned_verdict)):
-        row.update({f"{prefix}n": comp.n, f"{prefix}difference": comp.diff, f"{prefix}ci_low": comp.ci_low,
+        row.update({f"{prefix}n_seeds": comp.n, f"{prefix}difference": comp.diff, f"{prefix}ci_low": comp.ci_low,
                     f"{prefix}ci_high": comp.ci_high, f"{prefix}p_tost": comp.p_tost,
                     f"{prefix}verdict": verdict,
                     f"{prefix}seeds_needed": comp.seeds_needed if verdict == INCONCLUSIVE else None})
@@ -242,8 +244,8 @@ def _overall(comp: Comparison, missing: bool, edge: bool) -> str:
 
 CLAIM_COLUMNS = [
     "backbone", "label", "random_init", "dataset", "protocol", "margin", "n_seeds", "cls_lr", "cls_lr_edge",
-    "mean_lr", "mean_lr_edge", "cls_test", "mean_test", "n", "difference", "ci_low", "ci_high", "p_tost", "verdict",
-    "seeds_needed", "untuned_n", "untuned_difference", "untuned_ci_low", "untuned_ci_high", "untuned_p_tost",
+    "mean_lr", "mean_lr_edge", "cls_test", "mean_test", "difference", "ci_low", "ci_high", "p_tost", "verdict",
+    "seeds_needed", "untuned_n_seeds", "untuned_difference", "untuned_ci_low", "untuned_ci_high", "untuned_p_tost",
     "untuned_verdict", "untuned_seeds_needed", "note",
 ]
 
@@ -253,8 +255,8 @@ def claim_table(results: pd.DataFrame) -> pd.DataFrame:
 
     Columns (CLAIM_COLUMNS): `n_seeds` paired seeds; `cls_lr`/`mean_lr` the most frequent selected lr and
     `*_lr_edge` whether any seed selected a grid edge; `cls_test`/`mean_test` mean test top-1 of the selected heads;
-    `difference`, `ci_low`, `ci_high` (95%), `p_tost`, `verdict`, `seeds_needed` for d = mean - cls (tuned), and the same
-    with `untuned_` for the mean head at the cls-selected lr. Sorted by backbone, dataset, protocol.
+    `difference`, `ci_low`, `ci_high` (95%), `p_tost`, `verdict`, `seeds_needed` for d = mean - cls (tuned), and
+    the same with `untuned_` for the mean head at the cls-selected lr. Sorted by backbone, dataset, protocol.
     """
     rows = _claim_rows(results)
     best, per_lr = select_best(rows), _best_per_lr(rows)
@@ -271,6 +273,7 @@ def claim_table(results: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------- rendering
 
 TITLE = "Mean pooling vs [cls]"
+EMPTY = "No results have both cls and mean heads for a backbone, dataset and protocol."
 VERDICT_HEADERS = ["Backbone", "Dataset", "Protocol", "Seeds", "cls lr*", "mean lr*", "cls top-1", "mean top-1",
                    "Δ tuned [95% CI]", "TOST p", "Verdict (tuned)", "Δ at cls lr [95% CI]", "Verdict (cls lr)"]
 METHOD = (
@@ -291,7 +294,7 @@ def _lr(value: float, edge: bool = False) -> str:
 
 
 def _acc(value: float) -> str:
-    return "—" if value is None or math.isnan(value) else f"{value:.2f}"
+    return "—" if math.isnan(value) else f"{value:.2f}"
 
 
 def _signed(value: float) -> str:
@@ -314,16 +317,24 @@ def _display_rows(table: pd.DataFrame) -> list[list[str]]:
         r.label, r.dataset, r.protocol, str(r.n_seeds), _lr(r.cls_lr, r.cls_lr_edge), _lr(r.mean_lr, r.mean_lr_edge),
         _acc(r.cls_test), _acc(r.mean_test), _diff(r.difference, r.ci_low, r.ci_high),
         "—" if math.isnan(r.p_tost) else f"{r.p_tost:.3f}", _verdict(r.verdict, r.seeds_needed),
-        _diff(r.untuned_difference, r.untuned_ci_low, r.untuned_ci_high), _verdict(r.untuned_verdict, r.untuned_seeds_needed),
+        _diff(r.untuned_difference, r.untuned_ci_low, r.untuned_ci_high),
+        _verdict(r.untuned_verdict, r.untuned_seeds_needed),
     ] for r in table.itertuples(index=False)]
 
 
+def _title(r) -> str:
+    return f"{r.label} · {r.dataset} · {r.protocol}"
+
+
+def _notes(table: pd.DataFrame) -> list[str]:
+    return [f"{_title(r)}: {r.note}" for r in table.itertuples(index=False) if r.note]
+
+
 def _curve_groups(results: pd.DataFrame, table: pd.DataFrame):
-    """(title, curves of cls and mean, cls optimum, mean optimum) per verdict-table row, in its order."""
-    curves = claim_curves(results)
+    """(title, cls and mean curve points, {aggregator: optimum lr}) per verdict-table row, in its order."""
+    curves = dict(tuple(claim_curves(results).groupby(GROUP_KEYS)))
     for r in table.itertuples(index=False):
-        mask = (curves["backbone"] == r.backbone) & (curves["dataset"] == r.dataset) & (curves["protocol"] == r.protocol)
-        yield f"{r.label} · {r.dataset} · {r.protocol}", curves[mask], {CLS: r.cls_lr, MEAN: r.mean_lr}
+        yield _title(r), curves[(r.backbone, r.dataset, r.protocol)], {CLS: r.cls_lr, MEAN: r.mean_lr}
 
 
 def _md(text: str) -> str:
@@ -335,38 +346,38 @@ def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
 
 
+def _md_curve(curves: pd.DataFrame, optimum: dict[str, float]) -> list[str]:
+    """val/test top-1 per lr for cls and mean; the selected optimum's test value is starred."""
+    cells = {}
+    for r in curves.itertuples(index=False):
+        star = "*" if r.lr == optimum[r.aggregator] else ""
+        cells[(r.aggregator, r.lr)] = [_acc(r.val_top1), _acc(r.test_top1) + star]
+    rows = [[f"{lr:.1e}"] + cells.get((CLS, lr), ["—"] * 2) + cells.get((MEAN, lr), ["—"] * 2)
+            for lr in sorted(curves["lr"].unique())]
+    return _md_table(["lr", "cls val", "cls test", "mean val", "mean test"], rows)
+
+
 def claim_markdown(results: pd.DataFrame) -> str:
     """The "## Mean pooling vs [cls]" section: verdict table, method, and top-1 against lr per backbone."""
     table = claim_table(results)
     lines = [f"## {TITLE}", "", METHOD, ""]
     if table.empty:
-        return "\n".join(lines + ["No results have both `cls` and `mean` heads for a backbone and dataset.", ""])
+        return "\n".join(lines + [EMPTY, ""])
     lines += _md_table(VERDICT_HEADERS, _display_rows(table))
-    notes = [(r.label, r.dataset, r.protocol, r.note) for r in table.itertuples(index=False) if r.note]
+    notes = _notes(table)
     if notes:
-        lines += [""] + [_md(f"- {label} · {dataset} · {protocol}: {note}") for label, dataset, protocol, note in notes]
+        lines += [""] + [_md(f"- {note}") for note in notes]
     lines += ["", "### Top-1 against learning rate (mean over seeds; * = selected optimum)", ""]
     for title, curves, optimum in _curve_groups(results, table):
-        wide = _wide_curves(curves)
-        headers = ["lr", "cls val", "cls test", "mean val", "mean test"]
-        rows = [[f"{lr:.1e}"] + [
-            _acc(wide.get((agg, lr), {}).get(metric, math.nan)) + ("*" if lr == optimum[agg] and metric == "test_top1"
-                                                                   else "")
-            for agg in (CLS, MEAN) for metric in ("val_top1", "test_top1")] for lr in sorted({k[1] for k in wide})]
-        lines += [f"**{_md(title)}**", ""] + _md_table(headers, rows) + [""]
+        lines += [f"**{_md(title)}**", ""] + _md_curve(curves, optimum) + [""]
     return "\n".join(lines)
-
-
-def _wide_curves(curves: pd.DataFrame) -> dict[tuple[str, float], dict[str, float]]:
-    return {(r.aggregator, float(r.lr)): {"val_top1": r.val_top1, "test_top1": r.test_top1}
-            for r in curves.itertuples(index=False)}
 
 
 def claim_terminal(results: pd.DataFrame, console: Console) -> None:
     """Print the verdict table (and its notes) with rich."""
     table = claim_table(results)
     if table.empty:
-        console.print(f"{TITLE}: no results have both cls and mean heads for a backbone and dataset.")
+        console.print(f"{TITLE}: {EMPTY}", markup=False, highlight=False)
         return
     out = Table(title=escape(TITLE), caption="d = mean - cls, top-1 points; TOST at the grid's margin, alpha 0.05")
     for header in VERDICT_HEADERS:
@@ -374,28 +385,26 @@ def claim_terminal(results: pd.DataFrame, console: Console) -> None:
     for row in _display_rows(table):
         out.add_row(*(escape(cell) for cell in row))
     console.print(out)
-    for r in table.itertuples(index=False):
-        if r.note:
-            console.print(f"{r.label} · {r.dataset} · {r.protocol}: {r.note}", markup=False, highlight=False)
+    for note in _notes(table):
+        console.print(note, markup=False, highlight=False)
 
 
 # ------------------------------------------------------------------------------------------------ HTML
 
 _COLOURS = {CLS: "#1f77b4", MEAN: "#d62728"}
-_W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 420, 240, 48, 92, 12, 36
+_W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 420, 240, 48, 100, 16, 36
 
 
 def _svg(curves: pd.DataFrame, optimum: dict[str, float], title: str) -> str:
-    """Top-1 of cls and mean against lr (log x): test solid, validation dashed, optimum ringed. No external refs."""
+    """Top-1 of cls and mean against lr (log x): test solid, validation dashed, optimum enlarged. No external refs."""
     ok = curves.dropna(subset=["val_top1", "test_top1"])
     lrs = sorted(curves["lr"].unique())
-    if ok.empty or not lrs or min(lrs) <= 0:
+    if ok.empty or min(lrs) <= 0:
         return f'<p class="claim-nocurve">No curve: {html.escape(title)} has no ok heads at a positive lr.</p>'
     x_lo, x_hi = math.log10(min(lrs)), math.log10(max(lrs))
     values = np.concatenate([ok["val_top1"].to_numpy(), ok["test_top1"].to_numpy()])
-    y_lo, y_hi = float(values.min()), float(values.max())
-    pad = max((y_hi - y_lo) * 0.08, 0.5)
-    y_lo, y_hi = y_lo - pad, y_hi + pad
+    pad = max((values.max() - values.min()) * 0.08, 0.5)
+    y_lo, y_hi = float(values.min()) - pad, float(values.max()) + pad
     plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
 
     def x(lr: float) -> float:
@@ -405,31 +414,34 @@ def _svg(curves: pd.DataFrame, optimum: dict[str, float], title: str) -> str:
         return _TOP + (y_hi - acc) / (y_hi - y_lo) * plot_h
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" '
-             f'role="img" aria-label="{html.escape(title)}: top-1 against learning rate">',
-             f'<rect x="{_LEFT}" y="{_TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>']
-    step = max(1, math.ceil(len(lrs) / 6))
-    for lr in lrs[::step]:
+             f'font-family="sans-serif" role="img" aria-label="{html.escape(title)}: top-1 against learning rate">',
+             f'<rect x="{_LEFT}" y="{_TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>',
+             f'<text x="{_LEFT}" y="{_TOP - 5}" font-size="9">top-1 (%)</text>',
+             f'<text x="{_LEFT + plot_w / 2:.1f}" y="{_H - 6}" font-size="10" text-anchor="middle">'
+             'learning rate (log scale)</text>']
+    for lr in lrs[::max(1, math.ceil(len(lrs) / 6))]:
         parts.append(f'<text x="{x(lr):.1f}" y="{_H - _BOTTOM + 14}" font-size="9" text-anchor="middle">'
                      f'{lr:.0e}</text>')
     for i in range(5):
         acc = y_lo + (y_hi - y_lo) * i / 4
         parts.append(f'<text x="{_LEFT - 4}" y="{y(acc) + 3:.1f}" font-size="9" text-anchor="end">{acc:.1f}</text>')
-    parts.append(f'<text x="{_LEFT + plot_w / 2:.1f}" y="{_H - 6}" font-size="10" text-anchor="middle">'
-                 'learning rate (log)</text>')
-    for row, agg in enumerate((CLS, MEAN)):
+    legend_y = _TOP + 10
+    for agg in (CLS, MEAN):
         points = ok[ok["aggregator"] == agg].sort_values("lr")
+        if points.empty:
+            continue
         colour = _COLOURS[agg]
-        for metric, dash in (("test_top1", ""), ("val_top1", ' stroke-dasharray="4 3"')):
+        for metric, dash, label in (("test_top1", "", "test"), ("val_top1", ' stroke-dasharray="4 3"', "val")):
             xy = " ".join(f"{x(r.lr):.1f},{y(getattr(r, metric)):.1f}" for r in points.itertuples(index=False))
-            if xy:
-                parts.append(f'<polyline points="{xy}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>')
+            parts.append(f'<polyline points="{xy}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>')
+            lx = _W - _RIGHT + 8
+            parts.append(f'<line x1="{lx}" y1="{legend_y - 3}" x2="{lx + 18}" y2="{legend_y - 3}" stroke="{colour}" '
+                         f'stroke-width="1.5"{dash}/><text x="{lx + 22}" y="{legend_y}" font-size="10">'
+                         f"{agg} {label}</text>")
+            legend_y += 14
         for r in points.itertuples(index=False):
             radius = 4.5 if r.lr == optimum[agg] else 2.5
             parts.append(f'<circle cx="{x(r.lr):.1f}" cy="{y(r.test_top1):.1f}" r="{radius}" fill="{colour}"/>')
-        legend_y = _TOP + 12 + row * 28
-        parts.append(f'<text x="{_W - _RIGHT + 8}" y="{legend_y}" font-size="10" fill="{colour}">{agg} test</text>')
-        parts.append(f'<text x="{_W - _RIGHT + 8}" y="{legend_y + 12}" font-size="10" fill="{colour}">'
-                     f'{agg} val (dashed)</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -437,21 +449,18 @@ def _svg(curves: pd.DataFrame, optimum: dict[str, float], title: str) -> str:
 def claim_html(results: pd.DataFrame) -> str:
     """An escaped HTML fragment: verdict table, method, and an inline SVG of top-1 against lr per backbone."""
     table = claim_table(results)
-    out = [f'<section class="claim" id="claim"><h2>{html.escape(TITLE)}</h2>',
-           f"<p>{html.escape(METHOD)}</p>"]
+    out = [f'<section class="claim" id="claim"><h2>{html.escape(TITLE)}</h2>', f"<p>{html.escape(METHOD)}</p>"]
     if table.empty:
-        out.append("<p>No results have both cls and mean heads for a backbone and dataset.</p></section>")
-        return "\n".join(out)
+        return "\n".join(out + [f"<p>{html.escape(EMPTY)}</p></section>"])
     out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in VERDICT_HEADERS)
                + "</tr></thead><tbody>")
-    for row, r in zip(_display_rows(table), table.itertuples(index=False)):
-        out.append(f'<tr class="verdict-{html.escape(r.verdict.replace(" ", "-"))}">'
+    for row, verdict in zip(_display_rows(table), table["verdict"]):
+        out.append(f'<tr class="verdict-{verdict.replace(" ", "-")}">'
                    + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
     out.append("</tbody></table>")
-    notes = [f"<li>{html.escape(f'{r.label} · {r.dataset} · {r.protocol}: {r.note}')}</li>"
-             for r in table.itertuples(index=False) if r.note]
+    notes = _notes(table)
     if notes:
-        out.append("<ul>" + "".join(notes) + "</ul>")
+        out.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
     out.append("<h3>Top-1 against learning rate (mean over seeds; large dot = selected optimum)</h3>")
     for title, curves, optimum in _curve_groups(results, table):
         out.append(f"<figure>{_svg(curves, optimum, title)}<figcaption>{html.escape(title)}</figcaption></figure>")

@@ -55,7 +55,7 @@ def test_equal_means_small_noise_are_equivalent_and_untuned_mean_loses():
     assert not row.cls_lr_edge and not row.mean_lr_edge
     assert abs(row.difference) < 0.2 and row.p_tost < 0.05 and pd.isna(row.seeds_needed)
     # at the cls optimum the mean head is a decade off its own: 4 points worse, the leaderboards' comparison
-    assert row.untuned_n == 5 and row.untuned_difference == pytest.approx(-4.0, abs=0.3)
+    assert row.untuned_n_seeds == 5 and row.untuned_difference == pytest.approx(-4.0, abs=0.3)
     assert row.untuned_verdict == "cls better"
 
 
@@ -182,7 +182,7 @@ def test_empty_results_render():
     assert "No results" in claim_markdown(empty) and "No results" in claim_html(empty)
     console = Console(record=True, width=120)
     claim_terminal(empty, console)
-    assert "no results" in console.export_text()
+    assert "No results" in console.export_text()
 
 
 def test_claim_module_imports_neither_torch_nor_ray():
