@@ -82,16 +82,15 @@ OPTIONS: dict[str, dict[str, _Option]] = {
 
 def resolve_options(entry: AggregatorEntry, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Defaults <- entry options <- grid overrides; an unknown option or a bad value raises HarnessError."""
-    spec = OPTIONS[entry.kind]
-    merged = {**entry.options, **(options or {})}
+    spec, overrides = OPTIONS[entry.kind], options or {}
+    merged = {**entry.options, **overrides}
     for key, value in merged.items():
+        where = f"aggregator {entry.name!r} ({'grid options' if key in overrides else entry.source or 'entry'})"
         if key not in spec:
             accepted = ", ".join(sorted(spec)) or "none (this aggregator has no options)"
-            raise HarnessError(f"aggregator {entry.name!r} ({entry.source or 'options'}): unknown option {key!r}; "
-                               f"accepted: {accepted}.")
+            raise HarnessError(f"{where}: unknown option {key!r}; accepted: {accepted}.")
         if not spec[key].valid(value):
-            raise HarnessError(f"aggregator {entry.name!r} ({entry.source or 'options'}): option {key!r} is "
-                               f"{value!r}; accepted: {spec[key].accepted}.")
+            raise HarnessError(f"{where}: option {key!r} is {value!r}; accepted: {spec[key].accepted}.")
     return {key: merged.get(key, opt.default) for key, opt in spec.items()}
 
 
@@ -156,11 +155,11 @@ class ABMILPPool(nn.Module):
 
     Options as in the official code: `depth` Linear layers (with `activation` between) predict one score per token;
     `self_attention` "map" feeds the self-attended tokens to the predictor, "both" also pools them; `cond` "pe" adds
-    the fixed 2-D sin-cos table to the predictor input; `content` "patch" drops the prefix tokens.
+    the fixed 2-D sin-cos table to the predictor input. The first `skip` tokens are dropped (content "patch").
     """
 
     def __init__(self, dim: int, skip: int, num_prefix_tokens: int, *, depth: int, activation: str,
-                 self_attention: str, cond: str, content: str):
+                 self_attention: str, cond: str):
         super().__init__()
         self.skip, self.cond, self.sa_mode = skip, cond, self_attention
         self.pe_prefix = num_prefix_tokens - skip
@@ -180,7 +179,7 @@ class ABMILPPool(nn.Module):
             scores_in = scores_in + pe.to(device=x.device, dtype=x.dtype)
         attn = self.attention_predictor(scores_in).softmax(dim=1)
         values = attended if self.sa_mode == "both" else x
-        return (values * attn).sum(dim=1), attn
+        return (attn.transpose(1, 2) @ values).squeeze(1), attn
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.forward_with_attn(tokens)[0]
@@ -238,9 +237,9 @@ class QueryPool(nn.Module):
         h, hd = self.num_heads, dim // self.num_heads
         w_k, w_v = self.kv.weight.view(2, h, hd, dim).unbind(0)
         q = self.q(queries).view(n_q, h, hd) * hd ** -0.5
-        q_in_token_space = torch.einsum("qhc,hcd->qhd", q, w_k)
-        attn = torch.einsum("btd,qhd->bqht", xn, q_in_token_space).softmax(dim=-1)
-        pooled = torch.einsum("bqht,btd->bqhd", attn, xn)
+        q_in_token_space = torch.einsum("qhc,hcd->qhd", q, w_k).reshape(n_q * h, dim)
+        attn = (xn @ q_in_token_space.T).transpose(1, 2).softmax(dim=-1)  # (B, Q*H, T)
+        pooled = (attn @ xn).view(-1, n_q, h, dim)
         y = torch.einsum("bqhd,hcd->bqhc", pooled, w_v) + self.kv.bias[dim:].view(h, hd)
         out = queries + y.reshape(-1, n_q, dim)
         out = out + self.mlp(self.norm2(out))
@@ -271,8 +270,8 @@ class EfficientProbePool(nn.Module):
         x = tokens[:, self.skip:]
         queries = self.queries[0]
         n_q, dim = queries.shape
-        attn = torch.einsum("btd,qd->bqt", x, queries * self.scale).softmax(dim=-1)
-        pooled = torch.einsum("bqt,btd->bqd", attn, x)
+        attn = (queries * self.scale @ x.transpose(1, 2)).softmax(dim=-1)  # (B, Q, T)
+        pooled = attn @ x
         out = torch.einsum("bqd,qcd->bqc", pooled, self.v.weight.view(n_q, -1, dim))
         if self.v.bias is not None:
             out = out + self.v.bias.view(n_q, -1)
@@ -320,7 +319,8 @@ def build_head(entry: AggregatorEntry, *, embed_dim: int, num_heads: int, num_pr
     elif entry.kind == "mean":
         pooler = MeanPool(num_prefix_tokens)
     elif entry.kind == "abmilp":
-        pooler = ABMILPPool(dim, skip, num_prefix_tokens, **opts)
+        pooler = ABMILPPool(dim, skip, num_prefix_tokens, depth=opts["depth"], activation=opts["activation"],
+                            self_attention=opts["self_attention"], cond=opts["cond"])
     elif entry.kind == "query":
         # V-JEPA's AttentiveClassifier: no BatchNorm, the linear layer keeps PyTorch's default init.
         heads = opts["num_heads"] or num_heads

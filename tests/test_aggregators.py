@@ -125,6 +125,42 @@ def test_every_aggregator_kind_has_a_parity_fixture():
     assert {"abmilp", "query", "ep"} <= covered
 
 
+def _direct_query_pool(pooler, tokens: torch.Tensor) -> torch.Tensor:
+    """The official cross-attention written out: K and V projected on every token, then attention per head."""
+    xn = pooler.norm1(tokens[:, pooler.skip:])
+    b, n_q, dim = tokens.shape[0], pooler.query_tokens.shape[1], tokens.shape[-1]
+    h = pooler.num_heads
+    k, v = pooler.kv(xn).view(b, -1, 2, h, dim // h).permute(2, 0, 3, 1, 4)
+    q = pooler.q(pooler.query_tokens.expand(b, -1, -1)).view(b, n_q, h, -1).transpose(1, 2)
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n_q, dim)
+    out = pooler.query_tokens + y
+    return (out + pooler.mlp(pooler.norm2(out))).flatten(1)
+
+
+def _direct_ep_pool(pooler, tokens: torch.Tensor) -> torch.Tensor:
+    """The official EfficientProbing forward: values projected on every token, each query reads its own slice."""
+    x = tokens[:, pooler.skip:]
+    b, n, dim = x.shape
+    n_q = pooler.queries.shape[1]
+    attn = (pooler.queries * dim ** -0.5 @ x.transpose(1, 2)).softmax(-1)  # (B, Q, N)
+    v = pooler.v(x).view(b, n, n_q, -1).permute(0, 2, 1, 3)  # (B, Q, N, D/(d_out Q))
+    return (attn.unsqueeze(2) @ v).reshape(b, -1)
+
+
+@pytest.mark.parametrize("kind,options,direct", [
+    ("query", {"num_queries": 3, "num_heads": 4}, _direct_query_pool),
+    ("ep", {"num_queries": 8, "d_out": 2, "qkv_bias": True}, _direct_ep_pool),
+])
+def test_folded_projections_match_the_direct_computation(kind: str, options: dict, direct):
+    """The fixtures cover one query (query) and d_out 1 (ep); the folding must hold for every setting."""
+    head = build_head(_entry(kind), embed_dim=32, num_heads=4, num_prefix_tokens=1, num_classes=3, options=options)
+    with torch.no_grad():
+        for p in head.pooler.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        tokens = torch.randn(2, 17, 32)
+        torch.testing.assert_close(head.pool(tokens), direct(head.pooler, tokens), rtol=0, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------- shapes
 
 
@@ -195,6 +231,7 @@ def test_cls_without_prefix_tokens_is_not_applicable():
 def test_unknown_option_names_option_and_accepted(kind: str):
     with pytest.raises(HarnessError, match="unknown option 'deph'") as err:
         build_head(_entry(kind), embed_dim=16, num_heads=2, num_prefix_tokens=1, num_classes=3, options={"deph": 2})
+    assert "grid options" in str(err.value)
     accepted = str(err.value).split("accepted:")[1]
     for name in _entry(kind).options:
         assert name in accepted
@@ -209,6 +246,12 @@ def test_unknown_option_names_option_and_accepted(kind: str):
 def test_bad_option_values_are_user_errors(kind: str, options: dict, fragment: str):
     with pytest.raises(HarnessError, match=fragment):
         build_head(_entry(kind), embed_dim=16, num_heads=2, num_prefix_tokens=1, num_classes=3, options=options)
+
+
+def test_bad_registered_option_names_the_registry_file():
+    entry = AggregatorEntry(name="broken", kind="ep", tap="prenorm", options={"d_out": 0}, source="aggs.toml")
+    with pytest.raises(HarnessError, match=r"'broken' \(aggs.toml\): option 'd_out' is 0"):
+        build_head(entry, embed_dim=16, num_heads=2, num_prefix_tokens=1, num_classes=3)
 
 
 def test_positional_conditioning_needs_a_square_grid():
