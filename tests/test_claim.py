@@ -207,3 +207,12 @@ def test_claim_grid(tmp_path):
     steps = np.diff(np.log10(heads["cls"].lrs))
     assert len(heads["cls"].lrs) >= 9 and np.allclose(steps, steps[0], atol=1e-4)
     assert len(grid.seeds) == 5 and grid.claim_margin == 0.5
+
+
+def test_mean_diverged_at_the_cls_lr_is_reported_not_dropped_silently():
+    results = generate()
+    at_cls_lr = (results["aggregator"] == "mean") & np.isclose(results["lr"], 1e-2)
+    results.loc[at_cls_lr, ["status", "val_top1", "test_top1"]] = ["diverged", np.nan, np.nan]
+    row = one(results)
+    assert row.verdict == "equivalent" and row.untuned_n_seeds == 0 and row.untuned_verdict == "inconclusive"
+    assert "no ok head at the cls-selected lr for 5 seed(s)" in row.note
