@@ -13,12 +13,15 @@ import pandas as pd
 SELECTION_KEYS = ("backbone", "dataset", "protocol", "aggregator", "seed")
 
 
-def select_best(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per selection key: the val-selected head among the "ok" rows, ordered by the keys."""
+def select_best(results: pd.DataFrame, by: tuple[str, ...] = SELECTION_KEYS) -> pd.DataFrame:
+    """One row per value of `by`: the val-selected head among the "ok" rows, ordered by `by`.
+
+    `by` is the selection key; the leaderboard's per-lr curves add "lr" to it (the val-best wd at each lr).
+    """
     ok = results[results["status"] == "ok"]
     if ok.empty:
         return ok.reset_index(drop=True)
-    keys = list(SELECTION_KEYS)
+    keys = list(by)
     group = ok.groupby(keys, sort=True, dropna=False).ngroup().to_numpy()
     val = ok["val_top1"].to_numpy(dtype=float, na_value=np.nan)
     lr = ok["lr"].to_numpy(dtype=float, na_value=np.nan)

@@ -1,0 +1,185 @@
+"""Leaderboards: hand-computed val-selected cells, determinism, n/a and random-init cells, published column,
+escaping, terminal tables, and (marked `browser`) the HTML page in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from results_factory import make_row
+from rich.console import Console
+
+from harness.leaderboard import render_markdown, render_terminal, write_leaderboards
+from harness.leaderboard_html import render_html
+from harness.leaderboard_model import build_boards
+from harness.registry import REGISTRY_DIR, load_registry
+from harness.store import write_trial
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+# (aggregator, seed, lr, wd, val_top1, test_top1): test-best lr != val-best lr in every cell.
+HAND = [
+    ("cls", 0, 0.01, 0.0, 60.0, 70.0), ("cls", 0, 0.1, 0.0, 65.0, 60.0), ("cls", 0, 1.0, 0.0, 50.0, 80.0),
+    ("cls", 1, 0.01, 0.0, 66.0, 71.0), ("cls", 1, 0.1, 0.0, 64.0, 62.0), ("cls", 1, 1.0, 0.0, 40.0, 90.0),
+    ("mean", 0, 0.1, 0.0, 70.0, 66.0), ("mean", 0, 0.1, 0.1, 70.0, 10.0), ("mean", 0, 1.0, 0.0, 70.0, 99.0),
+    ("mean", 1, 0.1, 0.0, 69.0, 80.0), ("mean", 1, 1.0, 0.0, 71.0, 67.0),
+]
+# Selected: cls 60 (lr 0.1), 71 (lr 0.01) -> 65.50 ± 7.78; mean 66 (lr 0.1, wd 0: ties), 67 (lr 1) -> 66.50 ± 0.71.
+
+
+def _hand(backbone: str = "mae-vit-b16", **overrides) -> list[dict]:
+    rows = [make_row(backbone=backbone, aggregator=a, seed=s, lr=lr, wd=wd, val_top1=v, test_top1=t, **overrides)
+            for a, s, lr, wd, v, t in HAND]
+    rows.append(make_row(backbone=backbone, aggregator="mean", seed=0, lr=0.01, status="diverged", diverged_step=3,
+                         val_top1=None, test_top1=None, **overrides))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """The project registry plus one backbone with a published digits number."""
+    root = tmp_path_factory.mktemp("registry")
+    shutil.copytree(REGISTRY_DIR, root, dirs_exist_ok=True)
+    (root / "backbones" / "published.toml").write_text(
+        '["pub-vit"]\nextends = "mae-vit-b16"\npublished = { "digits/cls" = 91.5, "digits/mean" = 92.25, '
+        '"imagenet-1k/cls" = 12.3 }\n')
+    return load_registry(root)
+
+
+def test_cells_are_val_selected_mean_and_std_over_seeds(registry):
+    (board,) = build_boards(pd.DataFrame(_hand()), registry)
+    (row,) = board.rows
+    cls, mean = row.cells["cls"], row.cells["mean"]
+    assert [p.test_top1 for p in cls.picks] == [60.0, 71.0] and [p.lr for p in cls.picks] == [0.1, 0.01]
+    assert [p.test_top1 for p in mean.picks] == [66.0, 67.0]
+    assert [(p.lr, p.wd) for p in mean.picks] == [(0.1, 0.0), (1.0, 0.0)]
+    assert cls.text() == "65.50 ± 7.78 (n=2)" and mean.text() == "66.50 ± 0.71 (n=2)"
+    assert mean.gain_text() == "Δcls +1.00" and mean.best and not cls.best
+    assert board.num_results == len(HAND) + 1 and board.grids == ("demo",)
+    md = render_markdown(pd.DataFrame(_hand()), registry)
+    assert "| mae-vit-b16 | 65.50 ± 7.78 (n=2) | **66.50 ± 0.71 (n=2)**, Δcls +1.00 | — |" in md
+    assert "From 12 result rows (grid: demo)." in md
+    board_md = md.split("## Mean pooling")[0]  # the claim section plots every lr, test-best ones included
+    assert "seed 0: lr 0.1, wd 0, val 65.00, test 60.00, " in board_md
+    assert "85.00" not in board_md and "89.50" not in board_md  # the test-selected means
+
+
+def test_lr_curves_take_the_val_best_wd_at_each_lr(registry):
+    (board,) = build_boards(pd.DataFrame(_hand()), registry)
+    curve = next(c for c in board.curves if c.aggregator == "mean")
+    assert curve.lrs == (0.1, 1.0) and curve.test_top1 == (73.0, 83.0) and curve.val_top1 == (69.5, 70.5)
+
+
+def test_not_applicable_no_ok_head_and_random_init(registry):
+    rows = [make_row(backbone="demo-ijepa-tiny", random_init=True, aggregator="cls", status="not-applicable",
+                     val_top1=None, test_top1=None),
+            make_row(backbone="demo-ijepa-tiny", random_init=True, aggregator="mean", val_top1=50.0, test_top1=40.0),
+            make_row(backbone="demo-ijepa-tiny", random_init=True, aggregator="abmilp", status="diverged",
+                     val_top1=None, test_top1=None)]
+    md = render_markdown(pd.DataFrame(rows), registry)
+    assert ("| demo-ijepa-tiny (random-init) | n/a | **40.00 (n=1)**, Δcls n/a | no ok head (1 diverged) | — |"
+            in md)
+    assert "carry no scientific meaning" in md
+
+
+def test_published_column_and_unregistered_backbone(registry):
+    rows = _hand("pub-vit") + _hand("gone-vit")
+    md = render_markdown(pd.DataFrame(rows), registry)
+    assert re.search(r"\| pub-vit \|.*\| cls 91\.5, mean 92\.25 \|", md)  # only this dataset's numbers
+    assert re.search(r"\| gone-vit \|.*\| — \|", md) and "12.3" not in md
+
+
+def test_regeneration_is_byte_identical_and_order_free(tmp_path):
+    rows = _hand() + _hand("demo-mae-tiny", random_init=True, trial_id="t1")
+    write_trial(tmp_path, rows[:12], [])
+    write_trial(tmp_path, rows[12:], [])
+    first = [p.read_bytes() for p in write_leaderboards(tmp_path)]
+    assert [p.name for p in write_leaderboards(tmp_path)] == ["leaderboard.md", "leaderboard.html"]
+    assert [p.read_bytes() for p in (tmp_path / "leaderboard.md", tmp_path / "leaderboard.html")] == first
+    shuffled = pd.DataFrame(rows).sample(frac=1.0, random_state=3)
+    assert render_markdown(shuffled) == render_markdown(pd.DataFrame(rows))
+
+
+def test_empty_store_writes_pages_that_say_so(tmp_path):
+    md, page = write_leaderboards(tmp_path)
+    assert "No results yet." in md.read_text() and "No results yet." in page.read_text()
+
+
+def test_claim_section_is_in_both_pages(registry):
+    rows = pd.DataFrame(_hand())
+    assert "## Mean pooling vs [cls]" in render_markdown(rows, registry)
+    assert 'id="claim"' in render_html(rows, registry)
+
+
+def test_hostile_names_are_escaped_everywhere(registry):
+    rows = pd.DataFrame(_hand(HOSTILE) + _hand('x" onmouseover="alert(2)', trial_id="t2"))
+    page = render_html(rows, registry)
+    assert "<img" not in page and 'onmouseover="' not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    boards_md = render_markdown(rows, registry).split("## Mean pooling")[0]  # the claim section is claim.py's
+    assert "<img" not in boards_md and "&lt;img src=x onerror=alert(1)&gt;" in boards_md
+
+
+def test_terminal_tables_show_cells_and_never_read_markup(registry):
+    console = Console(record=True, width=200)
+    render_terminal(pd.DataFrame(_hand("[bold]b[/bold]") + _hand("demo-mae-tiny", random_init=True)), console,
+                    registry)
+    out = console.export_text()
+    assert "[bold]b[/bold]" in out and "66.50 ± 0.71 (n=2) Δcls +1.00" in out
+    assert "demo-mae-tiny (random-init)" in out and "carry no scientific meaning" in out
+
+
+def test_leaderboard_modules_import_no_torch_or_ray():
+    code = ("import sys, harness.leaderboard, harness.store, harness.selection\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------------ browser
+
+PROBE = """<script>
+window.alert = function () { document.documentElement.setAttribute("data-alerted", "1"); };
+</script>"""
+CHECK = """<script>
+var table = document.querySelector("table.sortable"), th = table.querySelectorAll("th");
+var first = function () { return Array.prototype.map.call(table.tBodies[0].rows, function (r) {
+  return r.cells[0].textContent; }); };
+th[2].click(); var desc = first(); th[2].click(); var asc = first();
+var probe = document.createElement("pre"); probe.id = "probe";
+probe.textContent = JSON.stringify({desc: desc, asc: asc, tables: document.querySelectorAll("table").length,
+  svgs: document.querySelectorAll("svg.plot").length, polylines: document.querySelectorAll("svg polyline").length,
+  images: document.images.length, alerted: document.documentElement.getAttribute("data-alerted")});
+document.body.appendChild(probe);
+</script>"""
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=3000", "--dump-dom"]
+
+
+@pytest.mark.browser
+def test_html_page_in_headless_chromium(tmp_path, registry):
+    """Scripts run, tables sort by click, plots render, and a hostile backbone name stays text."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("headless Chromium not installed (apt-get install chromium)")
+    lower = [{**r, "test_top1": r["test_top1"] and r["test_top1"] - 50} for r in _hand(HOSTILE)]
+    rows = lower + _hand("b-vit", trial_id="t2")  # rendered by name: hostile first, so each click must reorder
+    page = render_html(pd.DataFrame(rows), registry)
+    probe_page = tmp_path / "page.html"
+    probe_page.write_text(page.replace("<head>", "<head>" + PROBE, 1).replace("</body>", CHECK + "</body>", 1))
+    out = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                          probe_page.as_uri()], capture_output=True, text=True, timeout=60)
+    match = re.search(r'<pre id="probe">(.*?)</pre>', out.stdout, re.S)
+    assert match, f"no probe in the dumped DOM; stderr: {out.stderr[-2000:]}"
+    probe = json.loads(match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
+                       .replace("&amp;", "&"))
+    assert probe["desc"] == ["b-vit", HOSTILE] and probe["asc"] == [HOSTILE, "b-vit"]  # column 2 = mean
+    assert probe["tables"] >= 2 and probe["svgs"] >= 3 and probe["polylines"] >= 8
+    assert probe["images"] == 0 and probe["alerted"] is None
