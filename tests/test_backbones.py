@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import harness
-from harness.backbones import Backbone, convert_checkpoint
+from harness.backbones import Backbone, build_model, convert_checkpoint
 from harness.errors import HarnessError
 from harness.registry import ARCH_OVERRIDE_KEYS, load_registry
 from harness.weights import load_checkpoint, sha256_of
@@ -230,3 +230,17 @@ def test_manual_download_says_where_to_put_the_file(tmp_path, monkeypatch):
     with pytest.raises(HarnessError, match=r"cannot be downloaded by script.*microsoft/SimMIM.*put it at "
                                            + str(tmp_path / "weights" / "simmim_pretrain")):
         harness.load_backbone("simmim-vit-b16")
+
+
+@pytest.mark.parametrize("name", sorted(n for n, e in load_registry().backbones.items() if not e.random_init))
+def test_registered_entries_build_their_declared_shape(name):
+    """Every released entry's arch has the declared geometry (one block on the meta device keeps this instant)."""
+    entry = load_registry().backbone(name)
+    with torch.device("meta"):
+        model = build_model(entry, depth=1)
+    assert model.patch_embed.patch_size == (entry.patch_size, entry.patch_size)
+    assert model.patch_embed.img_size == (entry.img_size, entry.img_size)
+    assert (model.cls_token is not None) == entry.class_token
+    assert entry.checkpoint_key is not None and entry.filename and (entry.url or entry.manual_download)
+    for key in entry.published:
+        assert key.startswith("imagenet-1k/")
