@@ -77,6 +77,10 @@ class _StoreAndShow(tune.Callback):
         self.state = {i: "pending" for i in range(len(plans))}
         self.started = time.monotonic()
 
+    def __getstate__(self) -> dict:
+        """Tune pickles its callbacks with the experiment state; the live display stays with the driver."""
+        return {**self.__dict__, "live": None}
+
     def _set(self, trial, state: str) -> None:
         self.state[trial.config["index"]] = state
         if self.live is not None:
@@ -146,7 +150,6 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
         return summary
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     connect(address, num_cpus=num_cpus, num_gpus=num_gpus)
     trainable = tune.with_resources(tune.with_parameters(_trainable, plans=[p.to_dict() for p in plans]),

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 import torch
 
 import harness
+from harness import store
 from harness.backbones import load_backbone
 from harness.data import load_splits
 from harness.headbank import HeadBank, HeadOutcome, HeadSpec
@@ -73,7 +74,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
         "device": device_name(device),
     }
     rows = [head_row(shared, head, spec.aggregator, outcome) for head, spec, outcome in zip(plan.heads, specs, outcomes)]
-    curves = [{"config_hash": head.config_hash, **point}
+    curves = [{"config_hash": head.config_hash, **point, "schema_version": store.SCHEMA_VERSION}
               for head, outcome in zip(plan.heads, outcomes) for point in outcome.curves]
     return rows, curves
 
@@ -97,7 +98,7 @@ def trial_columns(plan: TrialPlan, entry: BackboneEntry, started: datetime) -> d
         "random_init": entry.random_init, "dataset": plan.dataset, "protocol": plan.protocol,
         "epochs": plan.epochs, "batch_size": plan.batch_size, "claim_margin": plan.claim_margin,
         "git_commit": plan.provenance.get("git_commit", ""), **versions(), "started_at": started,
-        "ended_at": datetime.now(timezone.utc),
+        "ended_at": datetime.now(timezone.utc), "schema_version": store.SCHEMA_VERSION,
     }
 
 
