@@ -10,6 +10,7 @@ commute with the attention-weighted sum after pooling, on one vector per query, 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable
@@ -190,7 +191,8 @@ class QueryPool(nn.Module):
 
     As the official forward does: LayerNorm (eps 1e-5) on the tokens only, no output projection after the
     cross-attention (the official `xattn.proj` is never applied, so it is not a parameter here), residual to the
-    queries, then `q + MLP(LayerNorm(q))`, then `depth - 1` self-attention blocks over the queries.
+    queries, then `q + MLP(LayerNorm(q))`, then `depth - 1` self-attention blocks over the queries (the official
+    init raises for depth > 1, `enumerate(1, blocks)`; this follows its evident intent).
     Pooled features are the queries' outputs concatenated: (B, num_queries * D).
 
     Efficiency: the per-head key map is folded into the query (W_k^T q, a D-vector per head; the key bias only
@@ -201,9 +203,6 @@ class QueryPool(nn.Module):
 
     def __init__(self, dim: int, skip: int, *, num_heads: int, num_queries: int, depth: int, mlp_ratio: float):
         super().__init__()
-        from timm.layers import Mlp
-        from timm.models.vision_transformer import Block
-
         if dim % num_heads:
             raise HarnessError(f"query option num_heads={num_heads} does not divide the embedding width {dim}; "
                                "accepted: a divisor of the width.")
@@ -213,8 +212,13 @@ class QueryPool(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth - 1))
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
+        self.blocks = nn.ModuleList()
+        if depth > 1:  # timm only when needed: importing it costs seconds
+            from timm.models.vision_transformer import Block
+
+            self.blocks.extend(Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth - 1))
         self._init_official()
 
     def _init_official(self) -> None:
