@@ -15,21 +15,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, v2
 
-from harness.config import setting
 from harness.errors import HarnessError
 from harness.registry import BackboneEntry, DatasetEntry
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+from harness.sources import Source, load_source, option, stratified_split
 
 
 @dataclass(frozen=True)
@@ -57,8 +53,6 @@ class LabelledView(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image, label = self.base[int(self.indices[i])]
-        if isinstance(image, Image.Image) and image.mode != "RGB":
-            image = image.convert("RGB")
         return self.transform(image), int(label)
 
 
@@ -98,35 +92,36 @@ def build_transform(dataset: DatasetEntry, backbone: BackboneEntry, *, augment: 
 # --------------------------------------------------------------------------------------------- splits
 
 
-def stratified_split(labels: np.ndarray, fraction: float, seed: int, *, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, held-out) indices: a seeded hold-out of `fraction` with every class in proportion."""
-    from sklearn.model_selection import train_test_split
-
-    try:
-        kept, held = train_test_split(np.arange(len(labels)), test_size=fraction, random_state=seed,
-                                      stratify=labels)
-    except ValueError as e:
-        raise HarnessError(f"{what}: cannot hold out a stratified {fraction:.0%} of {len(labels)} images ({e}); "
-                           "accepted: a fraction that leaves every class at least one image on each side.") from None
-    return np.sort(kept), np.sort(held)
+def _check_counts(dataset: DatasetEntry, source: Source) -> None:
+    """Labels within num_classes, and the official image counts (`options.num_images`) when the entry records them."""
+    found = int(max(source.pool_labels.max(), source.test_labels.max())) + 1
+    if found > dataset.num_classes or min(source.pool_labels.min(), source.test_labels.min()) < 0:
+        raise HarnessError(f"{dataset.source_file}: dataset '{dataset.name}' read from {source.location} has labels "
+                           f"in 0..{found - 1}, but its field 'num_classes' is {dataset.num_classes}; accepted: the "
+                           "number of classes.")
+    expected = option(dataset, "num_images", dict, {})
+    got = {"pool": len(source.pool_labels), "test": len(source.test_labels)}
+    for split, n in expected.items():
+        if split not in got or got[split] != n:
+            raise HarnessError(f"dataset '{dataset.name}': {source.location} holds {got} images, but the entry "
+                               f"({dataset.source_file}) records options.num_images = {expected}; the files there "
+                               "are incomplete or another version: remove them and download or place them again.")
 
 
 def load_splits(dataset: DatasetEntry, backbone: BackboneEntry, *, augment: bool = False, download: bool = False,
                 root: Path | None = None) -> Splits:
     """The train / val / test splits of `dataset`, preprocessed for `backbone` (see the module docstring)."""
-    pool, pool_labels, test, test_labels = _SOURCES[dataset.source](dataset, backbone, download, root)
-    found = int(max(pool_labels.max(), test_labels.max())) + 1
-    if found > dataset.num_classes or pool_labels.min() < 0:
-        raise HarnessError(f"{dataset.source_file}: dataset '{dataset.name}' has labels in 0..{found - 1}, but its "
-                           f"field 'num_classes' is {dataset.num_classes}; accepted: the number of classes.")
+    source = load_source(dataset, backbone, download=download, root=root)
+    pool_labels, test_labels = source.pool_labels, source.test_labels
+    _check_counts(dataset, source)
     train_idx, val_idx = stratified_split(pool_labels, dataset.val_fraction, dataset.split_seed,
                                           what=f"dataset '{dataset.name}' (val_fraction)")
     eval_tf = build_transform(dataset, backbone, augment=False)
     train_tf = build_transform(dataset, backbone, augment=True) if augment else eval_tf
     return Splits(
-        train=LabelledView(pool, train_idx, pool_labels[train_idx], train_tf),
-        val=LabelledView(pool, val_idx, pool_labels[val_idx], eval_tf),
-        test=LabelledView(test, np.arange(len(test)), test_labels, eval_tf),
+        train=LabelledView(source.pool, train_idx, pool_labels[train_idx], train_tf),
+        val=LabelledView(source.pool, val_idx, pool_labels[val_idx], eval_tf),
+        test=LabelledView(source.test, np.arange(len(source.test)), test_labels, eval_tf),
         num_classes=dataset.num_classes,
         split_seed=dataset.split_seed,
     )
@@ -139,50 +134,3 @@ def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, num
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       pin_memory=pin_memory, drop_last=drop_last, generator=generator,
                       persistent_workers=num_workers > 0)
-
-
-# -------------------------------------------------------------------------------------------- sources
-
-Loaded = tuple[Dataset, np.ndarray, Dataset, np.ndarray]  # (train pool, its labels, test, its labels)
-
-
-class _TensorImages(Dataset):
-    def __init__(self, images: torch.Tensor, labels: np.ndarray):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], int(self.labels[i])
-
-
-def _option(dataset: DatasetEntry, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-    """One field of the entry's `options` table, type-checked; errors name the registry file and field."""
-    value = dataset.options.get(key, default)
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if value is ... or not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise HarnessError(f"{dataset.source_file}: field '{dataset.name}.options.{key}' is "
-                           f"{'missing' if value is ... else repr(value)}; accepted: "
-                           f"{' or '.join(k.__name__ for k in kinds)}.")
-    return value
-
-
-def _digits(dataset: DatasetEntry, backbone: BackboneEntry, download: bool, root: Path | None) -> Loaded:
-    """scikit-learn's embedded 8x8 digits: grey 0..16 -> 3 channels in [0, 1]; test = seeded stratified hold-out."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    labels = digits.target.astype(np.int64)
-    images = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None].expand(-1, 3, -1, -1).contiguous()
-    fraction = float(_option(dataset, "test_fraction", (float, int)))
-    pool_idx, test_idx = stratified_split(labels, fraction, dataset.split_seed,
-                                          what=f"dataset '{dataset.name}' (options.test_fraction)")
-    return (_TensorImages(images[pool_idx], labels[pool_idx]), labels[pool_idx],
-            _TensorImages(images[test_idx], labels[test_idx]), labels[test_idx])
-
-
-_SOURCES: dict[str, Callable[[DatasetEntry, BackboneEntry, bool, Path | None], Loaded]] = {
-    "sklearn_digits": _digits,
-}
-

@@ -1,14 +1,17 @@
 """Splits (stratified, seeded, disjoint, recorded sizes), backbone transforms and dataset-root errors."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from harness.data import load_splits, stratified_split
+from harness.data import load_splits
 from harness.errors import HarnessError
 from harness.registry import load_registry
+from harness.sources import imagefolder_entry, stratified_split
 from token_fakes import ENTRY
 
 DEMO = replace(ENTRY, img_size=32, patch_size=8)
@@ -85,3 +88,120 @@ def test_augment_changes_train_only(digits_entry):
 def test_wrong_num_classes_names_the_field(digits_entry):
     with pytest.raises(HarnessError, match="'num_classes' is 5"):
         load_splits(replace(digits_entry, num_classes=5), DEMO)
+
+
+# ----------------------------------------------------------------------------------- on-disk sources
+
+
+def _png(path: Path, value: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((12, 10, 3), value, dtype=np.uint8)).save(path)
+
+
+def _fake_dtd(root: Path, classes=("banded", "dotted", "zigzag"), per_split: int = 5) -> None:
+    """torchvision's DTD layout under <root>/dtd: images/<class>/*.jpg and labels/{split}1.txt."""
+    base = root / "dtd" / "dtd" / "dtd"
+    for split in ("train", "val", "test"):
+        lines = []
+        for c, cls in enumerate(classes):
+            for i in range(per_split):
+                _png(base / "images" / cls / f"{split}_{i}.png", 40 * c)
+                lines.append(f"{cls}/{split}_{i}.png")
+        (base / "labels").mkdir(parents=True, exist_ok=True)
+        (base / "labels" / f"{split}1.txt").write_text("\n".join(lines) + "\n")
+
+
+def _dtd_entry(**options):
+    entry = load_registry().dataset("dtd")
+    return replace(entry, num_classes=3, val_fraction=0.2, options={**entry.options, **options})
+
+
+def test_torchvision_pool_is_train_plus_official_val(tmp_path):
+    _fake_dtd(tmp_path)
+    splits = load_splits(_dtd_entry(num_images={"pool": 30, "test": 15}), DEMO, root=tmp_path)
+    assert splits.sizes() == {"train": 24, "val": 6, "test": 15}
+    assert np.bincount(splits.val.labels).tolist() == [2, 2, 2]
+    image, label = splits.val[0]
+    assert image.shape == (3, 32, 32) and label == splits.val.labels[0]
+    # the image's grey level encodes its class: 0, 40 or 80 -> normalised (v/255 - 0.5) / 0.25
+    assert torch.allclose(image, torch.full_like(image, (40 * label / 255 - 0.5) / 0.25), atol=1e-4)
+
+
+def test_missing_torchvision_root_says_where_and_how(tmp_path):
+    entry = load_registry().dataset("cifar10")
+    with pytest.raises(HarnessError) as e:
+        load_splits(entry, DEMO, root=tmp_path)
+    message = str(e.value)
+    assert str(tmp_path / "cifar10") in message and "--download" in message and "HARNESS_DATA_ROOT" in message
+
+
+def test_incomplete_download_is_reported_not_used(tmp_path):
+    _fake_dtd(tmp_path)
+    with pytest.raises(HarnessError, match=r"holds \{'pool': 30, 'test': 15\} images.*num_images.*incomplete"):
+        load_splits(_dtd_entry(), DEMO, root=tmp_path)  # the registry's official counts: 3760 / 1880
+
+
+def _folder(root: Path, train=("cat", "dog"), test=("cat", "dog"), per_class: int = 6) -> Path:
+    for split, classes in (("train", train), ("val", test)):
+        for c, cls in enumerate(classes):
+            for i in range(per_class):
+                _png(root / split / cls / f"{i}.png", 100 * (sorted(set(train) | set(test)).index(cls)))
+    return root
+
+
+def test_imagefolder_from_the_command_line(tmp_path):
+    entry = imagefolder_entry(_folder(tmp_path / "pics", test=("dog",)), val_fraction=0.25)
+    assert entry.name == "pics" and entry.num_classes == 2 and entry.source == "imagefolder"
+    splits = load_splits(entry, DEMO)
+    assert splits.sizes() == {"train": 9, "val": 3, "test": 6}
+    assert splits.test.labels.tolist() == [1] * 6  # "dog" keeps train's index although val lacks "cat"
+    image, label = splits.test[0]
+    assert label == 1 and torch.allclose(image, torch.full_like(image, (100 / 255 - 0.5) / 0.25), atol=1e-4)
+
+
+@pytest.mark.parametrize("layout, problem", [
+    ("none", "imagenet-1k/train is not a folder"),
+    ("wrong_count", "has 2 class folders, but the entry says num_classes = 1000"),
+])
+def test_imagenet_root_errors_say_where_and_how(tmp_path, layout, problem):
+    if layout == "wrong_count":
+        _folder(tmp_path / "imagenet-1k")
+    with pytest.raises(HarnessError) as e:
+        load_splits(load_registry().dataset("imagenet-1k"), DEMO, root=tmp_path)
+    message = str(e.value)
+    assert problem in message and "train/<class>/<image>" in message and "image-net.org" in message
+    assert "HARNESS_DATA_ROOT" in message
+
+
+def test_imagefolder_test_classes_must_exist_in_train(tmp_path):
+    entry = imagefolder_entry(_folder(tmp_path, test=("cat", "dog", "eel")))
+    with pytest.raises(HarnessError, match=r"class folders missing from .*train \(eel\)"):
+        load_splits(entry, DEMO)
+
+
+def test_imagefolder_entry_needs_class_folders(tmp_path):
+    with pytest.raises(HarnessError, match=f"{tmp_path / 'train'} is not a folder"):
+        imagefolder_entry(tmp_path)
+    (tmp_path / "train").mkdir()
+    with pytest.raises(HarnessError, match="has no class sub-folders"):
+        imagefolder_entry(tmp_path)
+
+
+def test_synthetic_patch_puts_the_object_where_it_says():
+    entry = load_registry().dataset("synthetic-patch")
+    splits = load_splits(entry, DEMO)
+    assert splits.sizes() == {"train": 1800, "val": 200, "test": 800} and splits.num_classes == 8
+    base = splits.test.base
+    for i in range(5):
+        raw, label = base[i]
+        row, col = base.object_cell(i)
+        assert torch.equal(raw[:, row * 8:(row + 1) * 8, col * 8:(col + 1) * 8], base.objects[label])
+        assert torch.equal(raw, base[i][0])  # a pure function of the index
+    assert torch.equal(splits.train.base.objects, base.objects)  # train and test share the class objects
+    assert np.bincount(base.labels).tolist() == [100] * 8
+
+
+def test_synthetic_object_must_fit_the_grid():
+    entry = load_registry().dataset("synthetic-patch")
+    with pytest.raises(HarnessError, match="options.object_patches' is 5"):
+        load_splits(replace(entry, options={**entry.options, "object_patches": 5}), DEMO)
