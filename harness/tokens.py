@@ -97,6 +97,7 @@ def cache_key(backbone: Any, dataset_entry: DatasetEntry, split_name: str, num_i
     return {
         "format": CACHE_FORMAT, "backbone": entry.name, "weights_sha256": backbone.weights_sha256,
         "arch": entry.arch, "arch_overrides": entry.arch_overrides, "checkpoint_key": entry.checkpoint_key,
+        "geometry": [getattr(backbone, a, None) for a in ("embed_dim", "depth", "num_heads")],  # load-time overrides
         "dataset": dataset_entry.name, "dataset_source": dataset_entry.source, "options": dataset_entry.options,
         "val_fraction": dataset_entry.val_fraction, "split_seed": dataset_entry.split_seed, "split": split_name,
         "num_images": num_images, "transform": transform_key(dataset_entry, entry), "tap": tap,
