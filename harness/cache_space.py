@@ -5,11 +5,13 @@ Pure arithmetic and `shutil.disk_usage`: no torch, so `--dry-run` and the sweep 
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.registry import DatasetEntry
 
 TOKEN_BYTES = 2  # float16
 LABEL_BYTES = 8  # int64
@@ -22,6 +24,21 @@ def predict_cache_bytes(num_images: int, num_tokens: int, embed_dim: int, taps: 
     per_tap = (num_images * num_tokens * embed_dim * TOKEN_BYTES + num_images * LABEL_BYTES
                + 2 * NPY_HEADER_BYTES + META_BYTES)
     return per_tap * len(set(taps))
+
+
+def planned_split_sizes(dataset: DatasetEntry) -> dict[str, int] | None:
+    """{"train", "val", "test"} image counts known before reading any file, or None (e.g. a folder from the CLI).
+
+    From `options.num_images` ({pool, test}) or a synthetic entry's `num_train` / `num_test`; val is the
+    stratified hold-out, ceil(val_fraction x pool) images, as `load_splits` carves it.
+    """
+    counts = dataset.options.get("num_images")
+    if dataset.source == "synthetic":
+        counts = {"pool": dataset.options.get("num_train"), "test": dataset.options.get("num_test")}
+    if not isinstance(counts, dict) or not all(isinstance(counts.get(k), int) for k in ("pool", "test")):
+        return None
+    val = math.ceil(dataset.val_fraction * counts["pool"])
+    return {"train": counts["pool"] - val, "val": val, "test": counts["test"]}
 
 
 def human_bytes(n: int) -> str:

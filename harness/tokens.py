@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from harness.cache_space import ensure_cache_space, predict_cache_bytes
+from harness.config import setting
 from harness.data import transform_key
 from harness.errors import HarnessError
 from harness.registry import DatasetEntry
@@ -179,13 +180,15 @@ def _publish(tmp: Path, final: Path, tokens: np.memmap, labels: torch.Tensor, ke
 
 
 def cached_tokens(backbone: Any, dataset_entry: DatasetEntry, split_name: str, dataset: Dataset,
-                  taps: Sequence[str], *, cache_dir: Path, batch_size: int, device: torch.device | str,
+                  taps: Sequence[str], *, cache_dir: Path | None, batch_size: int, device: torch.device | str,
                   num_workers: int = 0) -> tuple[TokenSet, int]:
     """Tokens of one split from the cache, extracting (once, all missing taps together) what is not there.
 
-    `dataset` must be the un-augmented split (the `cached` protocol). Returns the tokens, memory-mapped, and
-    the number of images passed through the backbone: 0 when every tap was already cached.
+    `dataset` must be the un-augmented split (the `cached` protocol); `cache_dir` None means
+    `setting("cache_dir")` (HARNESS_CACHE_DIR). Returns the tokens, memory-mapped, and the number of images
+    passed through the backbone: 0 when every tap was already cached.
     """
+    cache_dir = Path(cache_dir) if cache_dir is not None else setting("cache_dir")
     taps = tuple(dict.fromkeys(taps))
     keys = {tap: cache_key(backbone, dataset_entry, split_name, len(dataset), tap) for tap in taps}
     paths = {tap: cache_entry_dir(cache_dir, keys[tap]) for tap in taps}

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from harness.cache_space import planned_split_sizes
 from harness.data import load_splits
 from harness.errors import HarnessError
 from harness.registry import load_registry
@@ -205,3 +206,22 @@ def test_synthetic_object_must_fit_the_grid():
     entry = load_registry().dataset("synthetic-patch")
     with pytest.raises(HarnessError, match="options.object_patches' is 5"):
         load_splits(replace(entry, options={**entry.options, "object_patches": 5}), DEMO)
+
+
+@pytest.mark.parametrize("name", ["digits", "synthetic-patch"])
+def test_planned_sizes_match_the_splits(name):
+    entry = load_registry().dataset(name)
+    assert planned_split_sizes(entry) == load_splits(entry, DEMO).sizes()
+
+
+def test_planned_sizes_of_registered_datasets():
+    registry = load_registry()
+    assert planned_split_sizes(registry.dataset("imagenet-1k")) == {"train": 1268355, "val": 12812, "test": 50000}
+    assert planned_split_sizes(registry.dataset("flowers102")) == {"train": 1632, "val": 408, "test": 6149}
+    assert planned_split_sizes(replace(registry.dataset("dtd"), options={})) is None
+
+
+def test_planned_sizes_match_a_torchvision_pool(tmp_path):
+    _fake_dtd(tmp_path)
+    entry = _dtd_entry(num_images={"pool": 30, "test": 15})
+    assert planned_split_sizes(entry) == load_splits(entry, DEMO, root=tmp_path).sizes()

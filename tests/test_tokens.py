@@ -165,3 +165,10 @@ def test_not_enough_disk_names_folder_and_bytes(tmp_path):
     ensure_cache_space(tmp_path / "not" / "yet", 1)
     with pytest.raises(HarnessError, match=rf"{tmp_path / 'x'} needs .*\(10000000000000000000 bytes\).* free"):
         ensure_cache_space(tmp_path / "x", 10**19)
+
+
+def test_cache_dir_defaults_to_the_setting(digits, monkeypatch, tmp_path):
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "from-env"))
+    dataset_entry, val = digits
+    cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm"], cache_dir=None, batch_size=64, device="cpu")
+    assert len(_entries(tmp_path / "from-env")) == 1
