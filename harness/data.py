@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 
 from harness.errors import HarnessError
@@ -126,11 +126,3 @@ def load_splits(dataset: DatasetEntry, backbone: BackboneEntry, *, augment: bool
         split_seed=dataset.split_seed,
     )
 
-
-def make_loader(dataset: Dataset, *, batch_size: int, shuffle: bool = False, num_workers: int = 0,
-                pin_memory: bool = False, drop_last: bool = False, seed: int | None = None) -> DataLoader:
-    """A DataLoader for either protocol; `seed` fixes the shuffling order (and workers' augmentation seeds)."""
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=drop_last, generator=generator,
-                      persistent_workers=num_workers > 0)

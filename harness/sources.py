@@ -187,14 +187,18 @@ def _torchvision(dataset: DatasetEntry, backbone: BackboneEntry, download: bool,
                 f"dataset '{dataset.name}': torchvision's {name} found no usable files under {folder} ({e}); "
                 f"expected the files {name} downloads there; run with --download to fetch them into {folder}, or "
                 f"{_root_hint(folder)}.") from None
-        except ValueError as e:
+        except (ValueError, TypeError) as e:  # a split name or keyword the class does not take
             raise HarnessError(f"{dataset.source_file}: dataset '{dataset.name}': torchvision's {name} rejects "
                                f"options {kwargs} ({e}).") from None
         except OSError as e:
             raise HarnessError(f"dataset '{dataset.name}': reading or downloading {name} into {folder} failed "
                                f"({e}); check the network and the folder, or place the files there by hand.") from None
 
-    parts = [build(kwargs) for kwargs in option(dataset, "train", list)]
+    train = option(dataset, "train", list)
+    if not train or not all(isinstance(kwargs, dict) for kwargs in train):
+        raise HarnessError(f"{dataset.source_file}: field '{dataset.name}.options.train' is {train!r}; accepted: a "
+                           "non-empty list of tables of keyword arguments, one per official split in the pool.")
+    parts = [build(kwargs) for kwargs in train]
     test = build(option(dataset, "test", dict))
     pool = parts[0] if len(parts) == 1 else ConcatDataset(parts)
     return Source(pool, np.concatenate([_labels_of(p) for p in parts]), test, _labels_of(test), str(folder))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,10 +31,20 @@ from harness.cache_space import ensure_cache_space, predict_cache_bytes
 from harness.config import setting
 from harness.data import transform_key
 from harness.errors import HarnessError
-from harness.registry import DatasetEntry
+from harness.registry import BackboneEntry, DatasetEntry
 
 CACHE_FORMAT = 1
 _TMP_PREFIX = ".tmp-"
+log = logging.getLogger(__name__)
+
+
+class TokenBackbone(Protocol):
+    """What extraction needs of a backbone (`harness.backbones.Backbone` is one; tests use small fakes)."""
+
+    entry: BackboneEntry
+    weights_sha256: str
+
+    def forward_taps(self, images: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]: ...
 
 
 @dataclass
@@ -54,7 +65,7 @@ def _in_memory(tap: str, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float16)
 
 
-def _run_backbone(backbone: Any, dataset: Dataset, taps: tuple[str, ...], *, batch_size: int, device: torch.device,
+def _run_backbone(backbone: TokenBackbone, dataset: Dataset, taps: tuple[str, ...], *, batch_size: int, device: torch.device,
                   num_workers: int, allocate: Allocate) -> tuple[TokenSet, int]:
     """One forward per batch for all taps; each tap's float16 tokens land in the tensor `allocate` returns."""
     n = len(dataset)
@@ -64,7 +75,7 @@ def _run_backbone(backbone: Any, dataset: Dataset, taps: tuple[str, ...], *, bat
                         pin_memory=device.type == "cuda")
     out: dict[str, torch.Tensor] = {}
     labels = torch.empty(n, dtype=torch.int64)
-    done = 0
+    done, report_every = 0, max(1, len(loader) // 10)
     with torch.inference_mode():
         for images, y in loader:
             feats = backbone.forward_taps(images.to(device, non_blocking=True), taps)
@@ -79,10 +90,12 @@ def _run_backbone(backbone: Any, dataset: Dataset, taps: tuple[str, ...], *, bat
                 out[tap][done:done + len(y)].copy_(half)
             labels[done:done + len(y)] = y
             done += len(y)
+            if done == n or (done // batch_size) % report_every == 0:
+                log.info("%s: %d / %d images through the backbone", backbone.entry.name, done, n)
     return TokenSet(out, labels), done
 
 
-def extract_tokens(backbone: Any, dataset: Dataset, taps: Sequence[str], *, batch_size: int,
+def extract_tokens(backbone: TokenBackbone, dataset: Dataset, taps: Sequence[str], *, batch_size: int,
                    device: torch.device | str, num_workers: int = 0) -> tuple[TokenSet, int]:
     """Tokens of every image of `dataset` for each tap, in memory, and the number of images passed."""
     return _run_backbone(backbone, dataset, tuple(dict.fromkeys(taps)), batch_size=batch_size,
@@ -92,7 +105,7 @@ def extract_tokens(backbone: Any, dataset: Dataset, taps: Sequence[str], *, batc
 # ------------------------------------------------------------------------------------------------ cache
 
 
-def cache_key(backbone: Any, dataset_entry: DatasetEntry, split_name: str, num_images: int, tap: str) -> dict:
+def cache_key(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: str, num_images: int, tap: str) -> dict:
     """Everything that makes one split's tokens what they are; any change gives a different cache entry."""
     entry = backbone.entry
     return {
@@ -131,8 +144,8 @@ def _open_entry(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor] | No
     except (OSError, ValueError) as e:
         raise HarnessError(f"token cache entry {path} is damaged ({e}); delete that folder and rerun to "
                            "rebuild it.") from None
-    if meta.get("key") != _canonical(key) or tokens.shape[0] != len(labels) \
-            or list(tokens.shape) != meta.get("shape"):
+    consistent = list(tokens.shape) == meta.get("shape") and tokens.shape[0] == len(labels)
+    if meta.get("key") != _canonical(key) or not consistent:
         raise HarnessError(f"token cache entry {path} does not match its key or shape; delete that folder and "
                            "rerun to rebuild it.")
     return torch.from_numpy(tokens), torch.from_numpy(labels)
@@ -179,7 +192,7 @@ def _publish(tmp: Path, final: Path, tokens: np.memmap, labels: torch.Tensor, ke
     _fsync(final.parent)
 
 
-def cached_tokens(backbone: Any, dataset_entry: DatasetEntry, split_name: str, dataset: Dataset,
+def cached_tokens(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: str, dataset: Dataset,
                   taps: Sequence[str], *, cache_dir: Path | None, batch_size: int, device: torch.device | str,
                   num_workers: int = 0) -> tuple[TokenSet, int]:
     """Tokens of one split from the cache, extracting (once, all missing taps together) what is not there.

@@ -225,3 +225,14 @@ def test_planned_sizes_match_a_torchvision_pool(tmp_path):
     _fake_dtd(tmp_path)
     entry = _dtd_entry(num_images={"pool": 30, "test": 15})
     assert planned_split_sizes(entry) == load_splits(entry, DEMO, root=tmp_path).sizes()
+
+
+@pytest.mark.parametrize("options, problem", [
+    ({"class": "NoSuchSet"}, "options.class' is 'NoSuchSet'"),
+    ({"train": [{"split": "train", "parttion": 1}]}, "rejects options"),
+    ({"train": {"split": "train"}}, "options.train' is"),
+])
+def test_malformed_torchvision_options_name_the_field(tmp_path, options, problem):
+    _fake_dtd(tmp_path)
+    with pytest.raises(HarnessError, match=problem):
+        load_splits(_dtd_entry(**options), DEMO, root=tmp_path)
