@@ -27,6 +27,7 @@ OPTIMIZERS = ("lars", "sgd", "adamw")
 PROTOCOLS = ("cached", "online")
 DATASET_SOURCES = ("sklearn_digits", "torchvision", "imagefolder", "synthetic")
 ARCH_OVERRIDE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+TRIAL_SETTINGS = ("protocol", "epochs", "batch_size", "warmup_epochs")  # what a grid may set per dataset
 
 
 def registry_dir() -> Path:
@@ -216,7 +217,12 @@ class Grid:
     gpus_per_trial: float = 0.0
     max_retries: int = 1
     claim_margin: float = 0.5  # equivalence margin of the mean-vs-cls test, in top-1 points
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> some of TRIAL_SETTINGS
     source: str = ""
+
+    def settings(self, dataset: str | None) -> dict[str, Any]:
+        """Protocol, epochs, batch size and warmup for one dataset: the grid's, with its [overrides.<dataset>]."""
+        return {**{key: getattr(self, key) for key in TRIAL_SETTINGS}, **self.overrides.get(dataset, {})}
 
     @property
     def num_heads(self) -> int:
@@ -261,6 +267,7 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         if "/" not in key or not isinstance(value, (int, float)):
             raise t.fail("published", f"has {key!r} = {value!r}", "'dataset/aggregator' = top-1 number")
     random_init = t.get("random_init", bool, False)
+    speed = t.get("images_per_s", float, None)
     entry = BackboneEntry(
         name=name,
         family=t.choice("family", FAMILIES),
@@ -279,7 +286,7 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         random_init=random_init,
         crop_pct=t.get("crop_pct", float, 0.875),
         interpolation=t.choice("interpolation", ("bicubic", "bilinear"), "bicubic"),
-        images_per_s=t.get("images_per_s", float, None),
+        images_per_s=None if random_init else speed,  # a demo's tiny arch runs at another speed than its base's
         published={} if random_init else {k: float(v) for k, v in published.items()},
         description=t.get("description", str, ""),
         source=str(path),
@@ -368,6 +375,15 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
         raise t.fail("seeds", f"is {seeds!r}", "a non-empty list of distinct integers")
     resources = _Table(path, t.get("resources", dict, {}), "resources")
+    overrides = {}
+    for dataset, table in t.get("overrides", dict, {}).items():
+        if dataset not in reg.datasets:
+            raise t.fail(f"overrides.{dataset}", "is not a registered dataset", _accepted_names(dataset, reg.datasets))
+        o = _Table(path, table, f"overrides.{dataset}")
+        read = {"protocol": lambda k: o.choice(k, PROTOCOLS), "epochs": o.positive_int, "batch_size": o.positive_int,
+                "warmup_epochs": lambda k: o.get(k, int)}
+        overrides[dataset] = {key: read[key](key) for key in TRIAL_SETTINGS if key in table}
+        o.finish()
     grid = Grid(
         name=path.stem,
         description=t.get("description", str, ""),
@@ -383,14 +399,18 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         gpus_per_trial=resources.get("gpus", float, 0.0),
         max_retries=t.get("max_retries", int, 1),
         claim_margin=t.get("claim_margin", float, 0.5),
+        overrides=overrides,
         source=str(path),
     )
     resources.finish()
     t.finish()
     if grid.cpus_per_trial <= 0 or grid.gpus_per_trial < 0:
         raise resources.fail("cpus", f"is {grid.cpus_per_trial} (gpus {grid.gpus_per_trial})", "cpus > 0 and gpus >= 0")
-    if not 0 <= grid.warmup_epochs < grid.epochs:
-        raise t.fail("warmup_epochs", f"is {grid.warmup_epochs}", f"0 <= warmup_epochs < epochs ({grid.epochs})")
+    for dataset in (None, *overrides):
+        s = grid.settings(dataset)
+        if not 0 <= s["warmup_epochs"] < s["epochs"]:
+            where = f"overrides.{dataset}.warmup_epochs" if dataset else "warmup_epochs"
+            raise t.fail(where, f"is {s['warmup_epochs']}", f"0 <= warmup_epochs < epochs ({s['epochs']})")
     return grid
 
 
