@@ -1,23 +1,35 @@
 """The head bank: every readout head of a trial trained together from the same tokens.
 
-The DINOv2 linear-evaluation pattern, generalised to attention heads: heads live side by side, each with
-its own optimizer, schedule, seed-determined initialisation and metrics; their losses are summed into
-one backward, which keeps their gradients separate because they share no parameters. Nothing global
-couples them (no total-norm clipping, no shared scaler, no NaN check on the summed loss): a head whose
-loss or weights turn non-finite is stopped and flagged, and every other head continues bit for bit as if
-it had never been there.
+The DINOv2 linear-evaluation pattern, generalised to attention heads: heads live side by side, each with its own
+optimizer settings, schedule, seed-determined initialisation and metrics; one backward serves them all because
+they share no parameters. Nothing global couples them (no total-norm clipping, no shared scaler, no check on a
+summed loss).
+
+Heads that step together are kept in groups with their parameters stacked on a leading head axis:
+- linear groups: heads whose pooling has no parameters ([cls], mean) with the same aggregator, optimizer and
+  seed. Their pooling and BatchNorm (affine=False, so a function of the batch alone: every head of the group
+  would compute the same numbers and the same running statistics) run once per batch, then one batched matmul
+  gives every head's logits, and one optimizer update moves all heads with per-head lr and wd tensors.
+- module groups: one attention head (abmilp, query, ep) each, its module's parameters viewed as a stack of one.
+Divergence is tracked on the device without a sync per step: a head whose loss or weights turn non-finite is
+marked with the step where it happened; at the next evaluation (every epoch) it is recorded as diverged and
+removed from its stack. Until then its non-finite numbers stay in its own slice (every operation is per head),
+so every other head's results are the same as without it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn import functional as F
 
-from harness.aggregators import NotApplicable, build_head
+from harness.aggregators import Head, NotApplicable, build_head
+from harness.head_optim import effective_lr, new_state, update
 from harness.registry import AggregatorEntry
 
 
@@ -58,121 +70,238 @@ def lr_at(step: int, total_steps: int, warmup_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def make_optimizer(name: str, params: Sequence[nn.Parameter], lr: float, wd: float) -> torch.optim.Optimizer:
-    """The published probe optimizers: SGD with momentum (DINOv2 linear), AdamW (V-JEPA attentive probe)."""
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    raise ValueError(f"optimizer {name!r} is not implemented")
+_WHY = ("non-finite training loss", "non-finite weights after the optimizer step")
+
+
+class _Group:
+    """Heads that step together: one seed (data order), one optimizer, parameters stacked on a head axis."""
+
+    def __init__(self, members: list[int], specs: Sequence[HeadSpec], batch_size: int, device: torch.device):
+        self.members = members
+        first = specs[members[0]]
+        self.seed, self.optimizer, self.tap = first.seed, first.optimizer, first.aggregator.tap
+        self.base_lr = torch.tensor([effective_lr(specs[i].optimizer, specs[i].lr, batch_size) for i in members],
+                                    dtype=torch.float64, device=device)
+        self.wd = torch.tensor([specs[i].wd for i in members], dtype=torch.float32, device=device)
+        self.step = 0
+        self.bad_step = torch.full((len(members),), -1, dtype=torch.int64, device=device)
+        self.bad_why = torch.zeros(len(members), dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros(len(members), dtype=torch.float64, device=device)
+        self.loss_count = 0
+        self.state = new_state(self.optimizer, self.stacked())
+
+    def stacked(self) -> list[Tensor]:
+        """The parameters as (N, ...) tensors that share storage with the trained ones."""
+        raise NotImplementedError
+
+    def stacked_grads(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    def leaves(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    def logits(self, tokens: Tensor, train: bool) -> Tensor:
+        """(N, B, num_classes) logits of every head of the group."""
+        raise NotImplementedError
+
+    def keep(self, slots: list[int]) -> None:
+        """Drop every head but `slots` (positions within the group)."""
+        index = torch.tensor(slots, dtype=torch.long, device=self.bad_step.device)
+        self.members = [self.members[s] for s in slots]
+        self.base_lr, self.wd = self.base_lr[index], self.wd[index]
+        self.bad_step, self.bad_why, self.loss_sum = self.bad_step[index], self.bad_why[index], self.loss_sum[index]
+        self.state = [{k: v[index] for k, v in s.items()} for s in self.state]
+
+    def loss(self, tokens: Tensor, labels: Tensor) -> Tensor:
+        """(N,) mean cross-entropy of each head on the batch."""
+        logits = self.logits(tokens, train=True)
+        n, b = logits.shape[:2]
+        return F.cross_entropy(logits.flatten(0, 1), labels.repeat(n), reduction="none").view(n, b).mean(1)
+
+    @torch.no_grad()
+    def apply(self, loss: Tensor, multiplier: float) -> None:
+        """The optimizer step of every head after the backward, then the per-head non-finite bookkeeping."""
+        update(self.optimizer, self.stacked(), self.stacked_grads(), self.state,
+               lr=(self.base_lr * multiplier).float(), wd=self.wd, step=self.step)
+        loss_bad = ~torch.isfinite(loss)
+        weights_bad = torch.zeros_like(loss_bad)
+        for p in self.stacked():
+            weights_bad |= ~torch.isfinite(p).flatten(1).all(1)
+        new = (self.bad_step < 0) & (loss_bad | weights_bad)
+        self.bad_step = torch.where(new, self.step, self.bad_step)
+        self.bad_why = torch.where(new, (~loss_bad).long(), self.bad_why)
+        self.loss_sum += loss.double()
+        self.loss_count += 1
+        self.step += 1
+        for leaf in self.leaves():
+            leaf.grad = None
+
+
+class _LinearGroup(_Group):
+    """Heads with a parameter-free pooling: pool and BatchNorm once, then a batched linear layer per head."""
+
+    def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
+                 device: torch.device):
+        self.pool, self.norm = heads[0].pooler.to(device), heads[0].norm.to(device)
+        self.weight = torch.stack([h.linear.weight.detach() for h in heads]).to(device).requires_grad_()
+        self.bias = torch.stack([h.linear.bias.detach() for h in heads]).to(device).requires_grad_()
+        super().__init__(members, specs, batch_size, device)
+
+    def stacked(self) -> list[Tensor]:
+        return [self.weight, self.bias]
+
+    def stacked_grads(self) -> list[Tensor]:
+        return [self.weight.grad, self.bias.grad]
+
+    def leaves(self) -> list[Tensor]:
+        return [self.weight, self.bias]
+
+    def logits(self, tokens: Tensor, train: bool) -> Tensor:
+        self.norm.train(train)
+        feats = self.norm(self.pool(tokens))
+        return torch.baddbmm(self.bias.unsqueeze(1), feats.expand(len(self.members), -1, -1),
+                             self.weight.transpose(1, 2))
+
+    def keep(self, slots: list[int]) -> None:
+        index = torch.tensor(slots, dtype=torch.long, device=self.weight.device)
+        self.weight = self.weight.detach()[index].requires_grad_()
+        self.bias = self.bias.detach()[index].requires_grad_()
+        super().keep(slots)
+
+
+class _ModuleGroup(_Group):
+    """One head with parameters of its own (an attention pooling), as a stack of one."""
+
+    def __init__(self, member: int, specs: Sequence[HeadSpec], head: Head, batch_size: int, device: torch.device):
+        self.head = head.to(device)
+        super().__init__([member], specs, batch_size, device)
+
+    def stacked(self) -> list[Tensor]:
+        return [p.detach().unsqueeze(0) for p in self.head.parameters()]
+
+    def stacked_grads(self) -> list[Tensor]:
+        return [p.grad.unsqueeze(0) for p in self.head.parameters()]
+
+    def leaves(self) -> list[Tensor]:
+        return list(self.head.parameters())
+
+    def logits(self, tokens: Tensor, train: bool) -> Tensor:
+        self.head.train(train)
+        return self.head(tokens).unsqueeze(0)
 
 
 class HeadBank:
-    """Trains a list of heads on shared token batches; heads never share parameters or state."""
+    """Trains a list of heads on shared token batches; heads never share parameters or optimizer state."""
 
     def __init__(self, specs: Sequence[HeadSpec], *, embed_dim: int, num_heads: int, num_prefix_tokens: int,
-                 num_classes: int, total_steps: int, warmup_steps: int, device: torch.device | str = "cpu"):
+                 num_classes: int, batch_size: int, total_steps: int, warmup_steps: int,
+                 device: torch.device | str = "cpu"):
         self.specs = list(specs)
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.outcomes = [HeadOutcome() for _ in self.specs]
-        self.heads: list[nn.Module | None] = []
-        self.optimizers: list[torch.optim.Optimizer | None] = []
-        self.steps = [0] * len(self.specs)
-        self._loss_sum = [0.0] * len(self.specs)
-        self._loss_count = [0] * len(self.specs)
-        for spec, outcome in zip(self.specs, self.outcomes):
-            torch.manual_seed(spec.seed)
+        device = torch.device(device)
+        linear: dict[str, tuple[list[int], list[Head]]] = {}
+        self.groups: list[_Group] = []
+        for i, spec in enumerate(self.specs):
+            torch.manual_seed(spec.seed)  # the seed sets the initialisation
             try:
                 head = build_head(spec.aggregator, embed_dim=embed_dim, num_heads=num_heads,
-                                  num_prefix_tokens=num_prefix_tokens, num_classes=num_classes,
-                                  options=spec.options).to(device)
+                                  num_prefix_tokens=num_prefix_tokens, num_classes=num_classes, options=spec.options)
             except NotApplicable as e:
-                outcome.status, outcome.error = "not-applicable", str(e)
-                self.heads.append(None)
-                self.optimizers.append(None)
+                self.outcomes[i].status, self.outcomes[i].error = "not-applicable", str(e)
                 continue
-            self.heads.append(head)
-            self.optimizers.append(make_optimizer(spec.optimizer, list(head.parameters()), spec.lr, spec.wd))
+            if any(True for _ in head.pooler.parameters()):
+                self.groups.append(_ModuleGroup(i, self.specs, head, batch_size, device))
+            else:
+                key = json.dumps([spec.aggregator.name, spec.options, spec.optimizer, spec.seed], sort_keys=True)
+                members, heads = linear.setdefault(key, ([], []))
+                members.append(i)
+                heads.append(head)
+        self.groups += [_LinearGroup(m, self.specs, h, batch_size, device) for m, h in linear.values()]
 
     @property
     def taps(self) -> list[str]:
         """The token taps the live heads read, in a fixed order."""
-        return sorted({h.tap for h in self.heads if h is not None})
+        return sorted({g.tap for g in self.groups})
 
-    def live(self, indices: Iterable[int] | None = None) -> list[int]:
-        """Indices of heads still training (not diverged, applicable), optionally within `indices`."""
-        pool = range(len(self.specs)) if indices is None else indices
-        return [i for i in pool if self.heads[i] is not None and self.outcomes[i].status == "ok"]
+    @property
+    def seeds(self) -> list[int]:
+        """Seeds of the live heads: each is one data order in the cached protocol."""
+        return sorted({g.seed for g in self.groups})
 
-    def step(self, tokens: Mapping[str, torch.Tensor], labels: torch.Tensor, heads: Iterable[int] | None = None) -> None:
-        """One optimisation step of the given heads (default: all live ones) on one batch."""
-        active = self.live(heads)
-        losses = []
-        for i in active:
-            head = self.heads[i]
-            head.train()
-            losses.append(nn.functional.cross_entropy(head(tokens[head.tap].float()), labels))
-        if not losses:
+    def parameters_of(self, i: int) -> list[Tensor]:
+        """Head `i`'s current parameters (its slices of the stacks); empty when it is not training."""
+        for g in self.groups:
+            if i in g.members:
+                slot = g.members.index(i)
+                return [p[slot].detach() for p in g.stacked()]
+        return []
+
+    def live(self) -> list[int]:
+        """Indices of the heads still training (applicable, not recorded as diverged)."""
+        return sorted(i for g in self.groups for i in g.members)
+
+    def step(self, tokens: Mapping[str, Tensor], labels: Tensor, seed: int | None = None) -> None:
+        """One optimisation step, on one batch, of every head (or of the heads of `seed`)."""
+        groups = [g for g in self.groups if seed is None or g.seed == seed]
+        if not groups:
             return
-        for opt in (self.optimizers[i] for i in active):
-            opt.zero_grad(set_to_none=True)
-        torch.autograd.backward(losses)
-        for i, loss in zip(active, losses):
-            value = loss.item()
-            if not math.isfinite(value):
-                self._diverge(i, f"non-finite training loss ({value})")
-                continue
-            for group in self.optimizers[i].param_groups:
-                group["lr"] = self.specs[i].lr * lr_at(self.steps[i], self.total_steps, self.warmup_steps)
-            self.optimizers[i].step()
-            self.steps[i] += 1
-            if not all(torch.isfinite(p).all() for p in self.heads[i].parameters()):
-                self._diverge(i, "non-finite weights after the optimizer step")
-                continue
-            self._loss_sum[i] += value
-            self._loss_count[i] += 1
+        losses = [g.loss(tokens[g.tap], labels) for g in groups]
+        torch.autograd.backward([loss.sum() for loss in losses])
+        for g, loss in zip(groups, losses):
+            g.apply(loss.detach(), lr_at(g.step, self.total_steps, self.warmup_steps))
 
-    def _diverge(self, i: int, why: str) -> None:
-        outcome = self.outcomes[i]
-        outcome.status, outcome.error, outcome.diverged_step = "diverged", why, self.steps[i]
-        self.optimizers[i] = None  # frees its state; the head is never stepped again
+    def _retire_diverged(self) -> None:
+        """Record the heads marked non-finite since the last call and drop them from their stacks (one sync)."""
+        for g in list(self.groups):
+            steps, whys = g.bad_step.tolist(), g.bad_why.tolist()
+            for i, step, why in zip(g.members, steps, whys):
+                if step >= 0:
+                    o = self.outcomes[i]
+                    o.status, o.error, o.diverged_step = "diverged", f"{_WHY[why]} at step {step}", step
+            slots = [s for s, step in enumerate(steps) if step < 0]
+            if not slots:
+                self.groups.remove(g)
+            elif len(slots) < len(steps):
+                g.keep(slots)
 
     @torch.no_grad()
-    def evaluate(self, batches: Iterable[tuple[Mapping[str, torch.Tensor], torch.Tensor]]) -> list[tuple[float, float] | None]:
+    def evaluate(self, batches: Iterable[tuple[Mapping[str, Tensor], Tensor]]) -> list[tuple[float, float] | None]:
         """Top-1 and top-5 accuracy (percent) of every live head; None for the others."""
-        active = self.live()
-        correct1 = dict.fromkeys(active, 0)
-        correct5 = dict.fromkeys(active, 0)
+        self._retire_diverged()
+        hits1 = [0] * len(self.groups)
+        hits5 = [0] * len(self.groups)
         total = 0
         for tokens, labels in batches:
             total += len(labels)
-            for i in active:
-                head = self.heads[i]
-                head.eval()
-                logits = head(tokens[head.tap].float())
-                top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-                hits = top == labels[:, None]
-                correct1[i] += int(hits[:, 0].sum())
-                correct5[i] += int(hits.any(dim=1).sum())
+            for k, g in enumerate(self.groups):
+                logits = g.logits(tokens[g.tap], train=False)
+                top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+                hits = top == labels[None, :, None]
+                hits1[k] += hits[..., 0].sum(1)
+                hits5[k] += hits.any(-1).sum(1)
         out: list[tuple[float, float] | None] = [None] * len(self.specs)
-        for i in active:
-            out[i] = (100.0 * correct1[i] / max(total, 1), 100.0 * correct5[i] / max(total, 1))
+        for k, g in enumerate(self.groups):
+            if total == 0:
+                continue
+            for i, c1, c5 in zip(g.members, hits1[k].tolist(), hits5[k].tolist()):
+                out[i] = (100.0 * c1 / total, 100.0 * c5 / total)
         return out
 
     def end_epoch(self, epoch: int, val: list[tuple[float, float] | None]) -> None:
-        """Record each live head's epoch curve point and reset its running loss."""
-        for i in self.live():
-            loss = self._loss_sum[i] / max(self._loss_count[i], 1)
-            self.outcomes[i].train_loss = loss
-            self.outcomes[i].curves.append({
-                "epoch": epoch,
-                "lr": self.specs[i].lr * lr_at(max(self.steps[i] - 1, 0), self.total_steps, self.warmup_steps),
-                "train_loss": loss,
-                "val_top1": val[i][0] if val[i] else None,
-            })
-            self._loss_sum[i], self._loss_count[i] = 0.0, 0
+        """Record each live head's curve point (effective lr of its last step, mean train loss, val top-1)."""
+        for g in self.groups:
+            losses = (g.loss_sum / max(g.loss_count, 1)).tolist()
+            lrs = (g.base_lr * lr_at(max(g.step - 1, 0), self.total_steps, self.warmup_steps)).tolist()
+            for i, loss, lr in zip(g.members, losses, lrs):
+                self.outcomes[i].train_loss = loss
+                self.outcomes[i].curves.append({"epoch": epoch, "lr": lr, "train_loss": loss,
+                                                "val_top1": val[i][0] if val[i] else None})
+            g.loss_sum.zero_()
+            g.loss_count = 0
 
-    def finish(self, val: list[tuple[float, float] | None], test: list[tuple[float, float] | None]) -> list[HeadOutcome]:
+    def finish(self, val: list[tuple[float, float] | None],
+               test: list[tuple[float, float] | None]) -> list[HeadOutcome]:
         """Store the final validation and test metrics of the live heads and return every outcome."""
         for i in self.live():
             o = self.outcomes[i]

@@ -20,7 +20,7 @@ from harness.headbank import HeadBank, HeadOutcome, HeadSpec
 from harness.plan import HeadPlan, TrialPlan
 from harness.registry import AggregatorEntry, BackboneEntry, load_registry
 from harness.tokens import extract_tokens
-from harness.train import train_cached, total_steps, warmup_steps
+from harness.train import online_loader, total_steps, train_cached, train_online, warmup_steps
 
 
 def versions() -> dict[str, str]:
@@ -52,20 +52,27 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
                       h.wd, h.seed) for h in plan.heads]
     bank = HeadBank(specs, embed_dim=backbone.embed_dim, num_heads=backbone.num_heads,
                     num_prefix_tokens=backbone.num_prefix_tokens, num_classes=splits.num_classes,
-                    total_steps=total_steps(sizes["train"], plan.batch_size, plan.epochs),
+                    batch_size=plan.batch_size, total_steps=total_steps(sizes["train"], plan.batch_size, plan.epochs),
                     warmup_steps=warmup_steps(sizes["train"], plan.batch_size, plan.warmup_epochs), device=device)
     passes, extract_s = 0, 0.0
     outcomes = bank.outcomes
     if bank.live():
         token_sets = {}
-        for name in ("train", "val", "test"):
+        for name in ("train", "val", "test") if plan.protocol == "cached" else ("val", "test"):
             t = time.perf_counter()
             token_sets[name], n = extract_tokens(backbone, getattr(splits, name), bank.taps,
                                                  batch_size=plan.batch_size, device=device)
             extract_s += time.perf_counter() - t
             passes += n
-        outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
-                                epochs=plan.epochs, batch_size=plan.batch_size, device=device)
+        if plan.protocol == "online":
+            loader = online_loader(load_splits(dataset, backbone.entry, augment=True).train, batch_size=plan.batch_size,
+                                   seed=min(bank.seeds), pin_memory=device.type == "cuda")
+            outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
+                                       epochs=plan.epochs, device=device)
+            passes += n
+        else:
+            outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
+                                    epochs=plan.epochs, batch_size=plan.batch_size, device=device)
     shared = {
         **trial_columns(plan, backbone.entry, started), "weights_sha256": backbone.weights_sha256,
         "num_classes": splits.num_classes, "train_size": sizes["train"], "val_size": sizes["val"],

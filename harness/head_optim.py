@@ -1,0 +1,97 @@
+"""The published probe optimizers as per-head updates of stacked parameters.
+
+A head bank keeps the parameters of equal-shaped heads stacked along a leading head axis `(N, ...)`, so one
+update moves every head, each with its own learning rate and weight decay (tensors of shape `(N,)`). Every
+operation is either elementwise or reduces within one head's slice, so a head's numbers never depend on which
+other heads share its stack; a head whose values turn non-finite contaminates nothing but its own slice.
+
+Presets (checked against the official code):
+- `lars`: MAE `util/lars.py` (from MoCo v3), used by MAE `main_linprobe.py` and Beyond [cls]: momentum 0.9,
+  trust coefficient 0.001; parameters of one dimension per head (biases) get neither weight decay nor the trust
+  ratio. Effective lr = lr * batch / 256 (MAE: `args.lr = args.blr * eff_batch_size / 256`).
+- `sgd`: DINOv2 `eval/linear.py`: SGD, momentum 0.9, lr scaled by batch / 256 (`scale_lr`); the grid's wd is
+  added to the gradient as in `torch.optim.SGD` (DINOv2 uses 0).
+- `adamw`: V-JEPA `evals/*_frozen` (`init_opt`): AdamW, betas (0.9, 0.999), eps 1e-8, the lr as given (not
+  scaled by batch), decoupled weight decay. V-JEPA also anneals wd on a cosine; its released eval configs keep
+  start and final wd equal, so a constant wd reproduces them.
+The schedule (linear warmup, then half-cosine to zero) is the caller's: it passes this step's lr tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How a grid's lr becomes the effective one, and where the recipe comes from."""
+
+    name: str
+    scale_by_batch: bool
+    source: str
+
+
+PRESETS = {
+    "lars": Preset("lars", True, "facebookresearch/mae util/lars.py + main_linprobe.py"),
+    "sgd": Preset("sgd", True, "facebookresearch/dinov2 dinov2/eval/linear.py"),
+    "adamw": Preset("adamw", False, "facebookresearch/jepa evals (AttentiveClassifier, init_opt)"),
+}
+MOMENTUM = 0.9
+LARS_TRUST = 0.001
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+def effective_lr(optimizer: str, lr: float, batch_size: int) -> float:
+    """The peak lr the optimizer applies: `lr * batch / 256` for lars and sgd, `lr` for adamw."""
+    return lr * batch_size / 256 if PRESETS[optimizer].scale_by_batch else lr
+
+
+def _per_head(v: Tensor, p: Tensor) -> Tensor:
+    """(N,) -> (N, 1, ..., 1), broadcastable against a stacked parameter."""
+    return v.view(-1, *([1] * (p.dim() - 1)))
+
+
+def _head_norm(x: Tensor) -> Tensor:
+    return torch.linalg.vector_norm(x.flatten(1), dim=1)
+
+
+def new_state(optimizer: str, params: list[Tensor]) -> list[dict[str, Tensor]]:
+    """Zeroed optimizer state for each stacked parameter."""
+    keys = ("m", "v") if optimizer == "adamw" else ("mu",)
+    return [{k: torch.zeros_like(p) for k in keys} for p in params]
+
+
+@torch.no_grad()
+def update(optimizer: str, params: list[Tensor], grads: list[Tensor], state: list[dict[str, Tensor]], *,
+           lr: Tensor, wd: Tensor, step: int) -> None:
+    """One in-place step of every head; `lr`, `wd` are (N,), `step` counts from 0. A zero momentum buffer
+    reproduces torch's first-step `buf = d_p` exactly, so no first-step branch is needed."""
+    for p, g, s in zip(params, grads, state):
+        lr_p, wd_p = _per_head(lr, p), _per_head(wd, p)
+        if optimizer == "sgd":
+            s["mu"].mul_(MOMENTUM).add_(g + wd_p * p)
+            p.addcmul_(s["mu"], lr_p, value=-1.0)
+        elif optimizer == "lars":
+            d = g
+            if p.dim() > 2:  # more than one dimension per head: not a bias
+                d = g + wd_p * p
+                p_norm, d_norm = _head_norm(p), _head_norm(d)
+                trust = torch.where((p_norm > 0) & (d_norm > 0), LARS_TRUST * p_norm / d_norm,
+                                    torch.ones_like(p_norm))
+                d = d * _per_head(trust, p)
+            s["mu"].mul_(MOMENTUM).add_(d)
+            p.addcmul_(s["mu"], lr_p, value=-1.0)
+        elif optimizer == "adamw":
+            b1, b2 = ADAM_BETAS
+            t = step + 1
+            p.mul_(1.0 - lr_p * wd_p)
+            s["m"].lerp_(g, 1.0 - b1)
+            s["v"].mul_(b2).addcmul_(g, g, value=1.0 - b2)
+            denom = (s["v"].sqrt() / (1.0 - b2 ** t) ** 0.5).add_(ADAM_EPS)
+            p.addcdiv_(s["m"] * (lr_p / (1.0 - b1 ** t)), denom, value=-1.0)
+        else:
+            raise AssertionError(f"unhandled optimizer {optimizer!r}")
