@@ -116,8 +116,8 @@ def _select(ckpt: Any, entry: BackboneEntry, checkpoint_key: str | None, path: P
             return ckpt
         if key is not None and _is_state_dict(ckpt.get(key)):
             return ckpt[key]
-    wanted = " or ".join(dict.fromkeys("the whole file as a state dict" if k is None else repr(k) for k in candidates))
-    raise HarnessError(f"{path}: checkpoint key {wanted} not found (for backbone {entry.name!r}, family "
+    wanted = " or ".join(dict.fromkeys("the top level" if k is None else f"key {k!r}" for k in candidates))
+    raise HarnessError(f"{path}: found no state dict at {wanted} (for backbone {entry.name!r}, family "
                        f"{entry.family}); keys present: {_listing(ckpt)}. Pass checkpoint_key / --checkpoint-key "
                        "naming one of them, or check that the file belongs to this family.")
 

@@ -168,9 +168,9 @@ def test_wrong_family_lists_key_differences():
 
 
 def test_absent_checkpoint_key_lists_keys_present():
-    with pytest.raises(HarnessError, match=r"'target_encoder' not found.*keys present: model"):
+    with pytest.raises(HarnessError, match=r"no state dict at key 'target_encoder'.*keys present: model"):
         _load("ijepa", "../mae/mae_pretrain_vit_tiny.pth")
-    with pytest.raises(HarnessError, match=r"'student' not found.*keys present: .*blocks"):
+    with pytest.raises(HarnessError, match=r"no state dict at key 'student' .*keys present: .*blocks"):
         _load("dino", "dino_vittiny_pretrain.pth", checkpoint_key="student")
 
 
