@@ -159,8 +159,8 @@ def _picks(selected: pd.DataFrame) -> dict[tuple, list[Pick]]:
     return out
 
 
-def _curves(results: pd.DataFrame) -> dict[tuple, list[Curve]]:
-    per_lr = select_best(results, by=SELECTION_KEYS + ("lr",))
+def _curves(per_lr: pd.DataFrame) -> dict[tuple, list[Curve]]:
+    """Per board, one curve per backbone x aggregator from the val-selected head of each seed and lr."""
     means = per_lr.groupby(list(CELL_KEYS) + ["lr"], sort=True)[["val_top1", "test_top1"]].mean()
     out: dict[tuple, list[Curve]] = {}
     for key, frame in means.groupby(level=list(range(4)), sort=True):
@@ -194,17 +194,24 @@ def build_boards(results: pd.DataFrame, registry: Registry | None = None) -> lis
     if results.empty:
         return []
     registry = registry if registry is not None else load_registry()
-    picks = _picks(select_best(results))
-    curves = _curves(results)
+    slim = results[[*CELL_KEYS, "seed", "lr", "wd", "status", "val_top1", "test_top1", "config_hash"]]
+    per_lr = select_best(slim, by=SELECTION_KEYS + ("lr",))
+    # The val-best head of each lr, then the val-best of those, is the rule's pick (ties: lowest lr, then wd).
+    picks = _picks(select_best(per_lr))
+    curves = _curves(per_lr)
     statuses: dict[tuple, list[tuple[str, int]]] = {}
-    for (*key, status), count in results.groupby(list(CELL_KEYS) + ["status"], sort=True).size().items():
+    for (*key, status), count in results.groupby([*CELL_KEYS, "status"], sort=True).size().items():
         statuses.setdefault(tuple(key), []).append((status, int(count)))
+    grids: dict[tuple, list[str]] = {}
+    for (*board, grid), _ in results.groupby([*BOARD_KEYS, "grid"], sort=True).size().items():
+        grids.setdefault(tuple(board), []).append(grid)
     random_init = results.groupby("backbone")["random_init"].any().to_dict()
     boards = []
-    for board, frame in results.groupby(list(BOARD_KEYS), sort=True):
-        aggregators = _aggregator_order(set(frame["aggregator"]), registry)
+    for board in sorted({key[:2] for key in statuses}):
+        cells = [key for key in statuses if key[:2] == board]
+        aggregators = _aggregator_order({key[3] for key in cells}, registry)
         rows = tuple(_row(board, backbone, aggregators, picks, statuses, bool(random_init[backbone]), registry)
-                     for backbone in sorted(set(frame["backbone"])))
-        boards.append(Board(*board, aggregators, rows, len(frame), tuple(sorted(set(frame["grid"]))),
-                            tuple(curves.get(board, ()))))
+                     for backbone in sorted({key[2] for key in cells}))
+        num_results = sum(count for key in cells for _, count in statuses[key])
+        boards.append(Board(*board, aggregators, rows, num_results, tuple(grids[board]), tuple(curves.get(board, ()))))
     return boards

@@ -14,6 +14,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -114,8 +115,9 @@ def _files(root: Path, kind: str) -> list[Path]:
     return sorted(p for p in (Path(root) / kind).glob("grid=*/*.parquet") if not p.name.startswith("."))
 
 
-def _read_file(path: Path, schema: pa.Schema) -> pa.Table:
-    """One file, checked: its columns and schema_version must match `schema`, else a HarnessError naming it."""
+def _read_file(path: Path, schema: pa.Schema, columns: list[str]) -> pa.Table:
+    """`columns` of one file, checked: it must have all of `schema`'s columns and its schema_version, else a
+    HarnessError naming the file."""
     try:
         file_schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as e:
@@ -124,28 +126,33 @@ def _read_file(path: Path, schema: pa.Schema) -> pa.Table:
     if missing:
         raise HarnessError(f"{path}: missing columns {', '.join(missing)}; a results file of schema version "
                            f"{SCHEMA_VERSION} has columns {', '.join(schema.names)}.")
-    table = pq.read_table(path, columns=schema.names)
+    table = pq.read_table(path, columns=columns)
     versions = pc.unique(table.column("schema_version")).to_pylist()
     if versions and versions != [SCHEMA_VERSION]:
         raise HarnessError(f"{path}: schema_version {', '.join(map(str, versions))} found, {SCHEMA_VERSION} "
                            "expected; read it with the harness version that wrote it, or move it out of the folder.")
     try:
-        return table.cast(schema)
+        return table.cast(pa.schema([schema.field(c) for c in columns]))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise HarnessError(f"{path}: column types do not match schema version {SCHEMA_VERSION} ({e}).") from None
 
 
-def _read_all(root: Path, kind: str, schema: pa.Schema) -> pa.Table:
-    """Every finished file of `kind`, plus a `_file` column (the file stem, shared by a trial's rows and curves)."""
+def _read_all(root: Path, kind: str, schema: pa.Schema, columns: list[str],
+              ids: dict[str, int] | None = None) -> tuple[pa.Table, dict[str, int]]:
+    """`columns` (plus schema_version) of every finished file of `kind`, and an int32 `_file` column: the file's
+    number in `ids` (stem -> number; default: these files in order), so a trial's rows and curves match."""
     files = _files(root, kind)
+    ids = ids if ids is not None else {path.stem: i for i, path in enumerate(files)}
+    columns = list(dict.fromkeys([*columns, "schema_version"]))
 
     def read(path: Path) -> pa.Table:
-        table = _read_file(path, schema)
-        return table.append_column("_file", pa.array([path.stem] * table.num_rows, pa.string()))
+        table = _read_file(path, schema, columns)
+        return table.append_column("_file", pa.array(np.full(table.num_rows, ids.get(path.stem, -1), np.int32)))
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         tables = list(pool.map(read, files))
-    return pa.concat_tables(tables) if tables else schema.append(pa.field("_file", pa.string())).empty_table()
+    empty = pa.schema([*(schema.field(c) for c in columns), pa.field("_file", pa.int32())]).empty_table()
+    return (pa.concat_tables(tables) if tables else empty), ids
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:
@@ -153,33 +160,49 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}.get)
 
 
-def _latest_rows(root: Path) -> pa.Table:
-    """The latest row (by `ended_at`, file order breaking ties) of every config hash, with its `_file`."""
-    table = _read_all(root, _ROWS, RESULTS_SCHEMA)
-    if table.num_rows == 0:
-        return table
-    table = table.take(pc.sort_indices(table, sort_keys=[("config_hash", "ascending"), ("ended_at", "ascending")]))
-    hashes = table.column("config_hash").combine_chunks()
-    is_last = pa.concat_arrays([pc.not_equal(hashes[:-1], hashes[1:]), pa.array([True])])
-    return table.filter(is_last)
+def _latest_rows(root: Path, columns: list[str]) -> tuple[pa.Table, dict[str, int]]:
+    """The latest row (by `ended_at`; ties: the later file) of every config hash, in file order."""
+    table, ids = _read_all(root, _ROWS, RESULTS_SCHEMA, ["config_hash", "ended_at", *columns])
+    hashes = pc.dictionary_encode(table.column("config_hash").combine_chunks())
+    if len(hashes.dictionary) == table.num_rows:  # no configuration was run twice
+        return table, ids
+    codes = hashes.indices.to_numpy()
+    ended = table.column("ended_at").cast(pa.int64()).fill_null(np.iinfo(np.int64).min).to_numpy()
+    order = np.lexsort((ended, codes))
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = codes[order][1:] != codes[order][:-1]
+    keep = np.zeros(len(order), dtype=bool)
+    keep[order[last]] = True
+    return table.filter(pa.array(keep)), ids
 
 
-def read_results(root: Path) -> pd.DataFrame:
-    """Every configuration's latest row (by `ended_at`); an empty frame with the schema's columns if none."""
-    return _to_pandas(_latest_rows(root).drop_columns(["_file"]))
+def _check_columns(columns: list[str] | tuple[str, ...]) -> None:
+    unknown = [c for c in columns if c not in RESULTS_SCHEMA.names]
+    if unknown:
+        raise HarnessError(f"unknown column(s) {', '.join(unknown)}; accepted columns: {_accepted_columns()}.")
+
+
+def read_results(root: Path, columns: list[str] | tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Every configuration's latest row (by `ended_at`), all columns or only `columns` (much faster on large
+    stores); an empty frame with those columns if there are no results."""
+    columns = list(columns) if columns is not None else RESULTS_SCHEMA.names
+    _check_columns(columns)
+    table, _ = _latest_rows(Path(root), columns)
+    return _to_pandas(table.select(columns))
 
 
 def read_curves(root: Path) -> pd.DataFrame:
     """The per-epoch curves of every configuration's latest run, ordered by config hash then epoch."""
-    latest = _latest_rows(root).select(["config_hash", "_file"])
-    curves = _read_all(root, _CURVES, CURVES_SCHEMA).join(latest, ["config_hash", "_file"], join_type="left semi")
+    latest, ids = _latest_rows(Path(root), [])
+    curves, _ = _read_all(Path(root), _CURVES, CURVES_SCHEMA, CURVES_SCHEMA.names, ids)
+    curves = curves.join(latest.select(["config_hash", "_file"]), ["config_hash", "_file"], join_type="left semi")
     curves = curves.take(pc.sort_indices(curves, sort_keys=[("config_hash", "ascending"), ("epoch", "ascending")]))
-    return _to_pandas(curves.drop_columns(["_file"]))
+    return _to_pandas(curves.select(CURVES_SCHEMA.names))
 
 
 def completed_hashes(root: Path) -> set[str]:
     """Configurations that need no re-run: their latest row is final (anything but "failed")."""
-    latest = _latest_rows(root)
+    latest, _ = _latest_rows(Path(root), ["status"])
     return set(latest.filter(pc.not_equal(latest.column("status"), "failed")).column("config_hash").to_pylist())
 
 
@@ -238,9 +261,7 @@ def _mask(df: pd.DataFrame, spec: str) -> pd.Series:
 def query(root: Path, filters: list[str] | tuple[str, ...] = (), columns: list[str] | None = None) -> pd.DataFrame:
     """The latest rows matching every filter (`column=value`, `column!=value`, `column<value`, ... ANDed),
     with only `columns` if given; values are parsed by the column's type."""
-    unknown = [c for c in columns or () if c not in RESULTS_SCHEMA.names]
-    if unknown:
-        raise HarnessError(f"unknown column(s) {', '.join(unknown)}; accepted columns: {_accepted_columns()}.")
+    _check_columns(columns or ())
     df = read_results(root)
     keep = pd.Series(True, index=df.index)
     for spec in filters:

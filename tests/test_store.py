@@ -7,6 +7,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -134,6 +135,30 @@ def test_missing_columns_are_named(tmp_path):
     path = _write_raw(tmp_path, table)
     with pytest.raises(HarnessError, match=rf"{path}: missing columns seed, val_top1"):
         read_results(tmp_path)
+
+
+def test_read_results_columns(tmp_path):
+    write_trial(tmp_path, _trial("t1"), [])
+    df = read_results(tmp_path, ["lr", "backbone"])
+    assert df.columns.tolist() == ["lr", "backbone"] and sorted(df["lr"]) == [0.01, 0.02, 0.03]
+    with pytest.raises(HarnessError, match="unknown column.*colour; accepted columns: config_hash"):
+        read_results(tmp_path, ["colour"])
+
+
+def test_select_best_matches_a_plain_pandas_rule_on_random_data():
+    rng = np.random.default_rng(0)
+    n = 3000
+    df = pd.DataFrame({
+        "backbone": rng.choice(["a", "b", "c"], n), "dataset": rng.choice(["d1", "d2"], n), "protocol": "cached",
+        "aggregator": rng.choice(["cls", "mean", "ep"], n), "seed": rng.integers(0, 3, n),
+        "lr": rng.choice([0.001, 0.01, 0.1], n), "wd": rng.choice([0.0, 0.1], n),
+        "val_top1": rng.integers(0, 5, n).astype(float), "test_top1": rng.random(n),
+        "status": rng.choice(["ok", "ok", "ok", "diverged"], n)})
+    keys = ["backbone", "dataset", "protocol", "aggregator", "seed"]
+    expected = (df[df["status"] == "ok"].sort_values(keys + ["val_top1", "lr", "wd"],
+                                                      ascending=[True] * 5 + [False, True, True])
+                .drop_duplicates(keys).reset_index(drop=True))
+    pd.testing.assert_frame_equal(select_best(df), expected)
 
 
 def test_select_best_uses_val_with_lr_then_wd_ties():
