@@ -79,36 +79,46 @@ def _parse_weights(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
-    from harness.plan import expand, without_done
-    from harness import store
-
-    reg = load_registry()
+def _sweep_grid(args: argparse.Namespace, reg):
+    """The grid named by --grid, with --backbones/--datasets applied (names checked against the registry)."""
     grid = reg.grid(args.grid)
-    weights = _parse_weights(args.weights)
-    for name in weights:
-        reg.backbone(name)
     if args.backbones or args.datasets:
         grid = dataclasses.replace(
             grid, backbones=tuple(reg.backbone(b).name for b in args.backbones.split(",")) if args.backbones
             else grid.backbones,
             datasets=tuple(reg.dataset(d).name for d in args.datasets.split(",")) if args.datasets else grid.datasets)
+    return grid
+
+
+def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
+    from harness.plan import expand, without_done
+    from harness import store
+
+    reg = load_registry()
+    grid = _sweep_grid(args, reg)
+    weights = _parse_weights(args.weights)
+    for name in weights:
+        reg.backbone(name)
     results_dir = _results_dir(args)
     trials = expand(grid, reg, weights=weights)
     todo = trials if args.force else without_done(trials, store.completed_hashes(results_dir))
     if args.dry_run:
-        _print_plan(console, grid, trials, todo)
+        _print_plan(console, reg, trials, todo, store.read_results(results_dir))
         return 0
+    total = sum(len(t.heads) for t in trials)
     if not todo:
-        console.print(f"Nothing to run: all {grid.num_heads * len(trials)} heads of grid '{grid.name}' already have "
-                      f"results under {results_dir} (use --force to rerun).")
+        console.print(f"Nothing to run: all {total} heads of grid '{grid.name}' ({len(trials)} trials) already have "
+                      f"results under {results_dir} (use --force to rerun them).")
         return 0
     from harness.sweep import git_commit, run_sweep
 
     commit = git_commit()
     todo = [dataclasses.replace(t, provenance={"git_commit": commit}) for t in todo]
-    console.print(f"Grid '{grid.name}': {len(todo)} trials, {sum(len(t.heads) for t in todo)} heads to run "
-                  f"({'forced rerun' if args.force else 'finished heads skipped'}); results -> {results_dir}")
+    heads = sum(len(t.heads) for t in todo)
+    reason = "forced rerun" if args.force else (
+        "no results yet" if heads == total else f"{total - heads} heads already have results and are skipped")
+    console.print(f"Grid '{grid.name}': {len(todo)} of {len(trials)} trials, {heads} of {total} heads to run "
+                  f"({reason}); results -> {results_dir}")
     summary = run_sweep(todo, results_dir=results_dir, cpus_per_trial=grid.cpus_per_trial,
                         gpus_per_trial=grid.gpus_per_trial,
                         max_retries=grid.max_retries if args.max_retries is None else args.max_retries,
@@ -119,23 +129,103 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     if not args.no_leaderboard:
         cmd_leaderboard(args, console)
     if summary.failed:
-        console.print("[red]Failed trials (recorded in the results with status 'failed'):[/red]")
+        console.print(f"[red]{len(summary.failed)} trials failed after {summary.retries} retries each; their heads "
+                      "are recorded in the results with status 'failed' and rerun by the next sweep:[/red]")
         for name, error in summary.failed.items():
-            console.print(f"  {name}: {error}")
+            console.print(Text(f"  {name}: {error}"))
         return EXIT_FAILED_TRIALS
     return 0
 
 
-def _print_plan(console: Console, grid, trials, todo) -> None:
-    table = Table(title=f"Plan for grid '{grid.name}' ({grid.protocol} protocol, {grid.epochs} epochs)")
-    for col in ("backbone", "dataset", "heads", "to run"):
-        table.add_column(col)
+def _measured(results) -> tuple[dict[str, float], dict[str, int]]:
+    """Backbone throughput (median images/s) and dataset image counts that earlier results recorded."""
+    ok = results[results["status"] == "ok"]
+    speed = ok[ok["images_per_s"] > 0].groupby("backbone")["images_per_s"].median()
+    images = (ok["train_size"] + ok["val_size"] + ok["test_size"]).groupby(ok["dataset"]).max().dropna()
+    return {k: float(v) for k, v in speed.items()}, {k: int(v) for k, v in images.items()}
+
+
+def _print_plan(console: Console, reg, trials, todo, results) -> None:
+    """The trials, backbone passes, heads, token cache and estimated hours of a sweep, without running it."""
+    from harness.cache_space import human_bytes
+    from harness.plan import trial_cost
+
+    speed, images = _measured(results)
+    costs = [trial_cost(t, reg, measured_speed=speed, measured_images=images) for t in trials]
     remaining = {t.trial_id: len(t.heads) for t in todo}
-    for t in trials:
-        table.add_row(t.backbone, t.dataset, str(len(t.heads)), str(remaining.get(t.trial_id, 0)))
+    table = Table(title=f"Plan for grid '{trials[0].grid}'" if trials else "Plan")
+    for col in ("backbone", "dataset", "protocol", "heads", "to run", "images through backbone", "token cache",
+                "GPU-h"):
+        table.add_column(col, justify="left" if col in ("backbone", "dataset", "protocol") else "right")
+    for t, c in zip(trials, costs):
+        _row(table, t.backbone, t.dataset, f"{t.protocol} {t.epochs}ep b{t.batch_size}", str(len(t.heads)),
+             str(remaining.get(t.trial_id, 0)), _num(c.passes),
+             human_bytes(c.cache_bytes) if c.cache_bytes is not None else "-" if t.protocol == "online" else "?",
+             f"{c.hours:.2f}" if c.hours is not None else "?")
     console.print(table)
-    console.print(f"{len(trials)} trials, {len(trials)} backbone passes over each split, "
-                  f"{grid.num_heads * len(trials)} heads ({grid.num_heads} per trial).")
+    heads = sum(len(t.heads) for t in trials)
+    passes = [c.passes for c in costs]
+    cache = sum(c.cache_bytes or 0 for c in costs)
+    console.print(f"{len(trials)} trials = {len(trials)} backbone passes over their datasets (one per backbone x "
+                  f"dataset, shared by its heads; online trials pass the train split every epoch): "
+                  f"{_num(sum(passes)) if None not in passes else '?'} images through a backbone; {heads} heads, "
+                  f"{sum(remaining.values())} without a result yet.")
+    console.print(f"Token cache: {human_bytes(cache)} for the cached-protocol trials"
+                  + (" (some sizes unknown)" if any(c.cache_bytes is None and t.protocol == "cached"
+                                                    for t, c in zip(trials, costs)) else "") + ".")
+    hours = [c.hours for c in costs if c.hours is not None]
+    unknown = sorted({t.backbone for t, c in zip(trials, costs) if c.hours is None})
+    sources: dict[str, set[str]] = {}
+    for t, c in zip(trials, costs):
+        if c.hours is not None:
+            sources.setdefault(c.throughput, set()).add(t.backbone)
+    said = "; ".join(f"{source} images/s of {', '.join(sorted(names))}" for source, names in sorted(sources.items()))
+    console.print(f"Backbone time: {sum(hours):.1f} GPU-hours ({said or 'no throughput known'})"
+                  + (f"; unknown for {', '.join(unknown)} (no registered images_per_s and no earlier results)"
+                     if unknown else "") + ". Head training is not included.")
+
+
+def _num(value: int | None) -> str:
+    return f"{value:,}" if value is not None else "?"
+
+
+def _in_project(path: Path, project: Path) -> str:
+    """A grid file's path inside the uploaded project copy; files elsewhere do not reach the cluster."""
+    try:
+        return path.resolve().relative_to(project).as_posix()
+    except ValueError:
+        raise HarnessError(f"grid file {path} is outside the project folder {project}, which is all a job uploads; "
+                           "accepted: a registered grid name or a .toml file inside the project.") from None
+
+
+def cmd_submit(args: argparse.Namespace, console: Console) -> int:
+    """Submit `harness sweep` as a Ray job running in a copy of this project; print how to follow it."""
+    from harness.sweep import submit_job, wait_job
+
+    reg = load_registry()
+    grid = _sweep_grid(args, reg)  # fail here, not on the cluster, on a bad grid or name
+    if args.results_dir and not Path(args.results_dir).is_absolute():
+        raise HarnessError(f"--results-dir {args.results_dir!r} is relative; a job runs in a temporary copy of the "
+                           "project, so accepted: an absolute path on the cluster's head node.")
+    project = Path(__file__).resolve().parent.parent
+    sweep = ["--grid", args.grid if args.grid in reg.grid_files else _in_project(Path(args.grid), project),
+             "--no-progress"]
+    for flag, value in (("--backbones", args.backbones), ("--datasets", args.datasets),
+                        ("--max-retries", args.max_retries), ("--results-dir", args.results_dir)):
+        sweep += [flag, str(value)] if value is not None else []
+    sweep += ["--force"] * args.force + ["--no-leaderboard"] * args.no_leaderboard
+    job_id, address = submit_job(sweep, address=args.address, project_dir=project)
+    console.print(f"Submitted grid '{grid.name}' as Ray job {job_id} to {address}; results land on the head node "
+                  f"in {args.results_dir or '$HARNESS_RESULTS_DIR, else ~/harness-results'}.")
+    console.print(f"  follow its logs: ray job logs --address {address} --follow {job_id}\n"
+                  f"  its status:      ray job status --address {address} {job_id}\n"
+                  f"  stop it:         ray job stop --address {address} {job_id}", highlight=False)
+    if not args.wait:
+        return 0
+    status, logs = wait_job(job_id, address)
+    sys.stdout.write(logs)
+    console.print(f"Job {job_id} {status}.")
+    return 0 if status == "SUCCEEDED" else EXIT_FAILED_TRIALS
 
 
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
@@ -181,6 +271,16 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _grid_args(p: argparse.ArgumentParser) -> None:
+    """What a sweep runs, shared by `sweep` and `submit`."""
+    p.add_argument("--grid", required=True, help="grid name in registry/grids (see `harness list grids`) or a .toml path")
+    p.add_argument("--backbones", metavar="A,B", help="replace the grid's backbones (comma-separated names)")
+    p.add_argument("--datasets", metavar="X,Y", help="replace the grid's datasets (comma-separated names)")
+    p.add_argument("--force", action="store_true", help="rerun heads that already have results")
+    p.add_argument("--max-retries", type=int, help="retries of a failing trial (default: the grid's max_retries)")
+    p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="harness", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -217,21 +317,31 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n  harness sweep --grid demo\n  harness sweep --grid full --dry-run\n"
             "  harness sweep --grid claim --backbones demo-mae-tiny,demo-dino-tiny --datasets digits\n"
             "  harness sweep --grid full --address ray://head:10001")
-    p.add_argument("--grid", required=True, help="grid name in registry/grids (see `harness list grids`) or a .toml path")
+    _grid_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan (trials, heads, passes) and exit")
-    p.add_argument("--force", action="store_true", help="rerun heads that already have results")
-    p.add_argument("--backbones", metavar="A,B", help="replace the grid's backbones (comma-separated names)")
-    p.add_argument("--datasets", metavar="X,Y", help="replace the grid's datasets (comma-separated names)")
     p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
                    help="use this checkpoint file for backbone NAME (repeatable)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray instance)")
-    p.add_argument("--max-retries", type=int, help="retries of a failing trial (default: the grid's max_retries)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     p.add_argument("--num-gpus", type=float, help="GPUs of the local Ray instance (default: detected)")
     p.add_argument("--no-progress", action="store_true", help="no live trial table")
-    p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")
     results_dir_arg(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = add("submit", "run a grid as a Ray job on a cluster", textwrap.dedent("""\
+        Submit `harness sweep` as a Ray job: this project folder is uploaded as the job's working directory and the
+        sweep's driver runs on the cluster's head node, so it survives this terminal closing. Results are written
+        on the head node. Authenticates with the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token)."""),
+            "examples:\n  harness submit --grid full --address http://127.0.0.1:8265   # after `ray dashboard cluster.yaml`\n"
+            "  harness submit --grid demo --backbones demo-mae-tiny --wait")
+    _grid_args(p)
+    p.add_argument("--address", help="the cluster's job API (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, else "
+                                     "http://127.0.0.1:8265)")
+    p.add_argument("--wait", action="store_true", help="wait for the job, print its logs, exit 1 unless it succeeded")
+    p.add_argument("--results-dir", metavar="DIR",
+                   help="absolute results folder on the head node (default: HARNESS_RESULTS_DIR there, else "
+                        "~/harness-results)")
+    p.set_defaults(func=cmd_submit)
 
     p = add("leaderboard", "regenerate leaderboards from the results",
             "Regenerate results/leaderboard.md and results/leaderboard.html from the Parquet results alone and "

@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from harness.cache_space import planned_split_sizes, predict_cache_bytes
 from harness.registry import BackboneEntry, DatasetEntry, Grid, Registry
 
 
@@ -82,11 +83,9 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
         backbone = registry.backbone(backbone_name)
         for dataset_name in grid.datasets:
             dataset = registry.dataset(dataset_name)
-            shared = {
-                "backbone": _backbone_identity(backbone, weights.get(backbone_name)),
-                "dataset": _dataset_identity(dataset), "protocol": grid.protocol, "epochs": grid.epochs,
-                "batch_size": grid.batch_size, "warmup_epochs": grid.warmup_epochs,
-            }
+            settings = grid.settings(dataset_name)
+            shared = {"backbone": _backbone_identity(backbone, weights.get(backbone_name)),
+                      "dataset": _dataset_identity(dataset), **settings}
             heads = []
             for group in grid.heads:
                 agg = registry.aggregator(group.aggregator)
@@ -101,8 +100,7 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                                                   options, group.optimizer, lr, wd, seed))
             trials.append(TrialPlan(
                 trial_id=_digest(shared)[:16], grid=grid.name, backbone=backbone_name, dataset=dataset_name,
-                protocol=grid.protocol, epochs=grid.epochs, batch_size=grid.batch_size,
-                warmup_epochs=grid.warmup_epochs, claim_margin=grid.claim_margin, heads=tuple(heads),
+                **settings, claim_margin=grid.claim_margin, heads=tuple(heads),
                 weights=weights.get(backbone_name), provenance=dict(provenance or {}),
             ))
     return trials
@@ -116,3 +114,51 @@ def without_done(trials: list[TrialPlan], done: set[str]) -> list[TrialPlan]:
         if heads:
             remaining.append(replace(trial, heads=heads))
     return remaining
+
+
+# ------------------------------------------------------------------------------------------------ cost
+
+# timm's widths by size name (vit_base_..., beit_base_..., vit_huge_..._gap_...), for entries without embed_dim
+_WIDTHS = {"tiny": 192, "small": 384, "base": 768, "large": 1024, "huge": 1280, "giant": 1408}
+
+
+@dataclass(frozen=True)
+class TrialCost:
+    """What one trial costs before it runs; None where neither the registry nor earlier results say."""
+
+    images: int | None  # images of all splits
+    passes: int | None  # images through the backbone: each split once (cached), every train epoch (online)
+    cache_bytes: int | None  # token cache of a cached-protocol trial, every split and tap
+    hours: float | None  # passes / throughput
+    throughput: str  # where the images/s came from
+
+
+def token_shape(entry: BackboneEntry) -> tuple[int, int | None]:
+    """(tokens per image, width) of a backbone's output; width None when the arch name does not say."""
+    img = entry.arch_overrides.get("img_size", entry.img_size)
+    patch = entry.arch_overrides.get("patch_size", entry.patch_size)
+    width = entry.arch_overrides.get("embed_dim") or next(
+        (w for size, w in _WIDTHS.items() if f"_{size}_" in entry.arch), None)
+    return (img // patch) ** 2 + int(entry.class_token), width
+
+
+def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str, float],
+               measured_images: dict[str, int]) -> TrialCost:
+    """Cost of one trial from registered sizes and throughput, else from what earlier results measured."""
+    backbone, dataset = registry.backbone(trial.backbone), registry.dataset(trial.dataset)
+    sizes = planned_split_sizes(dataset)
+    images = sum(sizes.values()) if sizes else measured_images.get(trial.dataset)
+    passes = cache = None
+    if images is not None:
+        passes = images
+        if trial.protocol == "online":
+            passes = images + (trial.epochs - 1) * (sizes["train"] if sizes else images)
+        tokens, width = token_shape(backbone)
+        if trial.protocol == "cached" and width is not None:
+            taps = {registry.aggregator(h.aggregator).tap for h in trial.heads}
+            cache = predict_cache_bytes(images, tokens, width, sorted(taps))
+    speed, source = backbone.images_per_s, "registered 1-GPU"
+    if speed is None and trial.backbone in measured_speed:
+        speed, source = measured_speed[trial.backbone], "measured (earlier results)"
+    hours = passes / speed / 3600 if passes is not None and speed else None
+    return TrialCost(images, passes, cache, hours, source if speed else "unknown")

@@ -11,7 +11,9 @@ the sweep reports them.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shlex
 import subprocess
 import tempfile
 import time
@@ -26,6 +28,7 @@ from rich.live import Live
 from rich.table import Table
 
 from harness import store
+from harness.errors import HarnessError
 from harness.plan import TrialPlan
 
 _TIMESTAMPS = ("started_at", "ended_at")
@@ -65,26 +68,34 @@ def _decode(rows: list[dict]) -> list[dict]:
 class SweepSummary:
     trials: int
     heads: int
+    retries: int = 0  # retries each failing trial was given
     failed: dict[str, str] = field(default_factory=dict)  # "backbone/dataset" -> error
     wall_s: float = 0.0
 
 
 class _StoreAndShow(tune.Callback):
-    """Writes each finished trial's rows to the store and keeps the live trial table up to date."""
+    """Writes each finished trial's rows to the store and shows the trials: a live table on a terminal, one
+    line per state change otherwise (CI logs), nothing without a console."""
 
-    def __init__(self, plans: list[TrialPlan], results_dir: Path, live: Live | None):
-        self.plans, self.results_dir, self.live = plans, results_dir, live
+    def __init__(self, plans: list[TrialPlan], results_dir: Path, console: Console | None):
+        self.plans, self.results_dir, self.console = plans, results_dir, console
+        self.live = Live(console=console, refresh_per_second=2) if console is not None and console.is_terminal else None
         self.state = {i: "pending" for i in range(len(plans))}
         self.started = time.monotonic()
 
     def __getstate__(self) -> dict:
-        """Tune pickles its callbacks with the experiment state; the live display stays with the driver."""
-        return {**self.__dict__, "live": None}
+        """Tune pickles its callbacks with the experiment state; the display stays with the driver."""
+        return {**self.__dict__, "live": None, "console": None}
 
     def _set(self, trial, state: str) -> None:
-        self.state[trial.config["index"]] = state
+        index = trial.config["index"]
+        self.state[index] = state
         if self.live is not None:
             self.live.update(self.table())
+        elif self.console is not None:
+            plan = self.plans[index]
+            self.console.print(f"[{time.monotonic() - self.started:6.0f} s] {plan.backbone}/{plan.dataset}: {state} "
+                               f"({self._title()})", highlight=False)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._set(trial, "running")
@@ -100,13 +111,26 @@ class _StoreAndShow(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._set(trial, "failed")
 
-    def table(self) -> Table:
+    def __enter__(self) -> _StoreAndShow:
+        if self.live is not None:
+            self.live.start()
+            self.live.update(self.table())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def _title(self) -> str:
         counts = {s: sum(1 for v in self.state.values() if v == s) for s in ("running", "done", "failed")}
         finished = counts["done"] + counts["failed"]
         elapsed = time.monotonic() - self.started
         eta = f"{elapsed / finished * (len(self.plans) - finished):.0f} s" if finished else "?"
-        table = Table(title=f"{len(self.plans)} trials: {counts['running']} running, {counts['done']} done, "
-                            f"{counts['failed']} failed; elapsed {elapsed:.0f} s, ETA {eta}")
+        return (f"{len(self.plans)} trials: {counts['running']} running, {counts['done']} done, {counts['failed']} "
+                f"failed; elapsed {elapsed:.0f} s, ETA {eta}")
+
+    def table(self) -> Table:
+        table = Table(title=self._title())
         for col in ("backbone", "dataset", "heads", "state"):
             table.add_column(col)
         style = {"done": "green", "failed": "red", "running": "yellow", "retrying": "magenta"}
@@ -131,11 +155,12 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=200 * 1024**2)
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                 object_store_memory=200 * 1024**2, **quiet)
 
 
 def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: float, gpus_per_trial: float,
@@ -148,15 +173,15 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
     summary = SweepSummary(trials=len(plans), heads=sum(len(p.heads) for p in plans))
     if not plans:
         return summary
+    summary.retries = max_retries
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     connect(address, num_cpus=num_cpus, num_gpus=num_gpus)
     trainable = tune.with_resources(tune.with_parameters(_trainable, plans=[p.to_dict() for p in plans]),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-    live = Live(console=console, refresh_per_second=2, transient=False) if console is not None else None
-    callback = _StoreAndShow(plans, results_dir, live)
-    with tempfile.TemporaryDirectory(prefix="harness-tune-") as storage:
+    with tempfile.TemporaryDirectory(prefix="harness-tune-") as storage, \
+            _StoreAndShow(plans, results_dir, console) as callback:
         tuner = tune.Tuner(
             trainable,
             param_space={"index": tune.grid_search(list(range(len(plans))))},
@@ -165,14 +190,7 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
                                       failure_config=tune.FailureConfig(max_failures=max_retries),
                                       checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),
         )
-        if live is not None:
-            live.start()
-            live.update(callback.table())
-        try:
-            grid = tuner.fit()
-        finally:
-            if live is not None:
-                live.stop()
+        grid = tuner.fit()
     for result in grid:
         if result.error is not None:
             plan = plans[result.config["index"]]
@@ -187,3 +205,45 @@ def _last_line(text: str) -> str:
     """The exception line of a Ray error's traceback text."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1].strip() if lines else text
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+
+DEFAULT_JOB_ADDRESS = "http://127.0.0.1:8265"
+JOB_RESULTS_DIR = "~/harness-results"  # on the head node, when neither --results-dir nor its HARNESS_RESULTS_DIR says
+_UPLOAD_EXCLUDES = [".git", "results", "bench/out", "**/__pycache__", "*.egg-info", ".venv", ".pytest_cache"]
+
+
+def _job_client(address: str | None):
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or \
+        DEFAULT_JOB_ADDRESS
+    try:
+        return JobSubmissionClient(address), address
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise HarnessError(f"cannot reach a Ray job server at {address} ({_last_line(str(e))}); accepted: the "
+                           "head node's dashboard address, e.g. http://127.0.0.1:8265 after `ray dashboard "
+                           "cluster.yaml`, with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token.") from None
+
+
+def submit_job(sweep_args: list[str], *, address: str | None, project_dir: Path) -> tuple[str, str]:
+    """Submit `harness sweep <sweep_args>` as a Ray job whose working directory is a copy of `project_dir`."""
+    client, address = _job_client(address)
+    entrypoint = shlex.join(["python", "-m", "harness.cli", "sweep", *sweep_args])
+    env = {"RAY_AIR_NEW_OUTPUT": "0"}
+    if "--results-dir" not in sweep_args and not os.environ.get("HARNESS_RESULTS_DIR"):
+        env["HARNESS_RESULTS_DIR"] = JOB_RESULTS_DIR  # a relative default would land in the job's temporary copy
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={
+        "working_dir": str(project_dir), "excludes": _UPLOAD_EXCLUDES, "env_vars": env})
+    return job_id, address
+
+
+def wait_job(job_id: str, address: str, poll_s: float = 2.0) -> tuple[str, str]:
+    """Block until the job ends; its final status and its logs."""
+    from ray.job_submission import JobStatus
+
+    client, _ = _job_client(address)
+    while (status := client.get_job_status(job_id)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+        time.sleep(poll_s)
+    return status.value, client.get_job_logs(job_id)

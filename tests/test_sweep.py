@@ -1,0 +1,304 @@
+"""The sweep: grids with per-dataset settings, plans and their cost, CLI messages, and (slow) real Ray runs.
+
+The slow tests share one Ray head node started for this module (2 CPUs, 2 logical GPUs, its own temp dir, ports and
+auth token) and stopped by process group. Failures are real ones: backbones whose weights come from a local HTTP
+server that answers 503 once (a flaky download, retried) or serves a corrupt file (fails every attempt).
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from harness import store
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.plan import expand, trial_cost, without_done
+from harness.registry import REGISTRY_DIR, load_registry
+from raynodes import auth_env, start_head
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = "tests/grids/tiny.toml"
+
+
+def _grid_file(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "g.toml"
+    path.write_text('backbones = ["demo-mae-tiny", "demo-dino-tiny"]\ndatasets = ["digits", "cifar10"]\n'
+                    'epochs = 5\nbatch_size = 64\nseeds = [0, 1]\n[heads.cls]\noptimizer = "sgd"\nlr = [0.1, 1.0]\n'
+                    + body)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------------------------- plans
+
+
+def test_full_grid_runs_imagenet_online_and_transfer_sets_cached():
+    reg = load_registry()
+    grid = reg.grid("full")
+    trials = expand(grid, reg)
+    assert len(trials) == 5 * 9 and {t.backbone for t in trials} >= {"mae-vit-b16", "ijepa-vit-h14-in1k"}
+    assert {a.aggregator for a in grid.heads} == set(reg.aggregators) and grid.seeds == (0, 1, 2)
+    for t in trials:
+        expected = ("online", 90, 16384, 10) if t.dataset == "imagenet-1k" else ("cached", 100, 256, 10)
+        assert (t.protocol, t.epochs, t.batch_size, t.warmup_epochs) == expected, t.dataset
+        assert len(t.heads) == grid.num_heads
+    assert 6.4 in grid.heads[0].lrs and 0.1 in grid.heads[0].lrs  # the MAE blr 0.1 at both batch sizes
+
+
+def test_dataset_override_changes_only_that_datasets_hashes(tmp_path):
+    reg = load_registry()
+    base = expand(reg.grid(_grid_file(tmp_path, "")), reg)
+    over = expand(reg.grid(_grid_file(tmp_path, "[overrides.cifar10]\nprotocol = \"online\"\nepochs = 3\n")), reg)
+    for a, b in zip(base, over):
+        same = [h.config_hash for h in a.heads] == [h.config_hash for h in b.heads]
+        assert same == (a.dataset == "digits") and (a.trial_id == b.trial_id) == same
+        assert (b.protocol, b.epochs) == (("online", 3) if b.dataset == "cifar10" else ("cached", 5))
+    assert len({h.config_hash for t in base for h in t.heads}) == sum(len(t.heads) for t in base)
+
+
+@pytest.mark.parametrize("body, field", [
+    ("[overrides.cifar11]\nepochs = 3\n", "overrides.cifar11"),
+    ("[overrides.cifar10]\nlr = 3\n", "overrides.cifar10.lr"),
+    ("[overrides.cifar10]\nprotocol = \"streamed\"\n", "overrides.cifar10.protocol"),
+    ("[overrides.cifar10]\nepochs = 3\nwarmup_epochs = 3\n", "overrides.cifar10.warmup_epochs"),
+])
+def test_bad_overrides_name_the_field(tmp_path, body, field):
+    with pytest.raises(HarnessError, match=f"'{field}'"):
+        load_registry().grid(_grid_file(tmp_path, body))
+
+
+def test_cost_counts_online_epochs_and_cached_tokens(tmp_path):
+    reg = load_registry()
+    trials = expand(reg.grid(_grid_file(tmp_path, "[overrides.cifar10]\nprotocol = \"online\"\n")), reg)
+    digits, cifar = (trial_cost(t, reg, measured_speed={"demo-mae-tiny": 100.0}, measured_images={})
+                     for t in trials[:2])
+    assert digits.passes == digits.images == 1797 and digits.hours == pytest.approx(1797 / 100 / 3600)
+    assert digits.cache_bytes > 1797 * 17 * 64 * 2  # 16 patches + [cls], width 64, float16
+    assert cifar.cache_bytes is None and cifar.passes == 60000 + 4 * 45000  # train split again every later epoch
+    ijepa = trial_cost(expand(reg.grid("full"), reg)[-1], reg, measured_speed={}, measured_images={})
+    assert ijepa.throughput == "registered 1-GPU" and ijepa.hours > 0
+
+
+def test_without_done_keeps_only_heads_without_results(tmp_path):
+    reg = load_registry()
+    trials = expand(reg.grid(TINY), reg)
+    done = {h.config_hash for h in trials[0].heads} | {trials[1].heads[0].config_hash}
+    left = without_done(trials, done)
+    assert [t.trial_id for t in left] == [t.trial_id for t in trials[1:]]
+    assert left[0].heads == trials[1].heads[1:]
+
+
+# --------------------------------------------------------------------------------------------------- CLI
+
+
+def _run(capsys, *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_dry_run_prints_trials_passes_cache_and_gpu_hours(capsys, tmp_path):
+    code, out = _run(capsys, "sweep", "--grid", "full", "--dry-run", "--results-dir", str(tmp_path))
+    assert code == 0
+    assert "45 trials = 45 backbone passes" in out and "6345 heads, 6345 without a result yet" in out
+    assert "Token cache:" in out and "GiB" in out and "GPU-hours" in out and "unknown for" not in out
+
+
+def test_bad_backbone_name_is_a_user_error(capsys, tmp_path):
+    code, out = _run(capsys, "sweep", "--grid", "demo", "--backbones", "demo-mae-tiny,dino-vit-b17",
+                     "--results-dir", str(tmp_path))
+    assert code == 2 and "unknown backbone 'dino-vit-b17'" in out and "dino-vit-b16" in out
+
+
+def test_submit_refuses_paths_the_job_cannot_see(capsys, tmp_path):
+    code, out = _run(capsys, "submit", "--grid", "demo", "--results-dir", "results")
+    assert code == 2 and "is relative" in out
+    grid = tmp_path / "mine.toml"
+    shutil.copy(ROOT / TINY, grid)
+    code, out = _run(capsys, "submit", "--grid", str(grid))
+    assert code == 2 and "outside the project folder" in out
+
+
+def test_progress_without_a_terminal_prints_one_line_per_change():
+    from harness.sweep import _StoreAndShow
+
+    reg = load_registry()
+    plans = expand(reg.grid(TINY), reg)
+    out = io.StringIO()
+    show = _StoreAndShow(plans, Path("unused"), Console(file=out, width=200))
+    assert show.live is None
+
+    class Trial:
+        config = {"index": 1}
+
+    with show:
+        show.on_trial_start(0, [], Trial())
+        show.on_trial_error(0, [], Trial())
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "demo-dino-tiny/digits: running" in lines[0]
+    assert "failed (4 trials: 0 running, 0 done, 1 failed" in lines[1]
+    assert show.__getstate__()["console"] is None  # Tune pickles callbacks; the console stays with the driver
+
+
+# ------------------------------------------------------------------------------------------- on real Ray
+
+
+class _Weights(http.server.BaseHTTPRequestHandler):
+    """/flaky.pth: 503 on the first request, the checkpoint after; /corrupt.pth: bytes that are no checkpoint."""
+
+    checkpoint = b""
+    requests: dict[str, int] = {}
+
+    def do_GET(self):
+        n = self.requests[self.path] = self.requests.get(self.path, 0) + 1
+        if self.path == "/flaky.pth" and n == 1:
+            self.send_error(503, "try again")
+            return
+        body = self.checkpoint if self.path == "/flaky.pth" else b"not a checkpoint" * 64
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _test_registry(folder: Path, port: int) -> Path:
+    """The project's registry plus two tiny MAE-layout backbones whose weights come from the test server."""
+    import torch
+
+    from harness.backbones import build_model
+
+    shutil.copytree(REGISTRY_DIR, folder)
+    entries = ""
+    for name in ("flaky", "corrupt"):
+        entries += (f'["test-mae-{name}"]\nextends = "demo-mae-tiny"\nrandom_init = false\n'
+                    f'url = "http://127.0.0.1:{port}/{name}.pth"\nfilename = "{name}.pth"\n\n')
+    (folder / "backbones" / "zz_sweep_tests.toml").write_text(entries)
+    buffer = io.BytesIO()
+    torch.save({"model": build_model(load_registry(folder).backbone("test-mae-flaky")).state_dict()}, buffer)
+    _Weights.checkpoint = buffer.getvalue()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """One Ray head (2 CPUs, 2 logical GPUs) whose workers see the test registry, downloads and weights server."""
+    import ray
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Weights)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = tmp_path_factory.mktemp("ray")
+    env = {**auth_env(), "HARNESS_REGISTRY_DIR": str(_test_registry(base / "registry", server.server_port)),
+           "HARNESS_DOWNLOAD_DIR": str(base / "downloads"), "HARNESS_WEIGHTS_DIR": str(base / "weights")}
+    node, address, _ = start_head(env, num_cpus=2, num_gpus=2)
+    try:
+        yield env, address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        node.stop()
+        server.shutdown()
+
+
+@pytest.fixture
+def driver_env(ray_head, monkeypatch):
+    env, address = ray_head
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env, address
+
+
+@pytest.fixture(scope="module")
+def failing_sweep(ray_head, tmp_path_factory):
+    """One sweep of an ok, a flaky-download and a corrupt-weights backbone at 0.5 logical GPU per trial."""
+    env, address = ray_head
+    results = tmp_path_factory.mktemp("failing")
+    grid = results / "half_gpu.toml"
+    grid.write_text((ROOT / TINY).read_text().replace("gpus = 0", "gpus = 0.5"))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    out = io.StringIO()
+    try:
+        import harness.cli
+
+        console = Console(file=out, width=200)
+        args = harness.cli.build_parser().parse_args(
+            ["sweep", "--grid", str(grid), "--backbones", "demo-dino-tiny,test-mae-flaky,test-mae-corrupt",
+             "--address", address, "--results-dir", str(results), "--no-leaderboard", "--max-retries", "1"])
+        code = args.func(args, console)
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return code, out.getvalue(), store.read_results(results)
+
+
+@pytest.mark.slow
+def test_trial_failing_once_is_retried_and_succeeds(failing_sweep):
+    code, out, rows = failing_sweep
+    flaky = rows[rows.backbone == "test-mae-flaky"]
+    assert _Weights.requests["/flaky.pth"] == 2  # the first download got a 503, the retry the checkpoint
+    assert len(flaky) == 2 and set(flaky.status) == {"ok"} and flaky.test_top1.notna().all()
+
+
+@pytest.mark.slow
+def test_trial_always_failing_is_recorded_with_its_error(failing_sweep):
+    code, out, rows = failing_sweep
+    corrupt = rows[rows.backbone == "test-mae-corrupt"]
+    assert code == 1 and len(corrupt) == 2 and set(corrupt.status) == {"failed"}
+    assert all("corrupt checkpoint" in e for e in corrupt.error)
+    assert "1 trials failed after 1 retries each" in out and "test-mae-corrupt/digits:" in out
+    assert "2 trials ok, 1 failed" in out
+
+
+@pytest.mark.slow
+def test_trials_run_on_their_assigned_logical_gpu_without_cuda(failing_sweep):
+    code, out, rows = failing_sweep
+    ok = rows[rows.status == "ok"]
+    assert len(ok) == 4
+    for device in ok.device:  # "cpu (1 threads) [ray node 1a2b3c4d, gpus 0]"
+        assert device.startswith("cpu (") and device.split("gpus ")[1].rstrip("]") in ("0", "1"), device
+
+
+@pytest.mark.slow
+def test_driver_killed_mid_sweep_resumes_without_duplicates(driver_env, tmp_path, capsys):
+    env, address = driver_env
+    argv = [sys.executable, "-m", "harness.cli", "sweep", "--grid", TINY, "--address", address, "--results-dir",
+            str(tmp_path), "--no-leaderboard", "--no-progress"]
+    trials = expand(load_registry().grid(TINY), load_registry())
+    driver = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
+    rows_dir = tmp_path / "rows" / "grid=tiny"
+    deadline = time.monotonic() + 240
+    while not list(rows_dir.glob("*.parquet")) and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    first = {p.name.split("-")[0] for p in rows_dir.glob("*.parquet")}
+    assert 1 <= len(first) < len(trials), "the driver must die after some trials and before all"
+
+    rerun = subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{len(trials) - len(first)} of {len(trials)} trials" in rerun.stdout
+    files = [p.name.split("-")[0] for p in rows_dir.glob("*.parquet")]
+    assert sorted(files) == sorted(t.trial_id for t in trials)  # every trial's rows once: none ran twice
+    import pyarrow.parquet as pq
+
+    hashes = [h for p in rows_dir.glob("*.parquet") for h in pq.read_table(p).column("config_hash").to_pylist()]
+    assert sorted(hashes) == sorted(h.config_hash for t in trials for h in t.heads)
+    assert not list(rows_dir.glob(".*"))  # no temporary file left behind by the killed driver
+
+    code, out = _run(capsys, "sweep", "--grid", TINY, "--results-dir", str(tmp_path))
+    assert code == 0 and "Nothing to run: all 8 heads" in out
