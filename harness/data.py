@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode, v2
 
 from harness.errors import HarnessError
 from harness.registry import BackboneEntry, DatasetEntry
@@ -45,8 +44,10 @@ class Splits:
 class LabelledView(Dataset):
     """Items `indices` of `base`, each image passed through `transform`; labels are known without decoding."""
 
-    def __init__(self, base: Dataset, indices: np.ndarray, labels: np.ndarray, transform: Callable):
+    def __init__(self, base: Dataset, indices: np.ndarray, labels: np.ndarray, transform: Callable, *,
+                 augment: bool = False):
         self.base, self.indices, self.labels, self.transform = base, indices, labels, transform
+        self.augment = augment  # random crops and flips: never cached
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -71,12 +72,15 @@ def transform_key(dataset: DatasetEntry, backbone: BackboneEntry) -> str:
             f"interp={backbone.interpolation},mean={list(backbone.mean)},std={list(backbone.std)}")
 
 
-def build_transform(dataset: DatasetEntry, backbone: BackboneEntry, *, augment: bool) -> v2.Compose:
+def build_transform(dataset: DatasetEntry, backbone: BackboneEntry, *, augment: bool) -> Callable:
     """Eval: resize the short side to img_size / crop_pct, centre-crop img_size (timm's eval convention).
 
     Augment (online protocol, train split only): RandomResizedCrop(img_size) + horizontal flip, as in the MAE
-    and Beyond-[cls] linear-probe recipes. Both end in the backbone's mean/std normalisation.
+    and Beyond-[cls] linear-probe recipes. Both end in the backbone's mean/std normalisation. (torchvision is
+    imported here, so reading a token cache does not pay for it.)
     """
+    from torchvision.transforms import InterpolationMode, v2
+
     interp = InterpolationMode.BICUBIC if backbone.interpolation == "bicubic" else InterpolationMode.BILINEAR
     size, crop_pct = backbone.img_size, _crop_pct(dataset, backbone)
     if augment:
@@ -119,7 +123,7 @@ def load_splits(dataset: DatasetEntry, backbone: BackboneEntry, *, augment: bool
     eval_tf = build_transform(dataset, backbone, augment=False)
     train_tf = build_transform(dataset, backbone, augment=True) if augment else eval_tf
     return Splits(
-        train=LabelledView(source.pool, train_idx, pool_labels[train_idx], train_tf),
+        train=LabelledView(source.pool, train_idx, pool_labels[train_idx], train_tf, augment=augment),
         val=LabelledView(source.pool, val_idx, pool_labels[val_idx], eval_tf),
         test=LabelledView(source.test, np.arange(len(source.test)), test_labels, eval_tf),
         num_classes=dataset.num_classes,

@@ -201,6 +201,8 @@ def cached_tokens(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_na
     `setting("cache_dir")` (HARNESS_CACHE_DIR). Returns the tokens, memory-mapped, and the number of images
     passed through the backbone: 0 when every tap was already cached.
     """
+    if getattr(dataset, "augment", False):
+        raise ValueError("cached_tokens needs the un-augmented split: load_splits(..., augment=False)")
     cache_dir = Path(cache_dir) if cache_dir is not None else setting("cache_dir")
     taps = tuple(dict.fromkeys(taps))
     keys = {tap: cache_key(backbone, dataset_entry, split_name, len(dataset), tap) for tap in taps}

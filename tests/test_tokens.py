@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from harness.cache_space import ensure_cache_space, predict_cache_bytes
 from harness.errors import HarnessError
@@ -95,11 +96,15 @@ def test_key_separates_weights_split_transform_and_split_seed(digits, tmp_path):
 
 
 def test_killed_writer_leaves_no_entry_and_the_rerun_is_complete(digits, reference, tmp_path):
+    dataset_entry, val = digits
+    saved = [torch.stack([val[i][0] for i in range(len(val))]), torch.as_tensor(val.labels)]
+    torch.save(saved, tmp_path / "split.pt")
+    cache_dir = tmp_path / "cache"
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    child = subprocess.Popen([sys.executable, str(HERE / "token_fakes.py"), str(tmp_path), "0.05"], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen([sys.executable, str(HERE / "token_fakes.py"), str(cache_dir), "0.05",
+                              str(tmp_path / "split.pt")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
-    while not list(tmp_path.glob("*/*/.tmp-*/tokens.npy")):  # the first batch has been written
+    while not list(cache_dir.glob("*/*/.tmp-*/tokens.npy")):  # the first batch has been written
         assert child.poll() is None, child.stderr.read().decode()
         assert time.monotonic() < deadline, "the writer never started writing"
         time.sleep(0.02)
@@ -107,16 +112,18 @@ def test_killed_writer_leaves_no_entry_and_the_rerun_is_complete(digits, referen
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert child.returncode == -signal.SIGKILL
-    assert _entries(tmp_path) == [] and list(tmp_path.glob("*/*/.tmp-*"))  # only temporaries remain
+    assert _entries(cache_dir) == [] and list(cache_dir.glob("*/*/.tmp-*"))  # only temporaries remain
 
-    dataset_entry, val = digits
-    backbone = FakeBackbone()
-    tokens, passes = cached_tokens(backbone, dataset_entry, "val", val, ["norm", "prenorm"], cache_dir=tmp_path,
-                                   batch_size=64, device="cpu")
+    tokens, passes = cached_tokens(FakeBackbone(), dataset_entry, "val", TensorDataset(*saved), ["norm", "prenorm"],
+                                   cache_dir=cache_dir, batch_size=64, device="cpu")
     assert passes == 203
     for tap in ("norm", "prenorm"):
         assert torch.equal(tokens.tokens[tap], reference.tokens[tap])
-    assert len(_entries(tmp_path)) == 2 and not list(tmp_path.glob("*/*/.tmp-*"))  # the dead writer's are gone
+    assert torch.equal(tokens.labels, reference.labels)
+    assert len(_entries(cache_dir)) == 2 and not list(cache_dir.glob("*/*/.tmp-*"))  # the dead writer's are gone
+    hit, passes = cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm"], cache_dir=cache_dir,
+                                batch_size=64, device="cpu")
+    assert passes == 0 and torch.equal(hit.tokens["norm"], reference.tokens["norm"])
 
 
 def test_concurrent_writers_of_one_key_both_get_the_complete_entry(digits, reference, tmp_path):
@@ -172,3 +179,29 @@ def test_cache_dir_defaults_to_the_setting(digits, monkeypatch, tmp_path):
     dataset_entry, val = digits
     cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm"], cache_dir=None, batch_size=64, device="cpu")
     assert len(_entries(tmp_path / "from-env")) == 1
+
+
+def test_augmented_split_is_never_cached(tmp_path):
+    from harness.data import load_splits
+
+    dataset_entry = digits_val()[0]
+    train = load_splits(dataset_entry, ENTRY, augment=True).train
+    with pytest.raises(ValueError, match="un-augmented"):
+        cached_tokens(FakeBackbone(), dataset_entry, "train", train, ["norm"], cache_dir=tmp_path, batch_size=64,
+                      device="cpu")
+
+
+def test_registered_demo_backbone_through_the_cache(tmp_path):
+    import harness
+    from harness.data import load_splits
+
+    backbone = harness.load_backbone("demo-mae-tiny")
+    dataset_entry = digits_val()[0]
+    val = load_splits(dataset_entry, backbone.entry).val
+    tokens, passes = cached_tokens(backbone, dataset_entry, "val", val, ["norm", "prenorm"], cache_dir=tmp_path,
+                                   batch_size=128, device="cpu")
+    assert passes == 203 and tokens.tokens["norm"].shape == (203, 17, 64)  # 4x4 patches + [cls], width 64
+    again, passes = cached_tokens(backbone, dataset_entry, "val", val, ["norm"], cache_dir=tmp_path,
+                                  batch_size=128, device="cpu")
+    assert passes == 0 and torch.equal(again.tokens["norm"], tokens.tokens["norm"])
+    assert not torch.equal(tokens.tokens["norm"], tokens.tokens["prenorm"])

@@ -1,15 +1,13 @@
 """A tiny deterministic stand-in for a loaded backbone (`forward_taps`, `entry`, `weights_sha256`), counting calls.
 
-Also runnable as a script (`python token_fakes.py CACHE_DIR DELAY`) that writes a token cache slowly, so a test
-can SIGKILL it mid-write.
+Also runnable as a script (`python token_fakes.py CACHE_DIR DELAY SPLIT_PT`) that writes the cache of a saved split
+(images, labels) slowly, so a test can SIGKILL it mid-write; it imports neither torchvision nor scikit-learn.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
-
 import torch
 
 from harness.registry import BackboneEntry
@@ -53,8 +51,11 @@ def digits_val(entry: BackboneEntry = ENTRY):
 
 
 if __name__ == "__main__":
+    from torch.utils.data import TensorDataset
+
+    from harness.registry import load_registry
     from harness.tokens import cached_tokens
 
-    dataset_entry, val = digits_val()
-    cached_tokens(FakeBackbone(delay_s=float(sys.argv[2])), dataset_entry, "val", val, ["norm", "prenorm"],
-                  cache_dir=sys.argv[1], batch_size=8, device="cpu")
+    images, labels = torch.load(sys.argv[3])
+    cached_tokens(FakeBackbone(delay_s=float(sys.argv[2])), load_registry().dataset("digits"), "val",
+                  TensorDataset(images, labels), ["norm", "prenorm"], cache_dir=sys.argv[1], batch_size=8, device="cpu")
