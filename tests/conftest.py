@@ -17,10 +17,10 @@ def manifests(kind: str) -> list[Path]:
     """Every manifest.json of that kind under the fixtures root, so a new folder is covered without code."""
     import json
 
-    found = []
-    for path in sorted(fixtures_root().rglob("manifest.json")):
-        if json.loads(path.read_text()).get("kind") == kind:
-            found.append(path)
+    root = fixtures_root()
+    found = [p for p in sorted(root.rglob("manifest.json")) if json.loads(p.read_text()).get("kind") == kind]
+    if not found:  # never let a parametrized parity test collect zero cases and pass silently
+        raise RuntimeError(f"no {kind} fixtures (manifest.json) under {root}; set HARNESS_FIXTURES_DIR")
     return found
 
 
