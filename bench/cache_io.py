@@ -67,16 +67,17 @@ def _best_of(repeats: int, run) -> tuple[float, object]:
     return min(times), out
 
 
-def measure(num_images: int, batch_size: int, taps: tuple[str, ...], cache_dir: Path, repeats: int) -> dict:
+def measure(num_images: int, batch_size: int, taps: tuple[str, ...], cache_dir: Path, repeats: int,
+            device: str) -> dict:
     registry = load_registry()
-    backbone = harness.load_backbone("demo-mae-tiny")
+    backbone = harness.load_backbone("demo-mae-tiny", device=device)
     base = registry.dataset("synthetic-patch")
     entry = replace(base, options={**base.options, "num_train": num_images, "num_test": base.num_classes})
     generated = load_splits(entry, backbone.entry).train
     images = torch.stack([generated[i][0] for i in range(len(generated))])  # decoded once: time the backbone + IO
     labels = torch.as_tensor(generated.labels)
     extract_s, (reference, n) = _best_of(repeats, lambda _: extract_tokens(
-        backbone, TensorDataset(images, labels), taps, batch_size=batch_size, device="cpu"))
+        backbone, TensorDataset(images, labels), taps, batch_size=batch_size, device=device))
     replay, indices = Replay(backbone, reference.tokens), TensorDataset(torch.arange(n), labels)
     write_s, (_, passes) = _best_of(repeats, lambda i: cached_tokens(
         replay, entry, "train", indices, taps, cache_dir=cache_dir / str(i), batch_size=batch_size, device="cpu"))
@@ -96,7 +97,8 @@ def measure(num_images: int, batch_size: int, taps: tuple[str, ...], cache_dir: 
     written = sum(f.stat().st_size for f in (cache_dir / "0").rglob("*") if f.is_file())
     return {
         "backbone": backbone.entry.label, "images": n, "num_tokens": num_tokens, "embed_dim": dim, "taps": list(taps),
-        "batch_size": batch_size, "repeats": repeats, "extract_in_memory_s": extract_s, "write_s": write_s,
+        "batch_size": batch_size, "repeats": repeats, "device": device, "extract_in_memory_s": extract_s,
+        "write_s": write_s,
         "hit_open_s": hit_s, "read_back_s": read_s, "tokens_per_s_extract": tokens / extract_s,
         "tokens_per_s_write": tokens / write_s, "tokens_per_s_read_back": tokens / read_s,
         "write_mb_per_s": written / 1e6 / write_s, "read_mb_per_s": written / 1e6 / read_s,
@@ -117,19 +119,21 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4096)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3, help="each timing is the best of this many runs")
+    parser.add_argument("--device", default="cpu", help="where the backbone runs for the extraction timing")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where to write (default: a temporary folder)")
     args = parser.parse_args()
     torch.manual_seed(0)
     taps = ("norm", "prenorm")
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
-        tiny = measure(args.images, args.batch_size, taps, Path(tmp), args.repeats)
+        tiny = measure(args.images, args.batch_size, taps, Path(tmp), args.repeats, args.device)
     report = {"measured": tiny, "computed": [vit_b16_imagenet(("norm",)), vit_b16_imagenet(taps)],
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "torch_threads": torch.get_num_threads()}}
     OUT.mkdir(exist_ok=True)
     (OUT / "cache_io.json").write_text(json.dumps(report, indent=2))
     m = tiny
-    print(f"{m['backbone']}: {m['images']} images x {m['num_tokens']} tokens x {m['embed_dim']} x {len(taps)} taps")
+    print(f"{m['backbone']} on {m['device']}: {m['images']} images x {m['num_tokens']} tokens x {m['embed_dim']} "
+          f"x {len(taps)} taps")
     print(f"  extract in memory   {m['extract_in_memory_s']:.3f} s  {m['tokens_per_s_extract']:,.0f} tokens/s")
     print(f"  cache write         {m['write_s']:.3f} s  {m['tokens_per_s_write']:,.0f} tokens/s "
           f"({m['write_mb_per_s']:.0f} MB/s, temp folder + fsync + rename)")

@@ -65,8 +65,8 @@ def _in_memory(tap: str, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float16)
 
 
-def _run_backbone(backbone: TokenBackbone, dataset: Dataset, taps: tuple[str, ...], *, batch_size: int, device: torch.device,
-                  num_workers: int, allocate: Allocate) -> tuple[TokenSet, int]:
+def _run_backbone(backbone: TokenBackbone, dataset: Dataset, taps: tuple[str, ...], *, batch_size: int,
+                  device: torch.device, num_workers: int, allocate: Allocate) -> tuple[TokenSet, int]:
     """One forward per batch for all taps; each tap's float16 tokens land in the tensor `allocate` returns."""
     n = len(dataset)
     if n == 0 or not taps:
