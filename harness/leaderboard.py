@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from harness.leaderboard_html import render_html
+from harness.leaderboard_html import html_page
 from harness.leaderboard_model import EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
 from harness.registry import Registry
 from harness.store import read_results
@@ -53,17 +53,21 @@ def _md_board(board: Board) -> list[str]:
     return lines + [""]
 
 
-def render_markdown(results: pd.DataFrame, registry: Registry | None = None) -> str:
+def markdown_page(boards: list[Board], claim_section: str) -> str:
     """The whole Markdown page: one section per board, then the claim section."""
-    from harness.claim import claim_markdown
-
     lines = ["# Leaderboard", "", EXPLANATION, ""]
-    boards = build_boards(results, registry)
     for board in boards:
         lines += _md_board(board)
     if not boards:
         lines += ["No results yet.", ""]
-    return "\n".join(lines) + "\n" + claim_markdown(results).rstrip("\n") + "\n"
+    return "\n".join(lines) + "\n" + claim_section.rstrip("\n") + "\n"
+
+
+def render_markdown(results: pd.DataFrame, registry: Registry | None = None) -> str:
+    """The Markdown page of a results frame, claim section included."""
+    from harness.claim import claim_markdown
+
+    return markdown_page(build_boards(results, registry), claim_markdown(results))
 
 
 def render_terminal(results: pd.DataFrame, console: Console, registry: Registry | None = None) -> None:
@@ -84,12 +88,16 @@ def render_terminal(results: pd.DataFrame, console: Console, registry: Registry 
             console.print(Text(RANDOM_INIT_NOTE, style="yellow"))
 
 
-def write_leaderboards(root: Path) -> list[Path]:
+def write_leaderboards(root: Path, registry: Registry | None = None) -> list[Path]:
     """Regenerate `root/leaderboard.md` and `root/leaderboard.html` from the store under `root`."""
+    from harness.claim import claim_html, claim_markdown
+
     root = Path(root)
     results = read_results(root)
+    boards = build_boards(results, registry)
     root.mkdir(parents=True, exist_ok=True)
-    pages = {root / "leaderboard.md": render_markdown(results), root / "leaderboard.html": render_html(results)}
+    pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(results)),
+             root / "leaderboard.html": html_page(boards, claim_html(results))}
     for path, text in pages.items():
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")

@@ -94,12 +94,16 @@ def _section(board: Board) -> str:
             f"{_picks(board)}{_plots(board)}</section>")
 
 
-def render_html(results: pd.DataFrame, registry: Registry | None = None) -> str:
-    """The whole page: a section per board (table, picks, plots), then the claim section."""
-    from harness.claim import claim_html
-
-    boards = build_boards(results, registry)
+def html_page(boards: list[Board], claim_fragment: str) -> str:
+    """The whole page: a section per board (table, picks, plots), then the claim section (escaped by claim.py)."""
     sections = "".join(_section(b) for b in boards) or "<p>No results yet.</p>"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Leaderboard</title>"
             f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1><p>{_e(EXPLANATION)}</p>{sections}"
-            f"{claim_html(results)}<script>{_JS}</script></body></html>\n")
+            f"{claim_fragment}<script>{_JS}</script></body></html>\n")
+
+
+def render_html(results: pd.DataFrame, registry: Registry | None = None) -> str:
+    """The HTML page of a results frame, claim section included."""
+    from harness.claim import claim_html
+
+    return html_page(build_boards(results, registry), claim_html(results))

@@ -126,6 +126,18 @@ def test_hostile_names_are_escaped_everywhere(registry):
     assert "<img" not in boards_md and "&lt;img src=x onerror=alert(1)&gt;" in boards_md
 
 
+def test_html_has_a_sortable_table_lr_plots_and_gain_bars(registry):
+    rows = _hand() + _hand("demo-mae-tiny", random_init=True, trial_id="t1")
+    page = render_html(pd.DataFrame(rows), registry)
+    assert page.count('<table class="sortable">') == 1 and page.count('class="plot lr-plot"') == 2
+    assert page.count('class="bar"') == 2  # mean over cls, per backbone
+    assert ">0.1</text>" in page and ">1</text>" in page  # log-x decade ticks
+    assert 'data-sort="66.5000"' in page and '<td class="best" data-sort="66.5000">' in page
+    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing fetched
+    only_cls = [r for r in rows if r["aggregator"] == "cls"]
+    assert 'class="bar"' not in render_html(pd.DataFrame(only_cls), registry)
+
+
 def test_terminal_tables_show_cells_and_never_read_markup(registry):
     console = Console(record=True, width=200)
     render_terminal(pd.DataFrame(_hand("[bold]b[/bold]") + _hand("demo-mae-tiny", random_init=True)), console,
