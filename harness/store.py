@@ -97,6 +97,9 @@ def write_trial(root: Path, rows: list[dict], curves: list[dict]) -> Path:
     if len(grids) != 1 or len(trials) != 1:
         raise ValueError(f"one trial per call: rows name grids {sorted(map(str, grids))}, "
                          f"trials {sorted(map(str, trials))}")
+    bad = sorted({str(r.get("status")) for r in rows} - set(STATUSES))
+    if bad:
+        raise ValueError(f"rows with status {bad}; the schema's statuses are {', '.join(STATUSES)}")
     table = _to_table(rows, RESULTS_SCHEMA, "row")
     curve_table = _to_table(curves, CURVES_SCHEMA, "curve")
     unknown = set(curve_table.column("config_hash").to_pylist()) - {r["config_hash"] for r in rows}
@@ -104,10 +107,9 @@ def write_trial(root: Path, rows: list[dict], curves: list[dict]) -> Path:
         raise ValueError(f"curves for config hashes not in this trial's rows: {sorted(unknown)[:3]}")
     grid, trial = _safe(grids.pop()), _safe(trials.pop())
     stem = f"{trial}-{uuid.uuid4().hex}"
-    path = _write_atomic(table, Path(root) / _ROWS / f"grid={grid}", stem)
-    if curves:
+    if curves:  # curves first: once a trial's rows are visible (and it counts as done), its curves are too
         _write_atomic(curve_table, Path(root) / _CURVES / f"grid={grid}", stem)
-    return path
+    return _write_atomic(table, Path(root) / _ROWS / f"grid={grid}", stem)
 
 
 def _files(root: Path, kind: str) -> list[Path]:
@@ -121,7 +123,8 @@ def _read_file(path: Path, schema: pa.Schema, columns: list[str]) -> pa.Table:
     try:
         file_schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as e:
-        raise HarnessError(f"{path}: not a readable Parquet results file ({e}); move it out of the results folder.")
+        raise HarnessError(f"{path}: not a readable Parquet results file ({e}); move it out of the results "
+                           "folder.") from None
     missing = [n for n in schema.names if n not in file_schema.names]
     if missing:
         raise HarnessError(f"{path}: missing columns {', '.join(missing)}; a results file of schema version "

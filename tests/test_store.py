@@ -50,7 +50,8 @@ def test_empty_or_missing_folder_gives_empty_frames(tmp_path):
     assert read_results(tmp_path).empty and read_curves(tmp_path).empty and completed_hashes(tmp_path) == set()
 
 
-@pytest.mark.parametrize("change, word", [({"extra": 1}, "extra"), ({"schema_version": 2}, "schema_version")])
+@pytest.mark.parametrize("change, word", [({"extra": 1}, "extra"), ({"schema_version": 2}, "schema_version"),
+                                          ({"status": "done"}, "status.*ok, diverged, failed, not-applicable")])
 def test_bad_rows_are_bugs(tmp_path, change, word):
     row = make_row(**change)
     with pytest.raises(ValueError, match=word):
@@ -127,6 +128,14 @@ def test_other_schema_version_is_named(tmp_path):
                              pa.array([2], pa.int32()))
     path = _write_raw(tmp_path, table)
     with pytest.raises(HarnessError, match=rf"{path}.*schema_version 2 found, 1 expected"):
+        read_results(tmp_path)
+
+
+def test_unreadable_file_is_named(tmp_path):
+    folder = tmp_path / "rows" / "grid=x"
+    folder.mkdir(parents=True)
+    (folder / "junk.parquet").write_text("not parquet")
+    with pytest.raises(HarnessError, match=rf"{folder / 'junk.parquet'}: not a readable Parquet results file"):
         read_results(tmp_path)
 
 
