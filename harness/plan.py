@@ -42,6 +42,8 @@ class TrialPlan:
     heads: tuple[HeadPlan, ...]
     weights: str | None = None  # explicit weights file for the backbone (--weights)
     provenance: dict = field(default_factory=dict)  # git commit etc., read once by the driver
+    cache_dir: str | None = None  # token cache folder (--cache-dir); None: the worker's HARNESS_CACHE_DIR/config
+    download: bool = False  # let torchvision download missing datasets (--download)
 
     def to_dict(self) -> dict:
         return asdict(self)

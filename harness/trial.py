@@ -19,7 +19,7 @@ from harness.data import load_splits
 from harness.headbank import HeadBank, HeadOutcome, HeadSpec
 from harness.plan import HeadPlan, TrialPlan
 from harness.registry import AggregatorEntry, BackboneEntry, load_registry
-from harness.tokens import extract_tokens
+from harness.tokens import cached_tokens, extract_tokens
 from harness.train import online_loader, total_steps, train_cached, train_online, warmup_steps
 
 
@@ -46,7 +46,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
     registry = load_registry()
     backbone = load_backbone(plan.backbone, plan.weights, device=device)
     dataset = registry.dataset(plan.dataset)
-    splits = load_splits(dataset, backbone.entry)
+    splits = load_splits(dataset, backbone.entry, download=plan.download)
     sizes = splits.sizes()
     specs = [HeadSpec(h.head_id, h.config_hash, registry.aggregator(h.aggregator), h.options, h.optimizer, h.lr,
                       h.wd, h.seed) for h in plan.heads]
@@ -60,12 +60,17 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
         token_sets = {}
         for name in ("train", "val", "test") if plan.protocol == "cached" else ("val", "test"):
             t = time.perf_counter()
-            token_sets[name], n = extract_tokens(backbone, getattr(splits, name), bank.taps,
-                                                 batch_size=plan.batch_size, device=device)
+            if plan.protocol == "cached":  # written once to the token cache, reused by later sweeps
+                token_sets[name], n = cached_tokens(backbone, dataset, name, getattr(splits, name), bank.taps,
+                                                    cache_dir=plan.cache_dir,
+                                                    batch_size=plan.batch_size, device=device)
+            else:
+                token_sets[name], n = extract_tokens(backbone, getattr(splits, name), bank.taps,
+                                                     batch_size=plan.batch_size, device=device)
             extract_s += time.perf_counter() - t
             passes += n
         if plan.protocol == "online":
-            loader = online_loader(load_splits(dataset, backbone.entry, augment=True).train, batch_size=plan.batch_size,
+            loader = online_loader(load_splits(dataset, backbone.entry, augment=True, download=plan.download).train, batch_size=plan.batch_size,
                                    seed=min(bank.seeds), pin_memory=device.type == "cuda")
             outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
                                        epochs=plan.epochs, device=device)
