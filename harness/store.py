@@ -121,7 +121,8 @@ def _read_file(path: Path, schema: pa.Schema, columns: list[str]) -> pa.Table:
     """`columns` of one file, checked: it must have all of `schema`'s columns and its schema_version, else a
     HarnessError naming the file."""
     try:
-        file_schema = pq.read_schema(path)
+        parquet = pq.ParquetFile(path)
+        file_schema = parquet.schema_arrow
     except (OSError, pa.ArrowException) as e:
         raise HarnessError(f"{path}: not a readable Parquet results file ({e}); move it out of the results "
                            "folder.") from None
@@ -129,7 +130,7 @@ def _read_file(path: Path, schema: pa.Schema, columns: list[str]) -> pa.Table:
     if missing:
         raise HarnessError(f"{path}: missing columns {', '.join(missing)}; a results file of schema version "
                            f"{SCHEMA_VERSION} has columns {', '.join(schema.names)}.")
-    table = pq.read_table(path, columns=columns)
+    table = parquet.read(columns=columns)
     versions = pc.unique(table.column("schema_version")).to_pylist()
     if versions and versions != [SCHEMA_VERSION]:
         raise HarnessError(f"{path}: schema_version {', '.join(map(str, versions))} found, {SCHEMA_VERSION} "
