@@ -195,9 +195,10 @@ def _test_registry(folder: Path, port: int) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory):
-    """One Ray head (2 CPUs, 2 logical GPUs) whose workers see the test registry, downloads and weights server."""
-    import ray
+    """One Ray head (2 CPUs, 2 logical GPUs) whose workers see the test registry, downloads and weights server.
 
+    Drivers run as `python -m harness.cli` subprocesses with the same environment, as a user would start them
+    (Ray reads its auth mode when first imported, so an in-process driver would depend on import order)."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Weights)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = tmp_path_factory.mktemp("ray")
@@ -207,18 +208,13 @@ def ray_head(tmp_path_factory):
     try:
         yield env, address
     finally:
-        if ray.is_initialized():
-            ray.shutdown()
         node.stop()
         server.shutdown()
 
 
-@pytest.fixture
-def driver_env(ray_head, monkeypatch):
-    env, address = ray_head
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return env, address
+def _sweep(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "harness.cli", "sweep", "--no-leaderboard", "--no-progress", *args]
+    return subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -228,21 +224,9 @@ def failing_sweep(ray_head, tmp_path_factory):
     results = tmp_path_factory.mktemp("failing")
     grid = results / "half_gpu.toml"
     grid.write_text((ROOT / TINY).read_text().replace("gpus = 0", "gpus = 0.5"))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    out = io.StringIO()
-    try:
-        import harness.cli
-
-        console = Console(file=out, width=200)
-        args = harness.cli.build_parser().parse_args(
-            ["sweep", "--grid", str(grid), "--backbones", "demo-dino-tiny,test-mae-flaky,test-mae-corrupt",
-             "--address", address, "--results-dir", str(results), "--no-leaderboard", "--max-retries", "1"])
-        code = args.func(args, console)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    return code, out.getvalue(), store.read_results(results)
+    run = _sweep(env, "--grid", str(grid), "--backbones", "demo-dino-tiny,test-mae-flaky,test-mae-corrupt",
+                 "--address", address, "--results-dir", str(results), "--max-retries", "1")
+    return run.returncode, run.stdout + run.stderr, store.read_results(results)
 
 
 @pytest.mark.slow
@@ -258,7 +242,7 @@ def test_trial_always_failing_is_recorded_with_its_error(failing_sweep):
     code, out, rows = failing_sweep
     corrupt = rows[rows.backbone == "test-mae-corrupt"]
     assert code == 1 and len(corrupt) == 2 and set(corrupt.status) == {"failed"}
-    assert all("corrupt checkpoint" in e for e in corrupt.error)
+    assert all("HarnessError" in e and "corrupt.pth: not a readable checkpoint" in e for e in corrupt.error)
     assert "1 trials failed after 1 retries each" in out and "test-mae-corrupt/digits:" in out
     assert "2 trials ok, 1 failed" in out
 
@@ -273,13 +257,12 @@ def test_trials_run_on_their_assigned_logical_gpu_without_cuda(failing_sweep):
 
 
 @pytest.mark.slow
-def test_driver_killed_mid_sweep_resumes_without_duplicates(driver_env, tmp_path, capsys):
-    env, address = driver_env
-    argv = [sys.executable, "-m", "harness.cli", "sweep", "--grid", TINY, "--address", address, "--results-dir",
-            str(tmp_path), "--no-leaderboard", "--no-progress"]
+def test_driver_killed_mid_sweep_resumes_without_duplicates(ray_head, tmp_path, capsys):
+    env, address = ray_head
+    args = ["--grid", TINY, "--address", address, "--results-dir", str(tmp_path)]
     trials = expand(load_registry().grid(TINY), load_registry())
-    driver = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT)
+    driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", "--no-progress", *args], cwd=ROOT,
+                              env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows_dir = tmp_path / "rows" / "grid=tiny"
     deadline = time.monotonic() + 240
     while not list(rows_dir.glob("*.parquet")) and driver.poll() is None and time.monotonic() < deadline:
@@ -289,7 +272,7 @@ def test_driver_killed_mid_sweep_resumes_without_duplicates(driver_env, tmp_path
     first = {p.name.split("-")[0] for p in rows_dir.glob("*.parquet")}
     assert 1 <= len(first) < len(trials), "the driver must die after some trials and before all"
 
-    rerun = subprocess.run(argv, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    rerun = _sweep(env, *args)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{len(trials) - len(first)} of {len(trials)} trials" in rerun.stdout
     files = [p.name.split("-")[0] for p in rows_dir.glob("*.parquet")]
