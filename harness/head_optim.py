@@ -56,7 +56,7 @@ def _per_head(v: Tensor, p: Tensor) -> Tensor:
 
 
 def _head_norm(x: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(x.flatten(1), dim=1)
+    return torch.linalg.vector_norm(x, dim=tuple(range(1, x.dim())))
 
 
 def new_state(optimizer: str, params: list[Tensor]) -> list[dict[str, Tensor]]:
@@ -70,15 +70,16 @@ def update(optimizer: str, params: list[Tensor], grads: list[Tensor], state: lis
            lr: Tensor, wd: Tensor, step: int) -> None:
     """One in-place step of every head; `lr`, `wd` are (N,), `step` counts from 0. A zero momentum buffer
     reproduces torch's first-step `buf = d_p` exactly, so no first-step branch is needed."""
+    decay = bool(wd.any())  # skipping a zero wd is exact: g + 0 * p == g for finite p
     for p, g, s in zip(params, grads, state):
         lr_p, wd_p = _per_head(lr, p), _per_head(wd, p)
         if optimizer == "sgd":
-            s["mu"].mul_(MOMENTUM).add_(g + wd_p * p)
+            s["mu"].mul_(MOMENTUM).add_(g + wd_p * p if decay else g)
             p.addcmul_(s["mu"], lr_p, value=-1.0)
         elif optimizer == "lars":
             d = g
             if p.dim() > 2:  # more than one dimension per head: not a bias
-                d = g + wd_p * p
+                d = g + wd_p * p if decay else g
                 p_norm, d_norm = _head_norm(p), _head_norm(d)
                 trust = torch.where((p_norm > 0) & (d_norm > 0), LARS_TRUST * p_norm / d_norm,
                                     torch.ones_like(p_norm))
@@ -88,7 +89,8 @@ def update(optimizer: str, params: list[Tensor], grads: list[Tensor], state: lis
         elif optimizer == "adamw":
             b1, b2 = ADAM_BETAS
             t = step + 1
-            p.mul_(1.0 - lr_p * wd_p)
+            if decay:
+                p.mul_(1.0 - lr_p * wd_p)
             s["m"].lerp_(g, 1.0 - b1)
             s["v"].mul_(b2).addcmul_(g, g, value=1.0 - b2)
             denom = (s["v"].sqrt() / (1.0 - b2 ** t) ** 0.5).add_(ADAM_EPS)

@@ -125,8 +125,8 @@ class _Group:
                lr=(self.base_lr * multiplier).float(), wd=self.wd, step=self.step)
         loss_bad = ~torch.isfinite(loss)
         weights_bad = torch.zeros_like(loss_bad)
-        for p in self.stacked():
-            weights_bad |= ~torch.isfinite(p).flatten(1).all(1)
+        for p in self.stacked():  # a head's sum is non-finite iff one of its weights is (or they overflow)
+            weights_bad |= ~torch.isfinite(p.sum(dim=tuple(range(1, p.dim()))))
         new = (self.bad_step < 0) & (loss_bad | weights_bad)
         self.bad_step = torch.where(new, self.step, self.bad_step)
         self.bad_why = torch.where(new, (~loss_bad).long(), self.bad_why)
@@ -138,17 +138,19 @@ class _Group:
 
 
 class _LinearGroup(_Group):
-    """Heads with a parameter-free pooling: pool and BatchNorm once, then a batched linear layer per head."""
+    """Heads with a parameter-free pooling: pool and BatchNorm once, then every head's linear layer in one batched
+    matmul. Weights are stacked as (N, D, C), the layout whose weight gradient needs no transposed copy; each head's
+    product is its own matrix in the batch, computed the same whatever the stack size."""
 
     def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
                  device: torch.device):
         self.pool, self.norm = heads[0].pooler.to(device), heads[0].norm.to(device)
-        self.weight = torch.stack([h.linear.weight.detach() for h in heads]).to(device).requires_grad_()
+        self.weight = torch.stack([h.linear.weight.detach().T for h in heads]).to(device).contiguous().requires_grad_()
         self.bias = torch.stack([h.linear.bias.detach() for h in heads]).to(device).requires_grad_()
         super().__init__(members, specs, batch_size, device)
 
     def stacked(self) -> list[Tensor]:
-        return [self.weight, self.bias]
+        return [self.weight.detach(), self.bias.detach()]
 
     def stacked_grads(self) -> list[Tensor]:
         return [self.weight.grad, self.bias.grad]
@@ -159,8 +161,7 @@ class _LinearGroup(_Group):
     def logits(self, tokens: Tensor, train: bool) -> Tensor:
         self.norm.train(train)
         feats = self.norm(self.pool(tokens))
-        return torch.baddbmm(self.bias.unsqueeze(1), feats.expand(len(self.members), -1, -1),
-                             self.weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), feats.expand(len(self.members), -1, -1), self.weight)
 
     def keep(self, slots: list[int]) -> None:
         index = torch.tensor(slots, dtype=torch.long, device=self.weight.device)
@@ -230,7 +231,8 @@ class HeadBank:
         return sorted({g.seed for g in self.groups})
 
     def parameters_of(self, i: int) -> list[Tensor]:
-        """Head `i`'s current parameters (its slices of the stacks); empty when it is not training."""
+        """Head `i`'s current parameters (its slices of the stacks, linear weights as (D, C)); empty when it is
+        not training."""
         for g in self.groups:
             if i in g.members:
                 slot = g.members.index(i)

@@ -1,0 +1,167 @@
+"""What does training the head bank cost on top of the backbone pass? (target, issue 9: the whole bank of cls and
+mean heads under 5% of the backbone's forward at ViT-B/16 shapes)
+
+For each shape (a tiny ViT, and ViT-B/16: 197 tokens x 768), times per batch, median over `--reps` steps:
+- `backbone_s`: one frozen forward of the backbone on images (both token taps; bf16 autocast on CUDA);
+- `per_head_s[kind]`: one training step (forward, backward, optimizer update) of a bank of ONE head of each
+  aggregator (cls, mean, abmilp, query, ep);
+- `bank_s`: one step of the whole bank of cls + mean heads (2 x `--lrs` x `--seeds` heads, all on the batch, as
+  in the online protocol), and `loop_bank_s`: the same heads the way the bank worked before stacking (one module,
+  torch optimizer and loss per head, a host sync per head per step), measured in the same run.
+Prints the figures and ratios and writes them to bench/out/head_bank-<device>.json. Not a test.
+
+    python bench/head_bank.py                                  # CPU, batch 64, 210-head bank
+    python bench/head_bank.py --device cuda --batch-size 256   # on a GPU (the lead's run)
+    python bench/head_bank.py --shapes tiny --lrs 3 --seeds 1  # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from harness.aggregators import build_head
+from harness.backbones import Backbone, build_model
+from harness.headbank import HeadBank, HeadSpec
+from harness.registry import load_registry
+
+SHAPES = {"tiny": "demo-mae-tiny", "vitb16": "mae-vit-b16"}  # registry entries, built with random weights
+ONE_HEAD = {"cls": "sgd", "mean": "sgd", "abmilp": "lars", "query": "adamw", "ep": "adamw"}  # their papers' optimizers
+
+
+def timed(fn: Callable[[], object], reps: int, device: torch.device) -> float:
+    """Median wall time of `fn` over `reps` calls after one warm-up call, synchronising the device."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()
+    times = []
+    for _ in range(reps):
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def specs_for(kind: str, optimizer: str, lrs: list[float], seeds: list[int]) -> list[HeadSpec]:
+    entry = load_registry().aggregator(kind)
+    return [HeadSpec(f"{kind}/{lr:g}/{seed}", f"{kind}{lr}{seed}", entry, dict(entry.options), optimizer, lr, 0.0,
+                     seed) for seed in seeds for lr in lrs]
+
+
+class LoopBank:
+    """The bank before stacking, for the before/after ratio: per head a module, a torch optimizer, a loss,
+    and host syncs for the non-finite checks."""
+
+    def __init__(self, specs: list[HeadSpec], dims: dict, batch_size: int, device: torch.device):
+        self.heads, self.optimizers = [], []
+        for s in specs:
+            torch.manual_seed(s.seed)
+            head = build_head(s.aggregator, options=s.options, **dims).to(device)
+            self.heads.append(head)
+            self.optimizers.append(torch.optim.SGD(head.parameters(), lr=s.lr * batch_size / 256, momentum=0.9))
+
+    def step(self, tokens: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+        losses = [F.cross_entropy(head(tokens[head.tap]), labels) for head in self.heads]
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        torch.autograd.backward(losses)
+        for head, opt, loss in zip(self.heads, self.optimizers, losses):
+            if math.isfinite(loss.item()):
+                opt.step()
+                assert all(torch.isfinite(p).all() for p in head.parameters())
+
+
+def measure(shape: str, args: argparse.Namespace, device: torch.device) -> dict:
+    entry = load_registry().backbone(SHAPES[shape])
+    backbone = Backbone(build_model(entry), entry, "random-init").to(device)
+    b, classes = args.batch_size, args.classes
+    images = torch.randn(b, 3, entry.img_size, entry.img_size, device=device)
+    taps = ["norm", "prenorm"]
+
+    def forward() -> dict:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return backbone.forward_taps(images, taps)
+
+    backbone_s = timed(forward, args.reps, device)
+    tokens = {tap: x.float() for tap, x in forward().items()}
+    labels = torch.randint(0, classes, (b,), device=device)
+    dims = {"embed_dim": backbone.embed_dim, "num_heads": backbone.num_heads,
+            "num_prefix_tokens": backbone.num_prefix_tokens, "num_classes": classes}
+    del backbone
+
+    def bank(specs: list[HeadSpec]) -> HeadBank:
+        return HeadBank(specs, **dims, batch_size=b, total_steps=10 ** 6, warmup_steps=0, device=device)
+
+    per_head = {}
+    for kind, optimizer in ONE_HEAD.items():
+        one = bank(specs_for(kind, optimizer, [0.1], [0]))
+        per_head[kind] = timed(lambda: one.step(tokens, labels), args.reps, device)
+    lrs = [10 ** (-4 + 5 * i / max(args.lrs - 1, 1)) for i in range(args.lrs)]
+    specs = specs_for("cls", "sgd", lrs, list(range(args.seeds))) + specs_for("mean", "sgd", lrs,
+                                                                               list(range(args.seeds)))
+    stacked = bank(specs)
+    bank_s = timed(lambda: stacked.step(tokens, labels), args.reps, device)
+    del stacked
+    loop = LoopBank(specs, dims, b, device)
+    loop_bank_s = timed(lambda: loop.step(tokens, labels), args.reps, device)
+    return {
+        "backbone": entry.name, "embed_dim": dims["embed_dim"], "tokens": tokens["norm"].shape[1],
+        "backbone_s": backbone_s, "per_head_s": per_head,
+        "per_head_vs_backbone": {k: v / backbone_s for k, v in per_head.items()},
+        "bank_heads": len(specs), "bank_s": bank_s, "bank_vs_backbone": bank_s / backbone_s,
+        "bank_s_per_head": bank_s / len(specs), "loop_bank_s": loop_bank_s,
+        "loop_bank_vs_backbone": loop_bank_s / backbone_s, "speedup_vs_loop": loop_bank_s / bank_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=1000, help="classes of every head (default: ImageNet's)")
+    parser.add_argument("--lrs", type=int, default=21, help="lr grid points per aggregator in the bank (claim grid)")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median), after one warm-up")
+    parser.add_argument("--shapes", default="tiny,vitb16", help=f"comma list of {', '.join(SHAPES)}")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    out = {
+        "command": " ".join(sys.argv), "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+        "torch": torch.__version__, "batch_size": args.batch_size, "classes": args.classes, "reps": args.reps,
+        "shapes": {},
+    }
+    for shape in args.shapes.split(","):
+        r = measure(shape, args, device)
+        out["shapes"][shape] = r
+        print(f"{shape} ({r['backbone']}, {r['tokens']} tokens x {r['embed_dim']}, batch {args.batch_size}, "
+              f"{args.classes} classes, {out['device']})")
+        print(f"  backbone forward        {r['backbone_s'] * 1e3:10.2f} ms/batch")
+        for kind, s in r["per_head_s"].items():
+            print(f"  one {kind:<7} head step  {s * 1e3:10.2f} ms/batch  {100 * s / r['backbone_s']:8.2f}% of backbone")
+        print(f"  bank of {r['bank_heads']} cls+mean   {r['bank_s'] * 1e3:10.2f} ms/batch  "
+              f"{100 * r['bank_vs_backbone']:8.2f}% of backbone  ({r['bank_s_per_head'] * 1e3:.3f} ms/head)")
+        print(f"  same, loop per head     {r['loop_bank_s'] * 1e3:10.2f} ms/batch  "
+              f"{100 * r['loop_bank_vs_backbone']:8.2f}% of backbone  (stacked is {r['speedup_vs_loop']:.1f}x faster)")
+    path = Path(__file__).resolve().parent / "out" / f"head_bank-{device.type}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
