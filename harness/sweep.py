@@ -95,7 +95,7 @@ class _StoreAndShow(tune.Callback):
         elif self.console is not None:
             plan = self.plans[index]
             self.console.print(f"[{time.monotonic() - self.started:6.0f} s] {plan.backbone}/{plan.dataset}: {state} "
-                               f"({self._title()})", highlight=False)
+                               f"({self._title()})", highlight=False, soft_wrap=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._set(trial, "running")

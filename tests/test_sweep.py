@@ -151,6 +151,24 @@ def test_progress_without_a_terminal_prints_one_line_per_change():
     assert show.__getstate__()["console"] is None  # Tune pickles callbacks; the console stays with the driver
 
 
+def test_progress_on_a_terminal_is_a_live_table():
+    from harness.sweep import _StoreAndShow
+
+    reg = load_registry()
+    out = io.StringIO()
+    show = _StoreAndShow(expand(reg.grid(TINY), reg), Path("unused"), Console(file=out, width=200,
+                                                                             force_terminal=True))
+
+    class Trial:
+        config = {"index": 0}
+
+    with show:
+        show.on_trial_start(0, [], Trial())
+        show.on_trial_recover(0, [], Trial())
+    assert show.live is not None and show.state[0] == "retrying"
+    assert "4 trials: 0 running, 0 done, 0 failed" in out.getvalue() and "demo-simmim-tiny" in out.getvalue()
+
+
 # ------------------------------------------------------------------------------------------- on real Ray
 
 
