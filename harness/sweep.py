@@ -5,7 +5,7 @@ places trials across GPUs and nodes; a trial sends its rows back through `tune.r
 callback writes them to the results store at once (atomically, one file per trial), so a driver killed
 mid-sweep loses no finished trial and a rerun skips every head that has a final result. Ray Tune's
 `fit()` does not raise for failed trials: the result grid is checked, failures are recorded as rows, and
-the sweep reports them.
+the sweep reports them. `submit_job` runs the same sweep as a Ray job, its driver on the cluster's head node.
 """
 
 from __future__ import annotations
