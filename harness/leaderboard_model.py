@@ -79,7 +79,7 @@ class Cell:
         return self.mean - self.baseline.mean
 
     def text(self) -> str:
-        """"71.20 ± 0.40 (n=3)", "n/a", or what happened instead of an ok head."""
+        """The cell as shown: `71.20 ± 0.40 (n=3)`, `n/a`, or what happened instead of an ok head."""
         if not self.applicable:
             return "n/a"
         if self.mean is None:
@@ -88,7 +88,7 @@ class Cell:
         return f"{self.mean:.2f}{spread} (n={self.n})"
 
     def gain_text(self) -> str:
-        """"Δcls +1.10", "Δcls n/a" (cls does not apply), "" for cls itself or without a number."""
+        """`Δcls +1.10`, `Δcls n/a` where cls does not apply; empty for cls itself or a cell without a number."""
         if self.aggregator == BASELINE or self.mean is None:
             return ""
         if self.baseline is None or not self.baseline.applicable:
