@@ -65,48 +65,112 @@ def _in_memory(tap: str, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float16)
 
 
+def extraction_precision(device: torch.device) -> str:
+    """bfloat16 autocast on CUDA (the backbone pass is a sweep's cost floor; train_online runs it so too), float32
+    elsewhere. Part of the cache key: tokens computed in another precision are other tokens."""
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def loader_workers(device: torch.device) -> int:
+    """Decoding processes by default: on a GPU, all of this process's CPU threads but one decode and transform
+    while the GPU computes; on a CPU none, since the forward itself uses those threads."""
+    return max(torch.get_num_threads() - 1, 0) if device.type == "cuda" else 0
+
+
+class _Writer:
+    """Copies each batch's float16 tokens out of the device one batch late, so the host never waits on a batch it
+    just launched: the copy into pinned memory and the non-finite check of batch k run while batch k+1 computes."""
+
+    def __init__(self, backbone: TokenBackbone, taps: tuple[str, ...], n: int, allocate: Allocate):
+        self.backbone, self.taps, self.n, self.allocate = backbone, taps, n, allocate
+        self.out: dict[str, torch.Tensor] = {}
+        self.pending: tuple | None = None
+
+    def push(self, feats: dict[str, torch.Tensor], start: int) -> None:
+        halves = {tap: feats[tap].to(torch.float16) for tap in self.taps}
+        finite = torch.stack([torch.isfinite(h).all() for h in halves.values()])
+        amax = torch.stack([feats[tap].detach().float().abs().amax() for tap in self.taps])
+        device = finite.device
+        if device.type == "cuda":
+            halves = {tap: h.to("cpu", non_blocking=True) for tap, h in halves.items()}  # lands in pinned memory
+            finite, amax = finite.to("cpu", non_blocking=True), amax.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            event = None
+        self.flush()
+        self.pending = (start, halves, finite, amax, event)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        start, halves, finite, amax, event = self.pending
+        self.pending = None
+        if event is not None:
+            event.synchronize()
+        for tap, ok, biggest in zip(self.taps, finite.tolist(), amax.tolist()):
+            if not ok:
+                raise HarnessError(f"tap '{tap}' of backbone {self.backbone.entry.name!r} has values that are not "
+                                   f"finite in float16 (max |x| = {biggest:.4g}); accepted: tokens within float16 "
+                                   "range (|x| < 65504).")
+        for tap, half in halves.items():
+            if tap not in self.out:
+                self.out[tap] = self.allocate(tap, (self.n, *half.shape[1:]))
+            self.out[tap][start:start + len(half)].copy_(half)
+
+
 def _run_backbone(backbone: TokenBackbone, dataset: Dataset, taps: tuple[str, ...], *, batch_size: int,
-                  device: torch.device, num_workers: int, allocate: Allocate) -> tuple[TokenSet, int]:
-    """One forward per batch for all taps; each tap's float16 tokens land in the tensor `allocate` returns."""
+                  device: torch.device, num_workers: int | None, allocate: Allocate,
+                  channels_last: bool = False) -> tuple[TokenSet, int]:
+    """One forward per batch for all taps; each tap's float16 tokens land in the tensor `allocate` returns.
+
+    Fast where it runs: bf16 autocast and pinned, asynchronous host-to-device copies on CUDA, loader workers
+    (`loader_workers` when None), device-to-host copies one batch behind; `channels_last` for the patch
+    embedding's convolution.
+    """
     n = len(dataset)
     if n == 0 or not taps:
         raise ValueError(f"nothing to extract: {n} images, taps {taps}")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    workers = loader_workers(device) if num_workers is None else num_workers
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    out: dict[str, torch.Tensor] = {}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=extraction_precision(device) == "bfloat16")
+    writer = _Writer(backbone, taps, n, allocate)
     labels = torch.empty(n, dtype=torch.int64)
     done, report_every = 0, max(1, len(loader) // 10)
     with torch.inference_mode():
         for images, y in loader:
-            feats = backbone.forward_taps(images.to(device, non_blocking=True), taps)
-            for tap in taps:
-                half = feats[tap].to(torch.float16)
-                if not bool(torch.isfinite(half).all()):
-                    raise HarnessError(f"tap '{tap}' of backbone {backbone.entry.name!r} has values that are not "
-                                       f"finite in float16 (max |x| = {feats[tap].abs().max().item():.4g}); "
-                                       "accepted: tokens within float16 range (|x| < 65504).")
-                if tap not in out:
-                    out[tap] = allocate(tap, (n, *half.shape[1:]))
-                out[tap][done:done + len(y)].copy_(half)
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                feats = backbone.forward_taps(images, taps)
+            writer.push(feats, done)
             labels[done:done + len(y)] = y
             done += len(y)
             if done == n or (done // batch_size) % report_every == 0:
                 log.info("%s: %d / %d images through the backbone", backbone.entry.name, done, n)
-    return TokenSet(out, labels), done
+        writer.flush()
+    return TokenSet(writer.out, labels), done
 
 
 def extract_tokens(backbone: TokenBackbone, dataset: Dataset, taps: Sequence[str], *, batch_size: int,
-                   device: torch.device | str, num_workers: int = 0) -> tuple[TokenSet, int]:
+                   device: torch.device | str, num_workers: int | None = None,
+                   channels_last: bool = False) -> tuple[TokenSet, int]:
     """Tokens of every image of `dataset` for each tap, in memory, and the number of images passed."""
     return _run_backbone(backbone, dataset, tuple(dict.fromkeys(taps)), batch_size=batch_size,
-                         device=torch.device(device), num_workers=num_workers, allocate=_in_memory)
+                         device=torch.device(device), num_workers=num_workers, allocate=_in_memory,
+                         channels_last=channels_last)
 
 
 # ------------------------------------------------------------------------------------------------ cache
 
 
-def cache_key(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: str, num_images: int, tap: str) -> dict:
-    """Everything that makes one split's tokens what they are; any change gives a different cache entry."""
+def cache_key(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: str, num_images: int, tap: str,
+              precision: str = "float32") -> dict:
+    """Everything that makes one split's tokens what they are (the forward's `extraction_precision` too); any change
+    gives a different cache entry."""
     entry = backbone.entry
     return {
         "format": CACHE_FORMAT, "backbone": entry.name, "weights_sha256": backbone.weights_sha256,
@@ -115,6 +179,7 @@ def cache_key(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: 
         "dataset": dataset_entry.name, "dataset_source": dataset_entry.source, "options": dataset_entry.options,
         "val_fraction": dataset_entry.val_fraction, "split_seed": dataset_entry.split_seed, "split": split_name,
         "num_images": num_images, "transform": transform_key(dataset_entry, entry), "tap": tap,
+        "precision": precision,
     }
 
 
@@ -194,7 +259,7 @@ def _publish(tmp: Path, final: Path, tokens: np.memmap, labels: torch.Tensor, ke
 
 def cached_tokens(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: str, dataset: Dataset,
                   taps: Sequence[str], *, cache_dir: Path | None, batch_size: int, device: torch.device | str,
-                  num_workers: int = 0) -> tuple[TokenSet, int]:
+                  num_workers: int | None = None) -> tuple[TokenSet, int]:
     """Tokens of one split from the cache, extracting (once, all missing taps together) what is not there.
 
     `dataset` must be the un-augmented split (the `cached` protocol); `cache_dir` None means
@@ -205,7 +270,8 @@ def cached_tokens(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_na
         raise ValueError("cached_tokens needs the un-augmented split: load_splits(..., augment=False)")
     cache_dir = Path(cache_dir) if cache_dir is not None else setting("cache_dir")
     taps = tuple(dict.fromkeys(taps))
-    keys = {tap: cache_key(backbone, dataset_entry, split_name, len(dataset), tap) for tap in taps}
+    precision = extraction_precision(torch.device(device))
+    keys = {tap: cache_key(backbone, dataset_entry, split_name, len(dataset), tap, precision) for tap in taps}
     paths = {tap: cache_entry_dir(cache_dir, keys[tap]) for tap in taps}
     found = {tap: _open_entry(paths[tap], keys[tap]) for tap in taps}
     missing = tuple(tap for tap in taps if found[tap] is None)
