@@ -215,8 +215,12 @@ _UPLOAD_EXCLUDES = [".git", "results", "bench/out", "**/__pycache__", "*.egg-inf
 
 
 def _job_client(address: str | None):
+    """A job client that sends the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token) whenever one is here."""
+    from ray._private.authentication import authentication_token_setup as token_setup
     from ray.job_submission import JobSubmissionClient
 
+    logging.getLogger(token_setup.__name__).setLevel(logging.ERROR)  # "token auth is enabled": that is the point
+    token_setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or \
         DEFAULT_JOB_ADDRESS
     try:

@@ -34,6 +34,9 @@ def test_cluster_yaml_is_valid_for_the_ray_launcher():
     assert any("pip install" in c and "/home/ubuntu/harness" in c for c in config["setup_commands"])
     start = " ".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in start and "0.0.0.0" not in start
+    for command in config["head_start_ray_commands"][1:] + config["worker_start_ray_commands"][1:]:
+        assert "RAY_AUTH_MODE=token" in command  # every node, head and workers, requires the token
+    assert "/home/ubuntu/.ray/auth_token" in config["file_mounts"]
     assert "IpPermissions" not in yaml.safe_dump(raw)  # no inbound rule beyond Ray's default SSH + intra-cluster
 
 
@@ -50,7 +53,8 @@ def test_submitted_grid_runs_on_both_nodes_of_a_two_node_cluster(tmp_path):
         run = subprocess.run(
             [sys.executable, "-m", "harness.cli", "submit", "--grid", TINY, "--backbones", backbones, "--address",
              dashboard, "--results-dir", str(results), "--wait"],
-            cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=480)
+            cwd=ROOT, env={k: v for k, v in {**os.environ, **env}.items() if k != "RAY_AUTH_MODE"},  # token alone
+            capture_output=True, text=True, timeout=480)
         out = run.stdout + run.stderr
         assert run.returncode == 0, out
         assert "ray job logs --address" in out and "SUCCEEDED" in out
