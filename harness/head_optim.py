@@ -74,7 +74,7 @@ def update(optimizer: str, params: list[Tensor], grads: list[Tensor], state: lis
     for p, g, s in zip(params, grads, state):
         lr_p, wd_p = _per_head(lr, p), _per_head(wd, p)
         if optimizer == "sgd":
-            s["mu"].mul_(MOMENTUM).add_(g + wd_p * p if decay else g)
+            torch.add(g + wd_p * p if decay else g, s["mu"], alpha=MOMENTUM, out=s["mu"])  # one pass
             p.addcmul_(s["mu"], lr_p, value=-1.0)
         elif optimizer == "lars":
             d = g
@@ -84,7 +84,7 @@ def update(optimizer: str, params: list[Tensor], grads: list[Tensor], state: lis
                 trust = torch.where((p_norm > 0) & (d_norm > 0), LARS_TRUST * p_norm / d_norm,
                                     torch.ones_like(p_norm))
                 d = d * _per_head(trust, p)
-            s["mu"].mul_(MOMENTUM).add_(d)
+            torch.add(d, s["mu"], alpha=MOMENTUM, out=s["mu"])
             p.addcmul_(s["mu"], lr_p, value=-1.0)
         elif optimizer == "adamw":
             b1, b2 = ADAM_BETAS

@@ -1,9 +1,8 @@
 """The head bank: every readout head of a trial trained together from the same tokens.
 
 The DINOv2 linear-evaluation pattern, generalised to attention heads: heads live side by side, each with its own
-optimizer settings, schedule, seed-determined initialisation and metrics; one backward serves them all because
-they share no parameters. Nothing global couples them (no total-norm clipping, no shared scaler, no check on a
-summed loss).
+optimizer settings, schedule, seed-determined initialisation and metrics, and they share no parameters. Nothing
+global couples them (no total-norm clipping, no shared scaler, no check on a summed loss).
 
 Heads that step together are kept in groups with their parameters stacked on a leading head axis:
 - linear groups: heads whose pooling has no parameters ([cls], mean) with the same aggregator, optimizer and
@@ -94,14 +93,12 @@ class _Group:
         """The parameters as (N, ...) tensors that share storage with the trained ones."""
         raise NotImplementedError
 
-    def stacked_grads(self) -> list[Tensor]:
-        raise NotImplementedError
-
-    def leaves(self) -> list[Tensor]:
-        raise NotImplementedError
-
     def logits(self, tokens: Tensor, train: bool) -> Tensor:
         """(N, B, num_classes) logits of every head of the group."""
+        raise NotImplementedError
+
+    def loss_and_grads(self, tokens: Tensor, labels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(N,) mean cross-entropy of each head on the batch, and the gradients as `stacked()` lays them out."""
         raise NotImplementedError
 
     def keep(self, slots: list[int]) -> None:
@@ -112,66 +109,71 @@ class _Group:
         self.bad_step, self.bad_why, self.loss_sum = self.bad_step[index], self.bad_why[index], self.loss_sum[index]
         self.state = [{k: v[index] for k, v in s.items()} for s in self.state]
 
-    def loss(self, tokens: Tensor, labels: Tensor) -> Tensor:
-        """(N,) mean cross-entropy of each head on the batch."""
-        logits = self.logits(tokens, train=True)
-        n, b = logits.shape[:2]
-        return F.cross_entropy(logits.flatten(0, 1), labels.repeat(n), reduction="none").view(n, b).mean(1)
-
-    @torch.no_grad()
-    def apply(self, loss: Tensor, multiplier: float) -> None:
-        """The optimizer step of every head after the backward, then the per-head non-finite bookkeeping."""
-        update(self.optimizer, self.stacked(), self.stacked_grads(), self.state,
-               lr=(self.base_lr * multiplier).float(), wd=self.wd, step=self.step)
-        loss_bad = ~torch.isfinite(loss)
-        weights_bad = torch.zeros_like(loss_bad)
-        for p in self.stacked():  # a head's sum is non-finite iff one of its weights is (or they overflow)
-            weights_bad |= ~torch.isfinite(p.sum(dim=tuple(range(1, p.dim()))))
-        new = (self.bad_step < 0) & (loss_bad | weights_bad)
-        self.bad_step = torch.where(new, self.step, self.bad_step)
-        self.bad_why = torch.where(new, (~loss_bad).long(), self.bad_why)
-        self.loss_sum += loss.double()
+    def train_step(self, tokens: Tensor, labels: Tensor, multiplier: float) -> None:
+        """Loss, gradients and the optimizer step of every head, then the per-head non-finite bookkeeping."""
+        loss, grads = self.loss_and_grads(tokens, labels)
+        with torch.no_grad():
+            params = self.stacked()
+            update(self.optimizer, params, grads, self.state, lr=(self.base_lr * multiplier).float(), wd=self.wd,
+                   step=self.step)
+            loss_bad = ~torch.isfinite(loss)
+            weights_bad = torch.zeros_like(loss_bad)
+            for p in params:  # a head's sum is non-finite iff one of its weights is (or they overflow)
+                weights_bad |= ~torch.isfinite(p.sum(dim=tuple(range(1, p.dim()))))
+            new = (self.bad_step < 0) & (loss_bad | weights_bad)
+            self.bad_step = torch.where(new, self.step, self.bad_step)
+            self.bad_why = torch.where(new, (~loss_bad).long(), self.bad_why)
+            self.loss_sum += loss.double()
         self.loss_count += 1
         self.step += 1
-        for leaf in self.leaves():
-            leaf.grad = None
 
 
 class _LinearGroup(_Group):
     """Heads with a parameter-free pooling: pool and BatchNorm once, then every head's linear layer in one batched
-    matmul. Weights are stacked as (N, D, C), the layout whose weight gradient needs no transposed copy; each head's
-    product is its own matrix in the batch, computed the same whatever the stack size."""
+    matmul, with the cross-entropy gradient written out by hand into buffers kept across steps (no autograd
+    graph, no per-step allocation). Weights are stacked as (N, D, C), so each head's products are their own
+    matrices in the batch, computed the same whatever the stack size."""
 
     def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
                  device: torch.device):
         self.pool, self.norm = heads[0].pooler.to(device), heads[0].norm.to(device)
-        self.weight = torch.stack([h.linear.weight.detach().T for h in heads]).to(device).contiguous().requires_grad_()
-        self.bias = torch.stack([h.linear.bias.detach() for h in heads]).to(device).requires_grad_()
+        self.weight = torch.stack([h.linear.weight.detach().T for h in heads]).to(device).contiguous()
+        self.bias = torch.stack([h.linear.bias.detach() for h in heads]).to(device)
+        self.grads = [torch.empty_like(self.weight), torch.empty_like(self.bias)]
         super().__init__(members, specs, batch_size, device)
 
     def stacked(self) -> list[Tensor]:
-        return [self.weight.detach(), self.bias.detach()]
-
-    def stacked_grads(self) -> list[Tensor]:
-        return [self.weight.grad, self.bias.grad]
-
-    def leaves(self) -> list[Tensor]:
         return [self.weight, self.bias]
 
-    def logits(self, tokens: Tensor, train: bool) -> Tensor:
+    def _features(self, tokens: Tensor, train: bool) -> Tensor:
         self.norm.train(train)
-        feats = self.norm(self.pool(tokens))
-        return torch.baddbmm(self.bias.unsqueeze(1), feats.expand(len(self.members), -1, -1), self.weight)
+        return self.norm(self.pool(tokens)).expand(len(self.members), -1, -1)
+
+    @torch.no_grad()
+    def logits(self, tokens: Tensor, train: bool) -> Tensor:
+        return torch.baddbmm(self.bias.unsqueeze(1), self._features(tokens, train), self.weight)
+
+    @torch.no_grad()
+    def loss_and_grads(self, tokens: Tensor, labels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        feats = self._features(tokens, train=True)
+        logp = torch.baddbmm(self.bias.unsqueeze(1), feats, self.weight).log_softmax(-1)
+        target = labels.view(1, -1, 1).expand(len(self.members), -1, 1)
+        loss = -logp.gather(-1, target).squeeze(-1).mean(1)
+        dlogits = logp.exp_().scatter_add_(-1, target, torch.full_like(target, -1, dtype=logp.dtype))
+        dlogits.div_(len(labels))  # d(mean cross-entropy) / d logits = (softmax - one-hot) / B
+        torch.bmm(feats.transpose(1, 2), dlogits, out=self.grads[0])
+        torch.sum(dlogits, dim=1, out=self.grads[1])
+        return loss, self.grads
 
     def keep(self, slots: list[int]) -> None:
         index = torch.tensor(slots, dtype=torch.long, device=self.weight.device)
-        self.weight = self.weight.detach()[index].requires_grad_()
-        self.bias = self.bias.detach()[index].requires_grad_()
+        self.weight, self.bias = self.weight[index], self.bias[index]
+        self.grads = [torch.empty_like(self.weight), torch.empty_like(self.bias)]
         super().keep(slots)
 
 
 class _ModuleGroup(_Group):
-    """One head with parameters of its own (an attention pooling), as a stack of one."""
+    """One head with parameters of its own (an attention pooling), as a stack of one; gradients by autograd."""
 
     def __init__(self, member: int, specs: Sequence[HeadSpec], head: Head, batch_size: int, device: torch.device):
         self.head = head.to(device)
@@ -180,15 +182,15 @@ class _ModuleGroup(_Group):
     def stacked(self) -> list[Tensor]:
         return [p.detach().unsqueeze(0) for p in self.head.parameters()]
 
-    def stacked_grads(self) -> list[Tensor]:
-        return [p.grad.unsqueeze(0) for p in self.head.parameters()]
-
-    def leaves(self) -> list[Tensor]:
-        return list(self.head.parameters())
-
     def logits(self, tokens: Tensor, train: bool) -> Tensor:
         self.head.train(train)
         return self.head(tokens).unsqueeze(0)
+
+    def loss_and_grads(self, tokens: Tensor, labels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        loss = F.cross_entropy(self.logits(tokens, train=True)[0], labels).view(1)
+        params = list(self.head.parameters())
+        grads = torch.autograd.grad(loss, params)
+        return loss.detach(), [g.unsqueeze(0) for g in grads]
 
 
 class HeadBank:
@@ -245,13 +247,9 @@ class HeadBank:
 
     def step(self, tokens: Mapping[str, Tensor], labels: Tensor, seed: int | None = None) -> None:
         """One optimisation step, on one batch, of every head (or of the heads of `seed`)."""
-        groups = [g for g in self.groups if seed is None or g.seed == seed]
-        if not groups:
-            return
-        losses = [g.loss(tokens[g.tap], labels) for g in groups]
-        torch.autograd.backward([loss.sum() for loss in losses])
-        for g, loss in zip(groups, losses):
-            g.apply(loss.detach(), lr_at(g.step, self.total_steps, self.warmup_steps))
+        for g in self.groups:
+            if seed is None or g.seed == seed:
+                g.train_step(tokens[g.tap], labels, lr_at(g.step, self.total_steps, self.warmup_steps))
 
     def _retire_diverged(self) -> None:
         """Record the heads marked non-finite since the last call and drop them from their stacks (one sync)."""
