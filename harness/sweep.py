@@ -219,7 +219,8 @@ def _job_client(address: str | None):
     from ray._private.authentication import authentication_token_setup as token_setup
     from ray.job_submission import JobSubmissionClient
 
-    logging.getLogger(token_setup.__name__).setLevel(logging.ERROR)  # "token auth is enabled": that is the point
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # upload chatter; "token auth is enabled" is the point
     token_setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or \
         DEFAULT_JOB_ADDRESS
