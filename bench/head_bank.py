@@ -7,7 +7,8 @@ For each shape (a tiny ViT, and ViT-B/16: 197 tokens x 768), times per batch, me
   aggregator (cls, mean, abmilp, query, ep);
 - `bank_s`: one step of the whole bank of cls + mean heads (2 x `--lrs` x `--seeds` heads, all on the batch, as
   in the online protocol), and `loop_bank_s`: the same heads the way the bank worked before stacking (one module,
-  torch optimizer and loss per head, a host sync per head per step), measured in the same run.
+  torch optimizer and loss per head, a host sync per head per step), measured in the same run;
+- `stack_vs_alone_max_abs_diff`: whether a head in a stack computes exactly what it computes alone, on this device.
 Prints the figures and ratios and writes them to bench/out/head_bank-<device>.json. Not a test.
 
     python bench/head_bank.py                                  # CPU, batch 64, 210-head bank
@@ -85,6 +86,21 @@ class LoopBank:
                 assert all(torch.isfinite(p).all() for p in head.parameters())
 
 
+def stack_vs_alone(bank: Callable[[list[HeadSpec]], HeadBank], tokens: dict, labels: torch.Tensor) -> dict:
+    """Largest difference, after 3 steps, between each head of a stack of three and the same head alone, per
+    optimizer (0.0: bit for bit on this device at these shapes)."""
+    out = {}
+    for kind, optimizer in (("cls", "sgd"), ("mean", "lars"), ("cls", "adamw")):
+        specs = specs_for(kind, optimizer, [1e-3, 1e-2, 1e-1], [0])
+        banks = [bank(specs)] + [bank([s]) for s in specs]
+        for b in banks:
+            for _ in range(3):
+                b.step(tokens, labels)
+        out[optimizer] = max(float((x - y).abs().max()) for i in range(3)
+                             for x, y in zip(banks[0].parameters_of(i), banks[1 + i].parameters_of(0)))
+    return out
+
+
 def measure(shape: str, args: argparse.Namespace, device: torch.device) -> dict:
     entry = load_registry().backbone(SHAPES[shape])
     backbone = Backbone(build_model(entry), entry, "random-init").to(device)
@@ -118,8 +134,10 @@ def measure(shape: str, args: argparse.Namespace, device: torch.device) -> dict:
     del stacked
     loop = LoopBank(specs, dims, b, device)
     loop_bank_s = timed(lambda: loop.step(tokens, labels), args.reps, device)
+    del loop
     return {
         "backbone": entry.name, "embed_dim": dims["embed_dim"], "tokens": tokens["norm"].shape[1],
+        "stack_vs_alone_max_abs_diff": stack_vs_alone(bank, tokens, labels),
         "backbone_s": backbone_s, "per_head_s": per_head,
         "per_head_vs_backbone": {k: v / backbone_s for k, v in per_head.items()},
         "bank_heads": len(specs), "bank_s": bank_s, "bank_vs_backbone": bank_s / backbone_s,
@@ -157,6 +175,7 @@ def main() -> None:
               f"{100 * r['bank_vs_backbone']:8.2f}% of backbone  ({r['bank_s_per_head'] * 1e3:.3f} ms/head)")
         print(f"  same, loop per head     {r['loop_bank_s'] * 1e3:10.2f} ms/batch  "
               f"{100 * r['loop_bank_vs_backbone']:8.2f}% of backbone  (stacked is {r['speedup_vs_loop']:.1f}x faster)")
+        print(f"  stack of 3 vs alone, max |diff| after 3 steps: {r['stack_vs_alone_max_abs_diff']}")
     path = Path(__file__).resolve().parent / "out" / f"head_bank-{device.type}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
