@@ -6,7 +6,7 @@ dataset x protocol from the results store, with no torch or Ray.
 
 Method. The `cls` and `mean` aggregators are compared. For each seed, each one's head is chosen by validation
 top-1 over its own lr (and wd) grid (`harness.selection.select_best`, never on test); their test top-1 values are
-paired by seed, d = mean - cls in top-1 points. With the paired t statistics of d (SciPy):
+paired by seed, d = mean - cls in top-1 points. With the paired t statistics of d:
 - "equivalent": the paired two one-sided tests (TOST) reject at alpha = 0.05 for the margin delta of the grid
   (`claim_margin`), i.e. the 90% CI of d lies inside (-delta, +delta). A significant but smaller-than-delta
   difference is therefore "equivalent": equal for practical purposes.
@@ -14,9 +14,9 @@ paired by seed, d = mean - cls in top-1 points. With the paired t statistics of 
   margin, a one-sided test at alpha = 0.025). A CI that excludes 0 but still reaches inside the margin is not
   enough in either direction.
 - "inconclusive" otherwise, with the number of seeds that would give 80% power at the observed mean and sd of d
-  (statsmodels `TTestPower`): for TOST when |mean d| < delta (a conservative bound, P(both one-sided tests
-  reject) >= P(lower) + P(upper) - 1), for the beyond-the-margin test otherwise. Fewer than 2 paired seeds is
-  "inconclusive" with no estimate.
+  (noncentral t, as statsmodels' `TTestPower`): for TOST when |mean d| < delta (a conservative bound, P(both
+  one-sided tests reject) >= P(lower) + P(upper) - 1), for the beyond-the-margin test otherwise. Fewer than 2 paired
+  seeds is "inconclusive" with no estimate.
 - "grid too narrow" when a seed's selected lr sits at the lowest or highest lr of its aggregator's grid (the
   distinct lrs in its rows): the optimum may lie outside, so nothing is said about pooling.
 - "not applicable" when one of the two has no "ok" head (I-JEPA has no [cls] token).
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import html
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,9 +36,10 @@ import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from scipy import stats
+from scipy import special
 
-from harness.selection import select_best
+from harness.markdown import md_escape, md_table
+from harness.selection import SELECTION_KEYS, select_best
 
 CLS, MEAN = "cls", "mean"
 GROUP_KEYS = ["backbone", "dataset", "protocol"]
@@ -67,26 +67,42 @@ class Comparison:
     seeds_needed: int | None  # only for "inconclusive": seeds for 80% power at the observed mean and sd
 
 
+# The t and noncentral-t formulas are written out on SciPy's special functions: `scipy.stats`' per-call overhead
+# (argument checks, broadcasting) was most of a leaderboard regeneration. Tests check them against statsmodels.
+
+
+def _mean_se(d: np.ndarray) -> tuple[float, float]:
+    """Mean of d and its standard error (n >= 2)."""
+    return float(d.mean()), math.sqrt(float(d.var(ddof=1)) / len(d))
+
+
 def tost_paired(d: np.ndarray, margin: float) -> float:
     """p-value of the paired two one-sided tests that the mean of d lies inside (-margin, +margin)."""
     d = np.asarray(d, dtype=float)
-    if np.ptp(d) == 0.0:  # no spread: the decision is exact (SciPy would divide by a zero sd)
+    if np.ptp(d) == 0.0:  # no spread: the decision is exact (the t statistic would divide by a zero sd)
         return 0.0 if abs(d[0]) < margin else 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # near-identical values: SciPy warns, the result stands
-        lower = stats.ttest_1samp(d, -margin, alternative="greater").pvalue
-        upper = stats.ttest_1samp(d, margin, alternative="less").pvalue
+    mean, se = _mean_se(d)
+    df = len(d) - 1
+    lower = special.stdtr(df, -(mean + margin) / se)  # H0: mean <= -margin, P(T >= t)
+    upper = special.stdtr(df, (mean - margin) / se)  # H0: mean >= +margin, P(T <= t)
     return float(max(lower, upper))
 
 
 def mean_ci(d: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Two-sided confidence interval of the mean of d (paired t)."""
     d = np.asarray(d, dtype=float)
-    mean = float(d.mean())
     if np.ptp(d) == 0.0:
-        return mean, mean
-    ci = stats.ttest_1samp(d, 0.0).confidence_interval(level)
-    return float(ci.low), float(ci.high)
+        return float(d.mean()), float(d.mean())
+    mean, se = _mean_se(d)
+    half = float(special.stdtrit(len(d) - 1, 0.5 + level / 2)) * se
+    return mean - half, mean + half
+
+
+def _power(effect: float, n: int, alpha: float) -> float:
+    """Power of the one-sided one-sample t-test at level alpha for a standardised effect (noncentral t)."""
+    df = n - 1
+    critical = -special.stdtrit(df, alpha)  # the t quantile with alpha above it
+    return 1.0 - float(special.nctdtr(df, effect * math.sqrt(n), critical))
 
 
 def _smallest_n(power_at) -> int | None:
@@ -106,15 +122,11 @@ def seeds_needed(diff: float, sd: float, margin: float) -> int | None:
     """Seeds for 80% power at the observed mean and sd of d: TOST if |diff| < margin, else beyond-the-margin."""
     if not sd > 0.0 or abs(diff) == margin:
         return None
-    from statsmodels.stats.power import TTestPower  # lazy: only inconclusive rows pay its import time
-
-    power = TTestPower().power
     if abs(diff) < margin:
         lower, upper = (margin + diff) / sd, (margin - diff) / sd
-        return _smallest_n(lambda n: power(lower, n, ALPHA, alternative="larger")
-                           + power(upper, n, ALPHA, alternative="larger") - 1.0)
+        return _smallest_n(lambda n: _power(lower, n, ALPHA) + _power(upper, n, ALPHA) - 1.0)
     effect = (abs(diff) - margin) / sd
-    return _smallest_n(lambda n: power(effect, n, ALPHA / 2, alternative="larger"))
+    return _smallest_n(lambda n: _power(effect, n, ALPHA / 2))
 
 
 def compare(d: np.ndarray, margin: float) -> Comparison:
@@ -140,19 +152,33 @@ def compare(d: np.ndarray, margin: float) -> Comparison:
 
 # ---------------------------------------------------------------------------------------------- tables
 
+# The columns the claim test reads; `harness.leaderboard` reads only these (and the boards') from the store.
+INPUT_COLUMNS = (*GROUP_KEYS, "aggregator", "seed", "lr", "wd", "status", "val_top1", "test_top1", "claim_margin",
+                 "random_init")
+_AGG_KEYS = [*GROUP_KEYS, "aggregator"]
+
 
 def _claim_rows(results: pd.DataFrame) -> pd.DataFrame:
-    """The cls and mean rows of every backbone x dataset x protocol that has both aggregators."""
-    rows = results[results["aggregator"].isin([CLS, MEAN])]
-    both = rows.groupby(GROUP_KEYS)["aggregator"].transform("nunique") == 2
+    """The cls and mean rows (INPUT_COLUMNS only) of every backbone x dataset x protocol with both aggregators."""
+    rows = results.loc[results["aggregator"].isin([CLS, MEAN]).to_numpy(dtype=bool), list(INPUT_COLUMNS)]
+    both = rows.groupby(GROUP_KEYS, sort=False)["aggregator"].transform("nunique").to_numpy() == 2
     return rows[both]
 
 
-def _best_per_lr(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per seed and lr, the head selected by validation over the wds at that lr (the curve points)."""
-    parts = [select_best(part) for _, part in rows.groupby("lr", sort=True)]
-    parts = [p for p in parts if not p.empty]
-    return pd.concat(parts, ignore_index=True) if parts else rows.iloc[:0]
+def _prepared(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The claim rows and, per seed and lr, the head selected by validation over the wds there (curve points)."""
+    rows = _claim_rows(results)
+    return rows, select_best(rows, by=(*SELECTION_KEYS, "lr"))
+
+
+def _curves(rows: pd.DataFrame, per_lr: pd.DataFrame) -> pd.DataFrame:
+    keys = [*_AGG_KEYS, "lr"]
+    grid = rows[keys].drop_duplicates()
+    points = per_lr.groupby(keys, as_index=False).agg(
+        n_ok=("seed", "nunique"), val_top1=("val_top1", "mean"), test_top1=("test_top1", "mean"))
+    out = grid.merge(points, on=keys, how="left")
+    out["n_ok"] = out["n_ok"].fillna(0).astype("int64")
+    return out.sort_values(keys, kind="stable").reset_index(drop=True)
 
 
 def claim_curves(results: pd.DataFrame) -> pd.DataFrame:
@@ -161,62 +187,74 @@ def claim_curves(results: pd.DataFrame) -> pd.DataFrame:
     One row per backbone x dataset x protocol x aggregator x lr of the grid; `n_ok` seeds had an "ok" head
     there (0: every head at that lr diverged or failed, accuracies NaN).
     """
-    rows = _claim_rows(results)
-    keys = GROUP_KEYS + ["aggregator", "lr"]
-    grid = rows[keys].drop_duplicates()
-    best = _best_per_lr(rows)
-    points = best.groupby(keys, as_index=False).agg(
-        n_ok=("seed", "nunique"), val_top1=("val_top1", "mean"), test_top1=("test_top1", "mean"))
-    out = grid.merge(points, on=keys, how="left")
-    out["n_ok"] = out["n_ok"].fillna(0).astype("int64")
-    return out.sort_values(keys, kind="stable").reset_index(drop=True)
+    return _curves(*_prepared(results))
 
 
-def _optimum(selected: pd.Series, grid: np.ndarray) -> tuple[float, bool]:
-    """The most frequent selected lr over seeds (ties: lowest) and whether any seed selected a grid edge."""
-    if selected.empty:
-        return math.nan, False
-    counts = selected.value_counts()
-    lr = float(min(counts.index[counts == counts.max()]))
-    edge = bool(selected.isin([grid.min(), grid.max()]).any())
-    return lr, edge
+def _optima(rows: pd.DataFrame, best: pd.DataFrame, groups: pd.Index) -> pd.DataFrame:
+    """Per group of `groups`: each aggregator's most frequent selected lr over seeds (ties: lowest), and whether any
+    seed selected an edge of its grid (the distinct lrs of its rows, any status); NaN / False without an ok head."""
+    bounds = rows.groupby(_AGG_KEYS)["lr"].agg(["min", "max"])
+    selected = best[[*_AGG_KEYS, "lr"]].join(bounds, on=_AGG_KEYS)
+    selected["edge"] = (selected["lr"] == selected["min"]) | (selected["lr"] == selected["max"])
+    counts = selected.groupby([*_AGG_KEYS, "lr"]).size().rename("count").reset_index()
+    mode = counts.sort_values(["count", "lr"], ascending=[False, True]).drop_duplicates(_AGG_KEYS)
+    per_agg = selected.groupby(_AGG_KEYS)[["edge"]].any().join(mode.set_index(_AGG_KEYS)["lr"])
+    wide = per_agg.unstack("aggregator").reindex(
+        index=groups, columns=pd.MultiIndex.from_product([["edge", "lr"], [CLS, MEAN]]))
+    return pd.DataFrame({**{f"{agg}_lr": wide[("lr", agg)].astype(float) for agg in (CLS, MEAN)},
+                         **{f"{agg}_lr_edge": wide[("edge", agg)].eq(True) for agg in (CLS, MEAN)}})
 
 
-def _margin(rows: pd.DataFrame) -> float:
-    """The grid's equivalence margin; with several (results of different grids), the strictest one."""
-    margins = rows["claim_margin"].dropna()
-    return float(margins.min()) if not margins.empty else DEFAULT_MARGIN
+def _differences(frame: pd.DataFrame, d: pd.Series) -> dict[tuple, np.ndarray]:
+    """The paired differences d of each group, in seed order."""
+    return {key: part.to_numpy() for key, part in d.groupby([frame[k] for k in GROUP_KEYS], sort=False)}
 
 
-def _not_applicable(rows: pd.DataFrame, aggregator: str) -> str:
-    statuses = rows.loc[rows["aggregator"] == aggregator, "status"]
-    if (statuses == "not-applicable").all():
-        return f"{aggregator}: not applicable to this backbone"
-    return f"{aggregator}: no ok head ({', '.join(f'{k} {v}' for k, v in sorted(statuses.value_counts().items()))})"
-
-
-def _group_row(key: tuple, rows: pd.DataFrame, best: pd.DataFrame, per_lr: pd.DataFrame) -> dict:
-    backbone, dataset, protocol = key
-    random_init = bool(rows["random_init"].fillna(False).any())
-    margin = _margin(rows)
-    cls = best[best["aggregator"] == CLS].set_index("seed")
-    mean = best[best["aggregator"] == MEAN].set_index("seed")
-    seeds = sorted(set(cls.index) & set(mean.index))
-    cls_lr, cls_edge = _optimum(cls["lr"], rows.loc[rows["aggregator"] == CLS, "lr"].to_numpy())
-    mean_lr, mean_edge = _optimum(mean["lr"], rows.loc[rows["aggregator"] == MEAN, "lr"].to_numpy())
-    row = dict(backbone=backbone, label=f"{backbone} (random-init)" if random_init else backbone,
-               random_init=random_init, dataset=dataset, protocol=protocol, margin=margin,
-               cls_lr=cls_lr, cls_lr_edge=cls_edge, mean_lr=mean_lr, mean_lr_edge=mean_edge,
-               cls_test=float(cls.loc[seeds, "test_top1"].mean()) if seeds else math.nan,
-               mean_test=float(mean.loc[seeds, "test_top1"].mean()) if seeds else math.nan)
-    tuned = compare(mean.loc[seeds, "test_top1"].to_numpy() - cls.loc[seeds, "test_top1"].to_numpy(), margin)
+def _groups(rows: pd.DataFrame, per_lr: pd.DataFrame):
+    """Per group (sorted): its facts, tuned and untuned paired differences."""
+    best = select_best(per_lr)  # the val-best head of each lr, then the val-best of those: the rule's pick
+    facts = rows.assign(random_init=rows["random_init"].eq(True)).groupby(GROUP_KEYS).agg(
+        random_init=("random_init", "any"), margin=("claim_margin", "min"))
+    facts["margin"] = facts["margin"].fillna(DEFAULT_MARGIN)  # the strictest margin of the grids present
+    facts = facts.join(_optima(rows, best, facts.index))
+    cls = best.loc[best["aggregator"] == CLS, [*GROUP_KEYS, "seed", "lr", "test_top1"]]
+    mean = best.loc[best["aggregator"] == MEAN, [*GROUP_KEYS, "seed", "test_top1"]]
+    paired = cls.merge(mean, on=[*GROUP_KEYS, "seed"], suffixes=("_cls", "_mean")).sort_values([*GROUP_KEYS, "seed"])
+    facts = facts.join(paired.groupby(GROUP_KEYS)[["test_top1_cls", "test_top1_mean"]].mean()
+                       .set_axis(["cls_test", "mean_test"], axis=1))
+    facts["has_cls"] = facts.index.isin(cls.set_index(GROUP_KEYS).index)
+    facts["has_mean"] = facts.index.isin(mean.set_index(GROUP_KEYS).index)
     # untuned: the mean head at each seed's cls-selected lr
-    shared = per_lr[per_lr["aggregator"] == MEAN].merge(
-        cls.loc[seeds, ["lr", "test_top1"]].reset_index(), on=["seed", "lr"], suffixes=("", "_cls"))
-    untuned = compare(shared["test_top1"].to_numpy() - shared["test_top1_cls"].to_numpy(), margin)
+    shared = per_lr.loc[per_lr["aggregator"] == MEAN, [*GROUP_KEYS, "seed", "lr", "test_top1"]].merge(
+        paired[[*GROUP_KEYS, "seed", "lr", "test_top1_cls"]], on=[*GROUP_KEYS, "seed", "lr"])
+    tuned = _differences(paired, paired["test_top1_mean"] - paired["test_top1_cls"])
+    untuned = _differences(shared, shared["test_top1"] - shared["test_top1_cls"])
+    return facts, tuned, untuned
+
+
+def _not_applicable(aggregator: str, statuses: dict[str, int]) -> str:
+    if set(statuses) == {"not-applicable"}:
+        return f"{aggregator}: not applicable to this backbone"
+    return f"{aggregator}: no ok head ({', '.join(f'{k} {v}' for k, v in sorted(statuses.items()))})"
+
+
+def _status_counts(rows: pd.DataFrame) -> dict[tuple, dict[str, int]]:
+    """{(backbone, dataset, protocol, aggregator): {status: rows}}."""
+    out: dict[tuple, dict[str, int]] = {}
+    for (*key, status), count in rows.groupby([*_AGG_KEYS, "status"]).size().items():
+        out.setdefault(tuple(key), {})[status] = int(count)
+    return out
+
+
+def _group_row(key: tuple, facts: tuple, tuned_d: np.ndarray, untuned_d: np.ndarray, statuses: dict) -> dict:
+    backbone, dataset, protocol = key
+    tuned, untuned = compare(tuned_d, facts.margin), compare(untuned_d, facts.margin)
+    cls_edge, mean_edge = bool(facts.cls_lr_edge), bool(facts.mean_lr_edge)
+    missing = not (facts.has_cls and facts.has_mean)
     notes = []
-    if cls.empty or mean.empty:
-        notes += [_not_applicable(rows, a) for a, sel in ((CLS, cls), (MEAN, mean)) if sel.empty]
+    if missing:
+        notes += [_not_applicable(a, statuses[(*key, a)]) for a, has in ((CLS, facts.has_cls),
+                                                                         (MEAN, facts.has_mean)) if not has]
     elif cls_edge or mean_edge:
         notes.append("optimum at the edge of the lr grid of " + " and ".join(
             a for a, edge in ((CLS, cls_edge), (MEAN, mean_edge)) if edge) + ": widen it")
@@ -224,9 +262,12 @@ def _group_row(key: tuple, rows: pd.DataFrame, best: pd.DataFrame, per_lr: pd.Da
         notes.append(f"{tuned.n} paired seed(s): at least 2 are needed")
     if untuned.n < tuned.n:
         notes.append(f"mean had no ok head at the cls-selected lr for {tuned.n - untuned.n} seed(s)")
-    tuned_verdict = _overall(tuned, cls.empty or mean.empty, cls_edge or mean_edge)
-    untuned_verdict = _overall(untuned, cls.empty or mean.empty, cls_edge)
-    for prefix, comp, verdict in (("", tuned, tuned_verdict), ("untuned_", untuned, untuned_verdict)):
+    row = dict(backbone=backbone, label=f"{backbone} (random-init)" if facts.random_init else backbone,
+               random_init=bool(facts.random_init), dataset=dataset, protocol=protocol, margin=float(facts.margin),
+               cls_lr=float(facts.cls_lr), cls_lr_edge=cls_edge, mean_lr=float(facts.mean_lr),
+               mean_lr_edge=mean_edge, cls_test=float(facts.cls_test), mean_test=float(facts.mean_test))
+    for prefix, comp, verdict in (("", tuned, _overall(tuned, missing, cls_edge or mean_edge)),
+                                  ("untuned_", untuned, _overall(untuned, missing, cls_edge))):
         row.update({f"{prefix}n_seeds": comp.n, f"{prefix}difference": comp.diff, f"{prefix}ci_low": comp.ci_low,
                     f"{prefix}ci_high": comp.ci_high, f"{prefix}p_tost": comp.p_tost,
                     f"{prefix}verdict": verdict,
@@ -250,6 +291,21 @@ CLAIM_COLUMNS = [
 ]
 
 
+def _table(rows: pd.DataFrame, per_lr: pd.DataFrame) -> pd.DataFrame:
+    """Vectorised over groups; only the t tests run once per group (backbone x dataset x protocol: few)."""
+    records = []
+    if not rows.empty:
+        facts, tuned, untuned = _groups(rows, per_lr)
+        statuses = _status_counts(rows) if not (facts["has_cls"] & facts["has_mean"]).all() else {}
+        empty = np.empty(0)
+        records = [_group_row(key, f, tuned.get(key, empty), untuned.get(key, empty), statuses)
+                   for key, f in zip(facts.index, facts.itertuples(index=False))]
+    table = pd.DataFrame.from_records(records, columns=CLAIM_COLUMNS)
+    for column in ("seeds_needed", "untuned_seeds_needed"):
+        table[column] = table[column].astype("Int64")
+    return table
+
+
 def claim_table(results: pd.DataFrame) -> pd.DataFrame:
     """One row per backbone x dataset x protocol with both cls and mean heads: optima, tuned and untuned tests.
 
@@ -258,16 +314,21 @@ def claim_table(results: pd.DataFrame) -> pd.DataFrame:
     `difference`, `ci_low`, `ci_high` (95%), `p_tost`, `verdict`, `seeds_needed` for d = mean - cls (tuned), and
     the same with `untuned_` for the mean head at the cls-selected lr. Sorted by backbone, dataset, protocol.
     """
-    rows = _claim_rows(results)
-    best, per_lr = select_best(rows), _best_per_lr(rows)
-    best_by = dict(tuple(best.groupby(GROUP_KEYS))) if not best.empty else {}
-    per_lr_by = dict(tuple(per_lr.groupby(GROUP_KEYS))) if not per_lr.empty else {}
-    records = [_group_row(key, group, best_by.get(key, best.iloc[:0]), per_lr_by.get(key, per_lr.iloc[:0]))
-               for key, group in rows.groupby(GROUP_KEYS, sort=True)]
-    table = pd.DataFrame.from_records(records, columns=CLAIM_COLUMNS)
-    for column in ("seeds_needed", "untuned_seeds_needed"):
-        table[column] = table[column].astype("Int64")
-    return table
+    return _table(*_prepared(results))
+
+
+@dataclass(frozen=True)
+class ClaimAnalysis:
+    """The verdict table and the curves, computed once and rendered by both pages (Markdown and HTML)."""
+
+    table: pd.DataFrame  # claim_table's
+    curves: pd.DataFrame  # claim_curves'
+
+
+def claim_analysis(results: pd.DataFrame) -> ClaimAnalysis:
+    """claim_table and claim_curves of `results`, sharing their selection work."""
+    rows, per_lr = _prepared(results)
+    return ClaimAnalysis(_table(rows, per_lr), _curves(rows, per_lr))
 
 
 # ------------------------------------------------------------------------------------------- rendering
@@ -330,52 +391,53 @@ def _notes(table: pd.DataFrame) -> list[str]:
     return [f"{_title(r)}: {r.note}" for r in table.itertuples(index=False) if r.note]
 
 
-def _curve_groups(results: pd.DataFrame, table: pd.DataFrame):
-    """(title, cls and mean curve points, {aggregator: optimum lr}) per verdict-table row, in its order."""
-    curves = dict(tuple(claim_curves(results).groupby(GROUP_KEYS)))
-    for r in table.itertuples(index=False):
-        yield _title(r), curves[(r.backbone, r.dataset, r.protocol)], {CLS: r.cls_lr, MEAN: r.mean_lr}
+Point = tuple[str, float, float, float]  # (aggregator, lr, val_top1, test_top1) of a claim_curves row
 
 
-def _md(text: str) -> str:
-    return text.replace("|", "\\|")
+def _curve_groups(claim: ClaimAnalysis):
+    """(title, cls and mean curve points sorted by aggregator and lr, {aggregator: optimum lr}) per verdict-table
+    row, in its order. Plain tuples: per-row pandas access would dominate the rendering time."""
+    columns = [claim.curves[c].tolist() for c in (*GROUP_KEYS, "aggregator", "lr", "val_top1", "test_top1")]
+    points: dict[tuple, list[Point]] = {}
+    for backbone, dataset, protocol, *point in zip(*columns):
+        points.setdefault((backbone, dataset, protocol), []).append(tuple(point))
+    for r in claim.table.itertuples(index=False):
+        yield _title(r), points[(r.backbone, r.dataset, r.protocol)], {CLS: r.cls_lr, MEAN: r.mean_lr}
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    return lines + ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
+    return md_table(headers, [[md_escape(cell) for cell in row] for row in rows])
 
 
-def _md_curve(curves: pd.DataFrame, optimum: dict[str, float]) -> list[str]:
+def _md_curve(points: list[Point], optimum: dict[str, float]) -> list[str]:
     """val/test top-1 per lr for cls and mean; the selected optimum's test value is starred."""
-    cells = {}
-    for r in curves.itertuples(index=False):
-        star = "*" if r.lr == optimum[r.aggregator] else ""
-        cells[(r.aggregator, r.lr)] = [_acc(r.val_top1), _acc(r.test_top1) + star]
+    cells = {(agg, lr): [_acc(val), _acc(test) + ("*" if lr == optimum[agg] else "")] for agg, lr, val, test in points}
     rows = [[f"{lr:.1e}"] + cells.get((CLS, lr), ["—"] * 2) + cells.get((MEAN, lr), ["—"] * 2)
-            for lr in sorted(curves["lr"].unique())]
+            for lr in sorted({point[1] for point in points})]
     return _md_table(["lr", "cls val", "cls test", "mean val", "mean test"], rows)
 
 
-def claim_markdown(results: pd.DataFrame) -> str:
-    """The "## Mean pooling vs [cls]" section: verdict table, method, and top-1 against lr per backbone."""
-    table = claim_table(results)
+def claim_markdown(claim: ClaimAnalysis) -> str:
+    """The "## Mean pooling vs [cls]" section: verdict table, method, and top-1 against lr per backbone.
+
+    Every string from the results goes through `md_escape`, as on the boards: no raw HTML reaches the page.
+    """
+    table = claim.table
     lines = [f"## {TITLE}", "", METHOD, ""]
     if table.empty:
         return "\n".join(lines + [EMPTY, ""])
     lines += _md_table(VERDICT_HEADERS, _display_rows(table))
     notes = _notes(table)
     if notes:
-        lines += [""] + [_md(f"- {note}") for note in notes]
+        lines += [""] + [f"- {md_escape(note)}" for note in notes]
     lines += ["", "### Top-1 against learning rate (mean over seeds; * = selected optimum)", ""]
-    for title, curves, optimum in _curve_groups(results, table):
-        lines += [f"**{_md(title)}**", ""] + _md_curve(curves, optimum) + [""]
+    for title, points, optimum in _curve_groups(claim):
+        lines += [f"**{md_escape(title)}**", ""] + _md_curve(points, optimum) + [""]
     return "\n".join(lines)
 
 
-def claim_terminal(results: pd.DataFrame, console: Console) -> None:
-    """Print the verdict table (and its notes) with rich."""
-    table = claim_table(results)
+def claim_terminal(table: pd.DataFrame, console: Console) -> None:
+    """Print the verdict table (`claim_table`'s, and its notes) with rich."""
     if table.empty:
         console.print(f"{TITLE}: {EMPTY}", markup=False, highlight=False)
         return
@@ -395,16 +457,16 @@ _COLOURS = {CLS: "#1f77b4", MEAN: "#d62728"}
 _W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 420, 240, 48, 100, 16, 36
 
 
-def _svg(curves: pd.DataFrame, optimum: dict[str, float], title: str) -> str:
+def _svg(points: list[Point], optimum: dict[str, float], title: str) -> str:
     """Top-1 of cls and mean against lr (log x): test solid, validation dashed, optimum enlarged. No external refs."""
-    ok = curves.dropna(subset=["val_top1", "test_top1"])
-    lrs = sorted(curves["lr"].unique())
-    if ok.empty or min(lrs) <= 0:
+    ok = [p for p in points if not (math.isnan(p[2]) or math.isnan(p[3]))]
+    lrs = sorted({p[1] for p in points})
+    if not ok or min(lrs) <= 0:
         return f'<p class="claim-nocurve">No curve: {html.escape(title)} has no ok heads at a positive lr.</p>'
     x_lo, x_hi = math.log10(min(lrs)), math.log10(max(lrs))
-    values = np.concatenate([ok["val_top1"].to_numpy(), ok["test_top1"].to_numpy()])
-    pad = max((values.max() - values.min()) * 0.08, 0.5)
-    y_lo, y_hi = float(values.min()) - pad, float(values.max()) + pad
+    values = [value for p in ok for value in p[2:]]
+    pad = max((max(values) - min(values)) * 0.08, 0.5)
+    y_lo, y_hi = min(values) - pad, max(values) + pad
     plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
 
     def x(lr: float) -> float:
@@ -427,28 +489,28 @@ def _svg(curves: pd.DataFrame, optimum: dict[str, float], title: str) -> str:
         parts.append(f'<text x="{_LEFT - 4}" y="{y(acc) + 3:.1f}" font-size="9" text-anchor="end">{acc:.1f}</text>')
     legend_y = _TOP + 10
     for agg in (CLS, MEAN):
-        points = ok[ok["aggregator"] == agg].sort_values("lr")
-        if points.empty:
+        line = [p for p in ok if p[0] == agg]  # sorted by lr
+        if not line:
             continue
         colour = _COLOURS[agg]
-        for metric, dash, label in (("test_top1", "", "test"), ("val_top1", ' stroke-dasharray="4 3"', "val")):
-            xy = " ".join(f"{x(r.lr):.1f},{y(getattr(r, metric)):.1f}" for r in points.itertuples(index=False))
+        for metric, dash, label in ((3, "", "test"), (2, ' stroke-dasharray="4 3"', "val")):
+            xy = " ".join(f"{x(p[1]):.1f},{y(p[metric]):.1f}" for p in line)
             parts.append(f'<polyline points="{xy}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>')
             lx = _W - _RIGHT + 8
             parts.append(f'<line x1="{lx}" y1="{legend_y - 3}" x2="{lx + 18}" y2="{legend_y - 3}" stroke="{colour}" '
                          f'stroke-width="1.5"{dash}/><text x="{lx + 22}" y="{legend_y}" font-size="10">'
                          f"{agg} {label}</text>")
             legend_y += 14
-        for r in points.itertuples(index=False):
-            radius = 4.5 if r.lr == optimum[agg] else 2.5
-            parts.append(f'<circle cx="{x(r.lr):.1f}" cy="{y(r.test_top1):.1f}" r="{radius}" fill="{colour}"/>')
+        for _, lr, _, test in line:
+            radius = 4.5 if lr == optimum[agg] else 2.5
+            parts.append(f'<circle cx="{x(lr):.1f}" cy="{y(test):.1f}" r="{radius}" fill="{colour}"/>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def claim_html(results: pd.DataFrame) -> str:
+def claim_html(claim: ClaimAnalysis) -> str:
     """An escaped HTML fragment: verdict table, method, and an inline SVG of top-1 against lr per backbone."""
-    table = claim_table(results)
+    table = claim.table
     out = [f'<section class="claim" id="claim"><h2>{html.escape(TITLE)}</h2>', f"<p>{html.escape(METHOD)}</p>"]
     if table.empty:
         return "\n".join(out + [f"<p>{html.escape(EMPTY)}</p></section>"])
@@ -462,7 +524,7 @@ def claim_html(results: pd.DataFrame) -> str:
     if notes:
         out.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
     out.append("<h3>Top-1 against learning rate (mean over seeds; large dot = selected optimum)</h3>")
-    for title, curves, optimum in _curve_groups(results, table):
-        out.append(f"<figure>{_svg(curves, optimum, title)}<figcaption>{html.escape(title)}</figcaption></figure>")
+    for title, points, optimum in _curve_groups(claim):
+        out.append(f"<figure>{_svg(points, optimum, title)}<figcaption>{html.escape(title)}</figcaption></figure>")
     out.append("</section>")
     return "\n".join(out)

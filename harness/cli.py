@@ -230,28 +230,30 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     from harness import store
-    from harness.leaderboard import render_terminal, write_leaderboards
+    from harness.leaderboard import COLUMNS, render_terminal, write_leaderboards
+    from harness.leaderboard_model import build_boards
 
     results_dir = _results_dir(args)
-    results = store.read_results(results_dir)
+    results = store.read_results(results_dir, COLUMNS)
     if results.empty:
         raise HarnessError(f"no results yet under {results_dir}; run `harness sweep --grid demo` first "
                            "(or pass --results-dir).")
-    paths = write_leaderboards(results_dir)
-    render_terminal(results, console)
+    boards = build_boards(results)
+    paths = write_leaderboards(results_dir, results=results, boards=boards)
+    render_terminal(boards, console)
     console.print("Wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
 def cmd_claim(args: argparse.Namespace, console: Console) -> int:
     from harness import store
-    from harness.claim import claim_terminal
+    from harness.claim import INPUT_COLUMNS, claim_table, claim_terminal
 
     results_dir = _results_dir(args)
-    results = store.read_results(results_dir)
+    results = store.read_results(results_dir, INPUT_COLUMNS)
     if results.empty:
         raise HarnessError(f"no results yet under {results_dir}; run `harness sweep --grid claim` first.")
-    claim_terminal(results, console)
+    claim_terminal(claim_table(results), console)
     return 0
 
 

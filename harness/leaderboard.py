@@ -6,8 +6,6 @@ them gives byte-identical files and a diff shows only what the results changed. 
 
 from __future__ import annotations
 
-import html
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -15,23 +13,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from harness.claim import INPUT_COLUMNS, claim_analysis, claim_html, claim_markdown
 from harness.leaderboard_html import html_page
-from harness.leaderboard_model import EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
+from harness.leaderboard_model import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
+from harness.markdown import md_escape, md_table
 from harness.registry import Registry
 from harness.store import read_results
 
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
-
-
-def md_escape(text: str) -> str:
-    """Text from results or registry as literal Markdown: no markup, no raw HTML, no broken table cells."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+# The store columns a regeneration reads (boards and claim section): far faster than all of them on large stores.
+COLUMNS = tuple(dict.fromkeys((*BOARD_COLUMNS, *INPUT_COLUMNS)))
 
 
 def _md_board(board: Board) -> list[str]:
-    header = ["backbone", *board.aggregators, "published"]
-    lines = [f"## {md_escape(board.title)}", "", board.source_text(), "",
-             "| " + " | ".join(map(md_escape, header)) + " |", "|" + "---|" * len(header)]
+    rows = []
     for row in board.rows:
         cells = []
         for agg in board.aggregators:
@@ -41,7 +35,9 @@ def _md_board(board: Board) -> list[str]:
                 continue
             text = f"**{md_escape(cell.text())}**" if cell.best else md_escape(cell.text())
             cells.append(", ".join(t for t in (text, cell.gain_text()) if t))
-        lines.append("| " + " | ".join([md_escape(row.label), *cells, md_escape(row.published_text())]) + " |")
+        rows.append([md_escape(row.label), *cells, md_escape(row.published_text())])
+    lines = [f"## {md_escape(board.title)}", "", board.source_text(), ""]
+    lines += md_table(["backbone", *board.aggregators, "published"], rows)
     if board.has_random_init:
         lines += ["", f"> {RANDOM_INIT_NOTE}"]
     lines += ["", "Selected heads (val-selected per seed; config hash prefix):", ""]
@@ -65,14 +61,12 @@ def markdown_page(boards: list[Board], claim_section: str) -> str:
 
 def render_markdown(results: pd.DataFrame, registry: Registry | None = None) -> str:
     """The Markdown page of a results frame, claim section included."""
-    from harness.claim import claim_markdown
-
-    return markdown_page(build_boards(results, registry), claim_markdown(results))
+    return markdown_page(build_boards(results, registry), claim_markdown(claim_analysis(results)))
 
 
-def render_terminal(results: pd.DataFrame, console: Console, registry: Registry | None = None) -> None:
-    """The same boards as rich Tables (cells are Text, so names are never read as rich markup)."""
-    for board in build_boards(results, registry):
+def render_terminal(boards: list[Board], console: Console) -> None:
+    """The boards (`build_boards`) as rich Tables (cells are Text, so names are never read as rich markup)."""
+    for board in boards:
         table = Table(title=Text(board.title), caption=Text(board.source_text()), show_lines=False)
         for name in ("backbone", *board.aggregators, "published"):
             table.add_column(Text(name), overflow="fold")
@@ -88,16 +82,20 @@ def render_terminal(results: pd.DataFrame, console: Console, registry: Registry 
             console.print(Text(RANDOM_INIT_NOTE, style="yellow"))
 
 
-def write_leaderboards(root: Path, registry: Registry | None = None) -> list[Path]:
-    """Regenerate `root/leaderboard.md` and `root/leaderboard.html` from the store under `root`."""
-    from harness.claim import claim_html, claim_markdown
+def write_leaderboards(root: Path, registry: Registry | None = None, *, results: pd.DataFrame | None = None,
+                       boards: list[Board] | None = None) -> list[Path]:
+    """Regenerate `root/leaderboard.md` and `root/leaderboard.html` from the store under `root`.
 
+    A caller that has already read the store (`read_results(root, COLUMNS)`) or built its boards passes them, so
+    a regeneration reads and selects once; the claim section is computed once for both pages.
+    """
     root = Path(root)
-    results = read_results(root)
-    boards = build_boards(results, registry)
+    results = read_results(root, COLUMNS) if results is None else results
+    boards = build_boards(results, registry) if boards is None else boards
+    claim = claim_analysis(results)
     root.mkdir(parents=True, exist_ok=True)
-    pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(results)),
-             root / "leaderboard.html": html_page(boards, claim_html(results))}
+    pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(claim)),
+             root / "leaderboard.html": html_page(boards, claim_html(claim))}
     for path, text in pages.items():
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")

@@ -104,6 +104,6 @@ def html_page(boards: list[Board], claim_fragment: str) -> str:
 
 def render_html(results: pd.DataFrame, registry: Registry | None = None) -> str:
     """The HTML page of a results frame, claim section included."""
-    from harness.claim import claim_html
+    from harness.claim import claim_analysis, claim_html
 
-    return html_page(build_boards(results, registry), claim_html(results))
+    return html_page(build_boards(results, registry), claim_html(claim_analysis(results)))

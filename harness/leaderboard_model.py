@@ -17,6 +17,8 @@ from harness.selection import SELECTION_KEYS, select_best
 
 BOARD_KEYS = ("dataset", "protocol")
 CELL_KEYS = ("dataset", "protocol", "backbone", "aggregator")
+BOARD_COLUMNS = (*CELL_KEYS, "seed", "lr", "wd", "status", "val_top1", "test_top1", "config_hash", "grid",
+                 "random_init")  # the results columns build_boards reads
 BASELINE = "cls"
 RANDOM_INIT_NOTE = ("(random-init) backbones are untrained pipeline checks: their numbers carry no scientific "
                     "meaning.")
@@ -151,22 +153,28 @@ def _aggregator_order(names: set[str], registry: Registry) -> tuple[str, ...]:
     return tuple(known + sorted(names - set(known)))
 
 
+def _columns(frame: pd.DataFrame, columns: list[str]) -> zip:
+    """The rows of `frame[columns]` as plain tuples: per-row pandas access is far slower at leaderboard scale."""
+    return zip(*(frame[c].tolist() for c in columns))
+
+
 def _picks(selected: pd.DataFrame) -> dict[tuple, list[Pick]]:
     out: dict[tuple, list[Pick]] = {}
-    columns = list(CELL_KEYS) + ["seed", "lr", "wd", "val_top1", "test_top1", "config_hash"]
-    for row in selected[columns].itertuples(index=False, name=None):
+    for row in _columns(selected, [*CELL_KEYS, "seed", "lr", "wd", "val_top1", "test_top1", "config_hash"]):
         out.setdefault(row[:4], []).append(Pick(int(row[4]), *map(float, row[5:9]), row[9]))
     return out
 
 
 def _curves(per_lr: pd.DataFrame) -> dict[tuple, list[Curve]]:
     """Per board, one curve per backbone x aggregator from the val-selected head of each seed and lr."""
-    means = per_lr.groupby(list(CELL_KEYS) + ["lr"], sort=True)[["val_top1", "test_top1"]].mean()
+    means = per_lr.groupby([*CELL_KEYS, "lr"], sort=True)[["val_top1", "test_top1"]].mean().reset_index()
+    points: dict[tuple, list[tuple[float, float, float]]] = {}
+    for *key, lr, val, test in _columns(means, [*CELL_KEYS, "lr", "val_top1", "test_top1"]):
+        points.setdefault(tuple(key), []).append((float(lr), float(val), float(test)))  # sorted by key, then lr
     out: dict[tuple, list[Curve]] = {}
-    for key, frame in means.groupby(level=list(range(4)), sort=True):
-        lrs = tuple(float(v) for v in frame.index.get_level_values("lr"))
-        val, test = (tuple(float(v) for v in frame[c]) for c in ("val_top1", "test_top1"))
-        out.setdefault(key[:2], []).append(Curve(key[2], key[3], lrs, val, test))
+    for (dataset, protocol, backbone, aggregator), line in points.items():
+        lrs, val, test = zip(*line)
+        out.setdefault((dataset, protocol), []).append(Curve(backbone, aggregator, lrs, val, test))
     return out
 
 

@@ -2,7 +2,8 @@
 
 Within one (backbone, dataset, protocol, aggregator, seed), among heads with status "ok", the head with the
 highest `val_top1` is selected (ties: lowest lr, then lowest wd) and its `test_top1` is what gets reported.
-Nothing is ever selected on test. Vectorised (factorize + one lexsort), so it scales to millions of rows. No torch, no Ray.
+Nothing is ever selected on test. Vectorised (factorize, a per-group maximum, then a sort of the few rows that reach
+it), so it scales to millions of rows. No torch, no Ray.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ def select_best(results: pd.DataFrame, by: tuple[str, ...] = SELECTION_KEYS) -> 
     `by` is the selection key; the leaderboard's per-lr curves add "lr" to it (the val-best wd at each lr).
     """
     ok = np.flatnonzero((results["status"] == "ok").to_numpy(dtype=bool, na_value=False))
-    group = _group_codes(results, by, ok)
+    _, group = np.unique(_group_codes(results, by, ok), return_inverse=True)  # dense, in key order
     val, lr, wd = (results[c].to_numpy(dtype=float, na_value=np.nan)[ok] for c in ("val_top1", "lr", "wd"))
-    # By group, then val descending, lr, wd; NaN sorts last, so a head without a val score is never preferred.
-    order = np.lexsort((wd, lr, -val, group))
+    top = np.full(int(group.max()) + 1 if len(group) else 0, np.nan)
+    np.fmax.at(top, group, val)  # the best val score per group; NaN only where no head has one
+    # A head without a val score is never preferred; ties (or no score at all): lowest lr, then lowest wd.
+    tied = np.flatnonzero((val == top[group]) | np.isnan(top[group]))
+    order = tied[np.lexsort((wd[tied], lr[tied], group[tied]))]
     first = np.ones(len(order), dtype=bool)
     first[1:] = group[order][1:] != group[order][:-1]
     return results.iloc[ok[order[first]]].reset_index(drop=True)

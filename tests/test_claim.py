@@ -15,8 +15,8 @@ from rich.console import Console
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import DescrStatsW, ttost_paired
 
-from harness.claim import (CLAIM_COLUMNS, claim_curves, claim_html, claim_markdown, claim_table, claim_terminal,
-                           compare, mean_ci, seeds_needed, tost_paired)
+from harness.claim import (ALPHA, CLAIM_COLUMNS, _power, claim_analysis, claim_curves, claim_html, claim_markdown,
+                           claim_table, claim_terminal, compare, mean_ci, seeds_needed, tost_paired)
 from harness.registry import load_registry
 
 LRS = tuple(10.0 ** e for e in np.arange(-4, 0.01, 0.5))  # 1e-4 .. 1, 9 points
@@ -116,6 +116,15 @@ def test_diverged_heads_and_missing_cls():
     assert row.note == "cls: not applicable to this backbone" and row.n_seeds == 0
 
 
+def test_every_head_diverged_is_not_applicable_without_optima():
+    results = generate(seeds=2)
+    results[["status", "val_top1", "test_top1"]] = ["diverged", np.nan, np.nan]
+    row = one(results)
+    assert row.verdict == "not applicable" and row.n_seeds == 0
+    assert not row.cls_lr_edge and not row.mean_lr_edge and math.isnan(row.cls_lr) and math.isnan(row.mean_test)
+    assert row.note == f"cls: no ok head (diverged {2 * len(LRS)}); mean: no ok head (diverged {2 * len(LRS)})"
+
+
 def test_groups_without_both_aggregators_are_left_out():
     results = generate()
     assert claim_table(results[results["aggregator"] == "cls"]).empty
@@ -148,6 +157,13 @@ def test_seeds_needed_agrees_with_statsmodels_power():
     assert seeds_needed(0.5, 1.0, 0.5) is None and seeds_needed(0.1, 0.0, 0.5) is None
 
 
+@pytest.mark.parametrize("alpha", [ALPHA, ALPHA / 2])
+def test_power_agrees_with_statsmodels(alpha):
+    power = TTestPower().power
+    for effect, n in [(0.01, 2), (0.3, 7), (1.2, 3), (2.5, 40), (0.05, 5000), (0.8, 100_000)]:
+        assert _power(effect, n, alpha) == pytest.approx(power(effect, n, alpha, alternative="larger"), abs=1e-12)
+
+
 def test_zero_spread_is_decided_exactly():
     assert compare(np.array([0.2, 0.2, 0.2]), 0.5).verdict == "equivalent"
     assert compare(np.array([-3.0, -3.0]), 0.5).verdict == "cls better"
@@ -163,25 +179,28 @@ def test_curves_average_seeds_per_lr():
 def test_renderers_are_deterministic_escaped_and_label_random_init():
     results = pd.concat([generate(backbone="demo<b>", random_init=True), generate(mean_peak=77.0, noise=0.2)])
     shuffled = results.sample(frac=1.0, random_state=1)
-    md = claim_markdown(results)
-    assert md == claim_markdown(shuffled)
-    assert md.startswith("## Mean pooling vs [cls]") and "demo<b> (random-init)" in md and "cls better" in md
+    claim, claim_shuffled = claim_analysis(results), claim_analysis(shuffled)
+    md = claim_markdown(claim)
+    assert md == claim_markdown(claim_shuffled)
+    assert md.startswith("## Mean pooling vs [cls]") and "demo&lt;b&gt; (random-init)" in md and "cls better" in md
+    assert "demo<b>" not in md  # escaped as on the boards: Markdown would pass raw HTML through
     assert "| lr | cls val | cls test | mean val | mean test |" in md and "1.0e-03" in md
-    html_text = claim_html(results)
-    assert html_text == claim_html(shuffled)
+    html_text = claim_html(claim)
+    assert html_text == claim_html(claim_shuffled)
     assert "demo&lt;b&gt; (random-init)" in html_text and "demo<b>" not in html_text
     assert html_text.count("<svg") == 2 and "href=" not in html_text and "src=" not in html_text
     console = Console(record=True, width=250)
-    claim_terminal(results, console)
+    claim_terminal(claim.table, console)
     text = console.export_text()
     assert "Mean pooling vs [cls]" in text and "(random-init)" in text and "cls better" in text
 
 
 def test_empty_results_render():
     empty = generate().iloc[:0]
-    assert "No results" in claim_markdown(empty) and "No results" in claim_html(empty)
+    claim = claim_analysis(empty)
+    assert "No results" in claim_markdown(claim) and "No results" in claim_html(claim)
     console = Console(record=True, width=120)
-    claim_terminal(empty, console)
+    claim_terminal(claim.table, console)
     assert "No results" in console.export_text()
 
 

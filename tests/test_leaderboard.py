@@ -121,8 +121,10 @@ def test_hostile_names_are_escaped_everywhere(registry):
     page = render_html(rows, registry)
     assert "<img" not in page and 'onmouseover="' not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
-    boards_md = render_markdown(rows, registry).split("## Mean pooling")[0]  # the claim section is claim.py's
+    boards_md, claim_md = render_markdown(rows, registry).split("## Mean pooling")
     assert "<img" not in boards_md and "&lt;img src=x onerror=alert(1)&gt;" in boards_md
+    # the claim section (verdict table, curve titles) escapes names the same way
+    assert "<img" not in claim_md and claim_md.count("&lt;img src=x onerror=alert(1)&gt;") >= 2
 
 
 def test_html_has_a_sortable_table_lr_plots_and_gain_bars(registry):
@@ -139,8 +141,8 @@ def test_html_has_a_sortable_table_lr_plots_and_gain_bars(registry):
 
 def test_terminal_tables_show_cells_and_never_read_markup(registry):
     console = Console(record=True, width=200)
-    render_terminal(pd.DataFrame(_hand("[bold]b[/bold]") + _hand("demo-mae-tiny", random_init=True)), console,
-                    registry)
+    rows = pd.DataFrame(_hand("[bold]b[/bold]") + _hand("demo-mae-tiny", random_init=True))
+    render_terminal(build_boards(rows, registry), console)
     out = console.export_text()
     assert "[bold]b[/bold]" in out and "66.50 ± 0.71 (n=2) Δcls +1.00" in out
     assert "demo-mae-tiny (random-init)" in out and "carry no scientific meaning" in out
