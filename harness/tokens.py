@@ -89,7 +89,7 @@ class _Writer:
     def push(self, feats: dict[str, torch.Tensor], start: int) -> None:
         halves = {tap: feats[tap].to(torch.float16) for tap in self.taps}
         finite = torch.stack([torch.isfinite(h).all() for h in halves.values()])
-        amax = torch.stack([feats[tap].detach().float().abs().amax() for tap in self.taps])
+        amax = torch.stack([feats[tap].detach().abs().amax().float() for tap in self.taps])
         device = finite.device
         if device.type == "cuda":
             halves = {tap: h.to("cpu", non_blocking=True) for tap, h in halves.items()}  # lands in pinned memory
