@@ -185,7 +185,7 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
         tuner = tune.Tuner(
             trainable,
             param_space={"index": tune.grid_search(list(range(len(plans))))},
-            tune_config=tune.TuneConfig(reuse_actors=False),
+            tune_config=tune.TuneConfig(reuse_actors=True),  # a worker imports torch and timm once, not per trial
             run_config=tune.RunConfig(name="sweep", storage_path=storage, verbose=0, callbacks=[callback],
                                       failure_config=tune.FailureConfig(max_failures=max_retries),
                                       checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),

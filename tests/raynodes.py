@@ -43,7 +43,7 @@ class Node:
 
     def stop(self) -> None:
         """SIGTERM then SIGKILL to this node's process group only (raylet, GCS, workers it forked)."""
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
