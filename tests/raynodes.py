@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,22 +43,23 @@ class Node:
     log: Path
 
     def stop(self) -> None:
-        """SIGTERM then SIGKILL to this node's process group only (raylet, GCS, workers it forked)."""
-        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-            # the group may outlive its leader for a moment (workers still exiting)
-            time.sleep(0.5)
+        """SIGTERM to this node's process group (raylet, GCS, the workers it forked), SIGKILL to what remains."""
+        _signal_group(self.proc.pid, signal.SIGTERM)
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            self.proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
             pass
+        time.sleep(0.5)  # the group may outlive its leader for a moment
+        _signal_group(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=5)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _start(args: list[str], env: dict[str, str], tag: str) -> Node:
