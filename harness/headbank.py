@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 
 from harness.aggregators import Head, NotApplicable, build_head
