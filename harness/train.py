@@ -107,6 +107,8 @@ def train_online(bank: HeadBank, backbone: Any, train_loader: DataLoader, val: T
     device = torch.device(device)
     passes = 0
     for epoch in range(epochs):
+        if not bank.live():  # every head diverged: no reason to run the backbone again
+            break
         for images, labels in train_loader:
             with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 feats = backbone.forward_taps(images.to(device, non_blocking=True), bank.taps)

@@ -181,3 +181,11 @@ def test_evaluation_counts_top1_and_top5():
     data = tokens(20, 5)
     top1, top5 = b.evaluate(token_batches(data, ["norm"], 8, "cpu"))[0]
     assert 0 <= top1 <= top5 == 100.0 and math.isclose(top1 * 20 / 100, round(top1 * 20 / 100))
+
+
+def test_online_stops_running_the_backbone_once_every_head_diverged():
+    backbone, train_images = Fp16Backbone(), Images(32, 1)
+    val = _token_set(backbone, Images(20, 2))
+    outcomes, passes = train_online(bank([spec("cls", "sgd", math.inf)], steps=6), backbone,
+                                    online_loader(train_images, batch_size=16, seed=0), val, val, epochs=3)
+    assert passes == 32 and outcomes[0].status == "diverged" and outcomes[0].diverged_step == 0
