@@ -99,20 +99,31 @@ def train_cached(bank: HeadBank, train: TokenSet, val: TokenSet, test: TokenSet,
     return _evaluate_and_finish(bank, val, test, batch_size, device)
 
 
+def _tokens(backbone: Any, images: torch.Tensor, taps: list[str], chunk: int,
+            device: torch.device) -> dict[str, torch.Tensor]:
+    """Float32 tokens of a batch, the backbone run on at most `chunk` images at a time (bf16 autocast on CUDA),
+    so a large protocol batch (MAE's 16384) never holds more than one chunk's activations."""
+    parts: dict[str, list[torch.Tensor]] = {tap: [] for tap in taps}
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for piece in images.split(chunk):
+            for tap, x in backbone.forward_taps(piece.to(device, non_blocking=True), taps).items():
+                parts[tap].append(x.float())
+    return {tap: torch.cat(xs) for tap, xs in parts.items()}
+
+
 def train_online(bank: HeadBank, backbone: Any, train_loader: DataLoader, val: TokenSet, test: TokenSet, *,
-                 epochs: int, device: torch.device | str = "cpu") -> tuple[list[HeadOutcome], int]:
+                 epochs: int, device: torch.device | str = "cpu", forward_chunk: int = 1024
+                 ) -> tuple[list[HeadOutcome], int]:
     """Train every head for `epochs` on backbone tokens of `train_loader`'s (augmented) batches: one backbone
-    forward per batch for the whole bank (bf16 autocast on CUDA). `val` and `test` are tokens extracted once
-    (un-augmented). Returns the outcomes and the number of images passed through the backbone."""
+    pass per batch for the whole bank, in chunks of `forward_chunk` images. `val` and `test` are tokens extracted
+    once (un-augmented). Returns the outcomes and the number of images passed through the backbone."""
     device = torch.device(device)
     passes = 0
     for epoch in range(epochs):
         if not bank.live():  # every head diverged: no reason to run the backbone again
             break
         for images, labels in train_loader:
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                feats = backbone.forward_taps(images.to(device, non_blocking=True), bank.taps)
-            bank.step({tap: x.float() for tap, x in feats.items()}, labels.to(device, non_blocking=True))
+            bank.step(_tokens(backbone, images, bank.taps, forward_chunk, device), labels.to(device, non_blocking=True))
             passes += len(labels)
         _end_epoch(bank, epoch, val, train_loader.batch_size, device)
     return _evaluate_and_finish(bank, val, test, train_loader.batch_size, device), passes
