@@ -67,12 +67,13 @@ def new_state(optimizer: str, params: list[Tensor]) -> list[dict[str, Tensor]]:
 
 @torch.no_grad()
 def update(optimizer: str, params: list[Tensor], grads: list[Tensor], state: list[dict[str, Tensor]], *,
-           lr: Tensor, wd: Tensor, step: int) -> None:
-    """One in-place step of every head; `lr`, `wd` are (N,), `step` counts from 0. A zero momentum buffer
-    reproduces torch's first-step `buf = d_p` exactly, so no first-step branch is needed."""
-    decay = bool(wd.any())  # skipping a zero wd is exact: g + 0 * p == g for finite p
+           lr: Tensor, wd: Tensor | None, step: int) -> None:
+    """One in-place step of every head; `lr` and `wd` are (N,), `wd` None when every head's is 0 (skipping it is
+    exact: g + 0 * p == g for finite p); `step` counts from 0. A zero momentum buffer reproduces torch's first-step
+    `buf = d_p` exactly, so no first-step branch is needed."""
+    decay = wd is not None
     for p, g, s in zip(params, grads, state):
-        lr_p, wd_p = _per_head(lr, p), _per_head(wd, p)
+        lr_p, wd_p = _per_head(lr, p), _per_head(wd, p) if decay else None
         if optimizer == "sgd":
             torch.add(g + wd_p * p if decay else g, s["mu"], alpha=MOMENTUM, out=s["mu"])  # one pass
             p.addcmul_(s["mu"], lr_p, value=-1.0)

@@ -81,7 +81,8 @@ class _Group:
         self.seed, self.optimizer, self.tap = first.seed, first.optimizer, first.aggregator.tap
         self.base_lr = torch.tensor([effective_lr(specs[i].optimizer, specs[i].lr, batch_size) for i in members],
                                     dtype=torch.float64, device=device)
-        self.wd = torch.tensor([specs[i].wd for i in members], dtype=torch.float32, device=device)
+        wd = torch.tensor([specs[i].wd for i in members], dtype=torch.float32, device=device)
+        self.wd = wd if any(specs[i].wd for i in members) else None  # None: no decay pass at all
         self.step = 0
         self.bad_step = torch.full((len(members),), -1, dtype=torch.int64, device=device)
         self.bad_why = torch.zeros(len(members), dtype=torch.int64, device=device)
@@ -105,7 +106,7 @@ class _Group:
         """Drop every head but `slots` (positions within the group)."""
         index = torch.tensor(slots, dtype=torch.long, device=self.bad_step.device)
         self.members = [self.members[s] for s in slots]
-        self.base_lr, self.wd = self.base_lr[index], self.wd[index]
+        self.base_lr, self.wd = self.base_lr[index], None if self.wd is None else self.wd[index]
         self.bad_step, self.bad_why, self.loss_sum = self.bad_step[index], self.bad_why[index], self.loss_sum[index]
         self.state = [{k: v[index] for k, v in s.items()} for s in self.state]
 
