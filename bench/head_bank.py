@@ -119,8 +119,9 @@ def measure(shape: str, args: argparse.Namespace, device: torch.device) -> dict:
             "num_prefix_tokens": backbone.num_prefix_tokens, "num_classes": classes}
     del backbone
 
-    def bank(specs: list[HeadSpec]) -> HeadBank:
-        return HeadBank(specs, **dims, batch_size=b, total_steps=10 ** 6, warmup_steps=0, device=device)
+    def bank(specs: list[HeadSpec]) -> HeadBank:  # every head on every batch, as in the online protocol
+        return HeadBank(specs, **dims, batch_size=b, total_steps=10 ** 6, warmup_steps=0, shared_order=True,
+                        device=device)
 
     per_head = {}
     for kind, optimizer in ONE_HEAD.items():

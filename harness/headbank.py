@@ -6,9 +6,10 @@ global couples them (no total-norm clipping, no shared scaler, no check on a sum
 
 Heads that step together are kept in groups with their parameters stacked on a leading head axis:
 - linear groups: heads whose pooling has no parameters ([cls], mean) with the same aggregator, optimizer and
-  seed. Their pooling and BatchNorm (affine=False, so a function of the batch alone: every head of the group
-  would compute the same numbers and the same running statistics) run once per batch, then one batched matmul
-  gives every head's logits, and one optimizer update moves all heads with per-head lr and wd tensors.
+  data order (the same seed; any seed with `shared_order`, as in the online protocol). Their pooling and
+  BatchNorm (affine=False, so a function of the batch alone: every head of the group would compute the same
+  numbers and the same running statistics) run once per batch, then one batched matmul gives every head's
+  logits, and one optimizer update moves all heads with per-head lr and wd tensors.
 - module groups: one attention head (abmilp, query, ep) each, its module's parameters viewed as a stack of one.
 Divergence is tracked on the device without a sync per step: a head whose loss or weights turn non-finite is
 marked with the step where it happened; at the next evaluation (every epoch) it is recorded as diverged and
@@ -73,12 +74,13 @@ _WHY = ("non-finite training loss", "non-finite weights after the optimizer step
 
 
 class _Group:
-    """Heads that step together: one seed (data order), one optimizer, parameters stacked on a head axis."""
+    """Heads that step together: one data order, one optimizer, parameters stacked on a head axis."""
 
     def __init__(self, members: list[int], specs: Sequence[HeadSpec], batch_size: int, device: torch.device):
         self.members = members
         first = specs[members[0]]
-        self.seed, self.optimizer, self.tap = first.seed, first.optimizer, first.aggregator.tap
+        self.seeds = {specs[i].seed for i in members}
+        self.optimizer, self.tap = first.optimizer, first.aggregator.tap
         self.base_lr = torch.tensor([effective_lr(specs[i].optimizer, specs[i].lr, batch_size) for i in members],
                                     dtype=torch.float64, device=device)
         wd = torch.tensor([specs[i].wd for i in members], dtype=torch.float32, device=device)
@@ -198,8 +200,10 @@ class HeadBank:
     """Trains a list of heads on shared token batches; heads never share parameters or optimizer state."""
 
     def __init__(self, specs: Sequence[HeadSpec], *, embed_dim: int, num_heads: int, num_prefix_tokens: int,
-                 num_classes: int, batch_size: int, total_steps: int, warmup_steps: int,
+                 num_classes: int, batch_size: int, total_steps: int, warmup_steps: int, shared_order: bool = False,
                  device: torch.device | str = "cpu"):
+        """`shared_order`: every head will see the same batches (online protocol), so heads of different seeds may
+        share a stack; otherwise (cached) each seed keeps its own data order and stacks."""
         self.specs = list(specs)
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.outcomes = [HeadOutcome() for _ in self.specs]
@@ -217,7 +221,8 @@ class HeadBank:
             if any(True for _ in head.pooler.parameters()):
                 self.groups.append(_ModuleGroup(i, self.specs, head, batch_size, device))
             else:
-                key = json.dumps([spec.aggregator.name, spec.options, spec.optimizer, spec.seed], sort_keys=True)
+                order = None if shared_order else spec.seed
+                key = json.dumps([spec.aggregator.name, spec.options, spec.optimizer, order], sort_keys=True)
                 members, heads = linear.setdefault(key, ([], []))
                 members.append(i)
                 heads.append(head)
@@ -231,7 +236,7 @@ class HeadBank:
     @property
     def seeds(self) -> list[int]:
         """Seeds of the live heads: each is one data order in the cached protocol."""
-        return sorted({g.seed for g in self.groups})
+        return sorted({seed for g in self.groups for seed in g.seeds})
 
     def parameters_of(self, i: int) -> list[Tensor]:
         """Head `i`'s current parameters (its slices of the stacks, linear weights as (D, C)); empty when it is
@@ -247,9 +252,9 @@ class HeadBank:
         return sorted(i for g in self.groups for i in g.members)
 
     def step(self, tokens: Mapping[str, Tensor], labels: Tensor, seed: int | None = None) -> None:
-        """One optimisation step, on one batch, of every head (or of the heads of `seed`)."""
+        """One optimisation step, on one batch, of every head (or of the heads of `seed`, without shared order)."""
         for g in self.groups:
-            if seed is None or g.seed == seed:
+            if seed is None or g.seeds == {seed}:
                 g.train_step(tokens[g.tap], labels, lr_at(g.step, self.total_steps, self.warmup_steps))
 
     def _retire_diverged(self) -> None:

@@ -52,7 +52,8 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
                       h.wd, h.seed) for h in plan.heads]
     bank = HeadBank(specs, embed_dim=backbone.embed_dim, num_heads=backbone.num_heads,
                     num_prefix_tokens=backbone.num_prefix_tokens, num_classes=splits.num_classes,
-                    batch_size=plan.batch_size, total_steps=total_steps(sizes["train"], plan.batch_size, plan.epochs),
+                    batch_size=plan.batch_size, shared_order=plan.protocol == "online",
+                    total_steps=total_steps(sizes["train"], plan.batch_size, plan.epochs),
                     warmup_steps=warmup_steps(sizes["train"], plan.batch_size, plan.warmup_epochs), device=device)
     passes, extract_s = 0, 0.0
     outcomes = bank.outcomes

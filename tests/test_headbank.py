@@ -183,6 +183,26 @@ def test_evaluation_counts_top1_and_top5():
     assert 0 <= top1 <= top5 == 100.0 and math.isclose(top1 * 20 / 100, round(top1 * 20 / 100))
 
 
+def test_online_bank_stacks_seeds_together_and_equals_each_head_trained_alone():
+    specs = [spec("cls", "sgd", 0.5, seed=0), spec("cls", "sgd", 0.5, seed=1), spec("mean", "lars", 0.2, seed=2),
+             spec("mean", "lars", 0.2, seed=0), spec("cls", "sgd", math.inf, seed=1)]
+    backbone, train_images = Fp16Backbone(), Images(32, 1)
+    val = _token_set(backbone, Images(20, 2))
+
+    def online(heads: list[HeadSpec]) -> tuple[HeadBank, list]:
+        b = HeadBank(heads, embed_dim=D, num_heads=HEADS, num_prefix_tokens=PREFIX, num_classes=C, batch_size=16,
+                     total_steps=4, warmup_steps=1, shared_order=True)
+        return b, train_online(b, backbone, online_loader(train_images, batch_size=16, seed=7), val, val,
+                               epochs=2)[0]
+
+    together, outcomes = online(specs)
+    assert len(together.groups) == 2 and outcomes[4].status == "diverged"
+    for i, s in enumerate(specs):
+        alone, (outcome,) = online([s])
+        assert outcome == outcomes[i]
+        assert all(torch.equal(a, b) for a, b in zip(together.parameters_of(i), alone.parameters_of(0)))
+
+
 def test_online_stops_running_the_backbone_once_every_head_diverged():
     backbone, train_images = Fp16Backbone(), Images(32, 1)
     val = _token_set(backbone, Images(20, 2))
