@@ -113,7 +113,9 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     from harness.sweep import git_commit, run_sweep
 
     commit = git_commit()
-    todo = [dataclasses.replace(t, provenance={"git_commit": commit}) for t in todo]
+    cache_dir = str(Path(args.cache_dir).resolve()) if args.cache_dir else None
+    todo = [dataclasses.replace(t, provenance={"git_commit": commit}, cache_dir=cache_dir, download=args.download)
+            for t in todo]
     heads = sum(len(t.heads) for t in todo)
     reason = "forced rerun" if args.force else (
         "no results yet" if heads == total else f"{total - heads} heads already have results and are skipped")
@@ -204,16 +206,18 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
 
     reg = load_registry()
     grid = _sweep_grid(args, reg)  # fail here, not on the cluster, on a bad grid or name
-    if args.results_dir and not Path(args.results_dir).is_absolute():
-        raise HarnessError(f"--results-dir {args.results_dir!r} is relative; a job runs in a temporary copy of the "
-                           "project, so accepted: an absolute path on the cluster's head node.")
+    for flag, value in (("--results-dir", args.results_dir), ("--cache-dir", args.cache_dir)):
+        if value and not Path(value).is_absolute():
+            raise HarnessError(f"{flag} {value!r} is relative; a job runs in a temporary copy of the project, so "
+                               "accepted: an absolute path on the cluster's nodes.")
     project = Path(__file__).resolve().parent.parent
     sweep = ["--grid", args.grid if args.grid in reg.grid_files else _in_project(Path(args.grid), project),
              "--no-progress"]
     for flag, value in (("--backbones", args.backbones), ("--datasets", args.datasets),
-                        ("--max-retries", args.max_retries), ("--results-dir", args.results_dir)):
+                        ("--max-retries", args.max_retries), ("--results-dir", args.results_dir),
+                        ("--cache-dir", args.cache_dir)):
         sweep += [flag, str(value)] if value is not None else []
-    sweep += ["--force"] * args.force + ["--no-leaderboard"] * args.no_leaderboard
+    sweep += ["--force"] * args.force + ["--no-leaderboard"] * args.no_leaderboard + ["--download"] * args.download
     job_id, address = submit_job(sweep, address=args.address, project_dir=project)
     console.print(f"Submitted grid '{grid.name}' as Ray job {job_id} to {address}; results land on the head node "
                   f"in {args.results_dir or '$HARNESS_RESULTS_DIR, else ~/harness-results'}.")
@@ -281,6 +285,9 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rerun heads that already have results")
     p.add_argument("--max-retries", type=int, help="retries of a failing trial (default: the grid's max_retries)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")
+    p.add_argument("--cache-dir", metavar="DIR", help="token cache folder of the cached protocol, as the trials' "
+                                                      "nodes see it (default: HARNESS_CACHE_DIR or [paths] cache_dir there)")
+    p.add_argument("--download", action="store_true", help="let the trials download missing torchvision datasets")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -121,9 +121,30 @@ def test_bad_backbone_name_is_a_user_error(capsys, tmp_path):
     assert code == 2 and "unknown backbone 'dino-vit-b17'" in out and "dino-vit-b16" in out
 
 
+def test_sweep_hands_run_options_to_the_trials_without_changing_their_hashes(capsys, tmp_path, monkeypatch):
+    import harness.sweep
+
+    seen = {}
+
+    def fake_run_sweep(plans, **kwargs):
+        seen.update(plans=plans, **kwargs)
+        return harness.sweep.SweepSummary(trials=len(plans), heads=sum(len(p.heads) for p in plans))
+
+    monkeypatch.setattr(harness.sweep, "run_sweep", fake_run_sweep)
+    code, out = _run(capsys, "sweep", "--grid", TINY, "--results-dir", str(tmp_path), "--cache-dir", "tok",
+                     "--download", "--max-retries", "3", "--no-leaderboard", "--backbones", "demo-mae-tiny")
+    assert code == 0 and "1 of 1 trials, 2 of 2 heads to run (no results yet)" in out
+    (plan,) = seen["plans"]
+    assert plan.cache_dir == str(Path("tok").resolve()) and plan.download and plan.provenance["git_commit"]
+    assert plan.heads == expand(load_registry().grid(TINY), load_registry())[0].heads
+    assert (seen["max_retries"], seen["cpus_per_trial"], seen["gpus_per_trial"]) == (3, 1.0, 0.0)
+
+
 def test_submit_refuses_paths_the_job_cannot_see(capsys, tmp_path):
     code, out = _run(capsys, "submit", "--grid", "demo", "--results-dir", "results")
-    assert code == 2 and "is relative" in out
+    assert code == 2 and "--results-dir 'results' is relative" in out
+    code, out = _run(capsys, "submit", "--grid", "demo", "--cache-dir", "tokens")
+    assert code == 2 and "--cache-dir 'tokens' is relative" in out
     grid = tmp_path / "mine.toml"
     shutil.copy(ROOT / TINY, grid)
     code, out = _run(capsys, "submit", "--grid", str(grid))
