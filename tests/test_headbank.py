@@ -13,6 +13,7 @@ from harness.headbank import HeadBank, HeadSpec, lr_at
 from harness.registry import AggregatorEntry
 from harness.tokens import TokenSet
 from harness.train import epoch_order, online_loader, token_batches, train_cached, train_online
+from single_thread import one_thread  # noqa: F401 (autouse fixture)
 
 D, T, C, PREFIX, HEADS = 16, 9, 5, 1, 4
 AGG = {

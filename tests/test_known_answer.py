@@ -17,6 +17,7 @@ from harness.headbank import HeadBank, HeadSpec
 from harness.registry import AggregatorEntry
 from harness.tokens import TokenSet
 from harness.train import total_steps, train_cached
+from single_thread import one_thread  # noqa: F401 (autouse fixture)
 
 D, PATCHES, C, BATCH, EPOCHS = 32, 16, 4, 64, 12
 CENTRES = torch.randn(C, D, generator=torch.Generator().manual_seed(0)) * 1.5
