@@ -13,6 +13,7 @@ I-JEPA https://github.com/facebookresearch/ijepa.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,14 @@ from harness.errors import HarnessError
 from harness.registry import ARCH_OVERRIDE_KEYS, BackboneEntry, TOKEN_TAPS, load_registry
 from harness.weights import load_checkpoint, resolve_weights
 
-__all__ = ["Backbone", "load_backbone", "build_model", "convert_checkpoint", "CONVERTERS", "RANDOM_INIT_SEED"]
+__all__ = ["Backbone", "load_backbone", "build_model", "convert_checkpoint", "CONVERTERS", "random_init_seed"]
 
-RANDOM_INIT_SEED = 0  # every process builds the identical random-init network
+
+
+def random_init_seed(entry: BackboneEntry) -> int:
+    """Every process builds the identical random-init network for an entry, and entries of the same
+    architecture (the demo's MAE, DINO and iBOT variants) still differ from each other."""
+    return zlib.crc32(entry.name.encode())
 RANDOM_INIT_SHA256 = "random-init"
 
 # timm constructor arguments that make the architecture match each family's own code.
@@ -159,7 +165,7 @@ def build_model(entry: BackboneEntry, **arch_overrides: Any) -> nn.Module:
                            f"accepted: {', '.join(ARCH_OVERRIDE_KEYS)}.")
     kwargs = {**_FAMILY_KWARGS[entry.family], **entry.arch_overrides, **arch_overrides}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
+        torch.manual_seed(random_init_seed(entry))
         try:
             return timm.create_model(entry.arch, pretrained=False, num_classes=0, **kwargs)
         except RuntimeError as e:

@@ -273,20 +273,22 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
     if args.csv:
         sys.stdout.write(frame.to_csv(index=False))
     else:
-        console.print(frame.to_string(index=False, max_rows=args.limit))
+        console.print(frame.to_string(index=False, max_rows=args.limit), markup=False, highlight=False)
     return 0
 
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
     """What a sweep runs, shared by `sweep` and `submit`."""
-    p.add_argument("--grid", required=True, help="grid name in registry/grids (see `harness list grids`) or a .toml path")
+    p.add_argument("--grid", required=True,
+                   help="grid name in registry/grids (see `harness list grids`) or a .toml path")
     p.add_argument("--backbones", metavar="A,B", help="replace the grid's backbones (comma-separated names)")
     p.add_argument("--datasets", metavar="X,Y", help="replace the grid's datasets (comma-separated names)")
     p.add_argument("--force", action="store_true", help="rerun heads that already have results")
     p.add_argument("--max-retries", type=int, help="retries of a failing trial (default: the grid's max_retries)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")
-    p.add_argument("--cache-dir", metavar="DIR", help="token cache folder of the cached protocol, as the trials' "
-                                                      "nodes see it (default: HARNESS_CACHE_DIR or [paths] cache_dir there)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="token cache folder of the cached protocol, as the trials' nodes see it "
+                        "(default: HARNESS_CACHE_DIR or [paths] cache_dir there)")
     p.add_argument("--download", action="store_true", help="let the trials download missing torchvision datasets")
 
 
@@ -341,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
         Submit `harness sweep` as a Ray job: this project folder is uploaded as the job's working directory and the
         sweep's driver runs on the cluster's head node, so it survives this terminal closing. Results are written
         on the head node. Authenticates with the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token)."""),
-            "examples:\n  harness submit --grid full --address http://127.0.0.1:8265   # after `ray dashboard cluster.yaml`\n"
+            "examples:\n"
+            "  harness submit --grid full --address http://127.0.0.1:8265   # after `ray dashboard cluster.yaml`\n"
             "  harness submit --grid demo --backbones demo-mae-tiny --wait")
     _grid_args(p)
     p.add_argument("--address", help="the cluster's job API (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, else "

@@ -372,7 +372,8 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
     if not heads:
         raise t.fail("heads", "is empty", "at least one [heads.<aggregator>] table")
     seeds = t.get("seeds", list, accepted="a non-empty list of integers")
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
+    integers = all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if not seeds or not integers or len(set(seeds)) != len(seeds):
         raise t.fail("seeds", f"is {seeds!r}", "a non-empty list of distinct integers")
     resources = _Table(path, t.get("resources", dict, {}), "resources")
     overrides = {}

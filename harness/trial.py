@@ -19,8 +19,11 @@ from harness.data import load_splits
 from harness.headbank import HeadBank, HeadOutcome, HeadSpec
 from harness.plan import HeadPlan, TrialPlan
 from harness.registry import AggregatorEntry, BackboneEntry, load_registry
-from harness.tokens import cached_tokens, extract_tokens
+from harness.tokens import cached_tokens, extract_tokens, loader_workers
 from harness.train import online_loader, total_steps, train_cached, train_online, warmup_steps
+
+
+EXTRACT_BATCH = 512
 
 
 def versions() -> dict[str, str]:
@@ -55,26 +58,30 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
                     batch_size=plan.batch_size, shared_order=plan.protocol == "online",
                     total_steps=total_steps(sizes["train"], plan.batch_size, plan.epochs),
                     warmup_steps=warmup_steps(sizes["train"], plan.batch_size, plan.warmup_epochs), device=device)
-    passes, extract_s = 0, 0.0
+    passes, extracted, extract_s = 0, 0, 0.0
     outcomes = bank.outcomes
     if bank.live():
+        # the protocol's batch size is the heads'; the backbone sees at most EXTRACT_BATCH images at once
+        extract_batch = min(plan.batch_size, EXTRACT_BATCH)
         token_sets = {}
         for name in ("train", "val", "test") if plan.protocol == "cached" else ("val", "test"):
             t = time.perf_counter()
             if plan.protocol == "cached":  # written once to the token cache, reused by later sweeps
                 token_sets[name], n = cached_tokens(backbone, dataset, name, getattr(splits, name), bank.taps,
-                                                    cache_dir=plan.cache_dir,
-                                                    batch_size=plan.batch_size, device=device)
+                                                    cache_dir=plan.cache_dir, batch_size=extract_batch,
+                                                    device=device)
             else:
                 token_sets[name], n = extract_tokens(backbone, getattr(splits, name), bank.taps,
-                                                     batch_size=plan.batch_size, device=device)
+                                                     batch_size=extract_batch, device=device)
             extract_s += time.perf_counter() - t
-            passes += n
+            extracted += n
+        passes = extracted
         if plan.protocol == "online":
-            loader = online_loader(load_splits(dataset, backbone.entry, augment=True, download=plan.download).train, batch_size=plan.batch_size,
-                                   seed=min(bank.seeds), pin_memory=device.type == "cuda")
+            augmented = load_splits(dataset, backbone.entry, augment=True, download=plan.download).train
+            loader = online_loader(augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
+                                   num_workers=loader_workers(device), pin_memory=device.type == "cuda")
             outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
-                                       epochs=plan.epochs, device=device)
+                                       epochs=plan.epochs, device=device, forward_chunk=extract_batch)
             passes += n
         else:
             outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
@@ -83,10 +90,11 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
         **trial_columns(plan, backbone.entry, started), "weights_sha256": backbone.weights_sha256,
         "num_classes": splits.num_classes, "train_size": sizes["train"], "val_size": sizes["val"],
         "test_size": sizes["test"], "split_seed": splits.split_seed, "wall_s": time.perf_counter() - t0,
-        "backbone_passes": passes, "images_per_s": passes / extract_s if extract_s > 0 else 0.0,
+        "backbone_passes": passes, "images_per_s": extracted / extract_s if extract_s > 0 else 0.0,
         "device": device_name(device),
     }
-    rows = [head_row(shared, head, spec.aggregator, outcome) for head, spec, outcome in zip(plan.heads, specs, outcomes)]
+    rows = [head_row(shared, head, spec.aggregator, outcome)
+            for head, spec, outcome in zip(plan.heads, specs, outcomes)]
     curves = [{"config_hash": head.config_hash, **point, "schema_version": store.SCHEMA_VERSION}
               for head, outcome in zip(plan.heads, outcomes) for point in outcome.curves]
     return rows, curves

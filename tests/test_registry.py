@@ -47,7 +47,7 @@ def _grid(tmp_path: Path, text: str) -> Path:
     (("protocol = \"cached\"", "protocol = \"offline\"", 1), "protocol", "cached, online"),
     (("datasets = [\"digits\"]", "datasets = [\"digitz\"]", 1), "datasets", "did you mean digits"),
     (("batch_size = 128", "batch_size = 128\nbatch_sise = 64", 1), "batch_sise", "batch_size"),
-    (("lr = [0.01, 0.1, 1.0]", "lr = \"fast\"", 1), "heads.cls.lr", "log-spaced"),
+    (("lr = [0.03, 0.1, 0.3, 1.0, 3.0]", "lr = \"fast\"", 1), "heads.cls.lr", "log-spaced"),
 ])
 def test_malformed_grid_names_file_field_and_accepted_values(tmp_path, edit, field, accepted):
     path = _grid(tmp_path, DEMO.read_text().replace(*edit))
@@ -58,7 +58,8 @@ def test_malformed_grid_names_file_field_and_accepted_values(tmp_path, edit, fie
 
 
 def test_log_spaced_lr_range(tmp_path):
-    path = _grid(tmp_path, DEMO.read_text().replace("lr = [0.01, 0.1, 1.0]", "lr = { min = 1e-4, max = 1e-1, num = 4 }", 1))
+    text = DEMO.read_text().replace("lr = [0.03, 0.1, 0.3, 1.0, 3.0]", "lr = { min = 1e-4, max = 1e-1, num = 4 }", 1)
+    path = _grid(tmp_path, text)
     assert load_registry().grid(str(path)).heads[0].lrs == (0.0001, 0.001, 0.01, 0.1)
 
 
@@ -75,7 +76,8 @@ def test_malformed_backbone_entry(tmp_path, monkeypatch):
     mae.write_text(mae.read_text().replace('family = "mae"', 'family = "mea"', 1))
     with pytest.raises(HarnessError) as info:
         load_registry(root)
-    assert str(mae) in str(info.value) and ".family'" in str(info.value) and "mae, simmim, dino, ibot, ijepa" in str(info.value)
+    message = str(info.value)
+    assert str(mae) in message and ".family'" in message and "mae, simmim, dino, ibot, ijepa" in message
 
 
 def test_cli_unknown_grid_exits_2_with_one_paragraph(capsys):
