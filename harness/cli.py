@@ -23,6 +23,7 @@ from harness.registry import load_registry
 
 EXIT_USER_ERROR = 2
 EXIT_FAILED_TRIALS = 1
+EXIT_INTERRUPTED = 130
 
 
 def _results_dir(args: argparse.Namespace) -> Path:
@@ -121,13 +122,19 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
         "no results yet" if heads == total else f"{total - heads} heads already have results and are skipped")
     console.print(f"Grid '{grid.name}': {len(todo)} of {len(trials)} trials, {heads} of {total} heads to run "
                   f"({reason}); results -> {results_dir}")
-    summary = run_sweep(todo, results_dir=results_dir, cpus_per_trial=grid.cpus_per_trial,
-                        gpus_per_trial=grid.gpus_per_trial,
+    summary = run_sweep(todo, results_dir=results_dir,
+                        cpus_per_trial=grid.cpus_per_trial if args.cpus_per_trial is None else args.cpus_per_trial,
+                        gpus_per_trial=grid.gpus_per_trial if args.gpus_per_trial is None else args.gpus_per_trial,
                         max_retries=grid.max_retries if args.max_retries is None else args.max_retries,
                         address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                         console=None if args.no_progress else console)
-    console.print(f"Sweep finished in {summary.wall_s:.1f} s: {summary.trials - len(summary.failed)} trials ok, "
-                  f"{len(summary.failed)} failed.")
+    ok = summary.trials - len(summary.failed) - len(summary.unfinished)
+    console.print(f"Sweep finished in {summary.wall_s:.1f} s: {ok} trials ok, {len(summary.failed)} failed, "
+                  f"{len(summary.unfinished)} stopped before they finished.")
+    if summary.unfinished:
+        console.print(f"Interrupted: {', '.join(summary.unfinished)} wrote no rows; rerun the same command to run "
+                      "only what has no result yet.", highlight=False)
+        return EXIT_INTERRUPTED
     if not args.no_leaderboard:
         cmd_leaderboard(args, console)
     if summary.failed:
@@ -215,7 +222,8 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
              "--no-progress"]
     for flag, value in (("--backbones", args.backbones), ("--datasets", args.datasets),
                         ("--max-retries", args.max_retries), ("--results-dir", args.results_dir),
-                        ("--cache-dir", args.cache_dir)):
+                        ("--cache-dir", args.cache_dir), ("--cpus-per-trial", args.cpus_per_trial),
+                        ("--gpus-per-trial", args.gpus_per_trial)):
         sweep += [flag, str(value)] if value is not None else []
     sweep += ["--force"] * args.force + ["--no-leaderboard"] * args.no_leaderboard + ["--download"] * args.download
     job_id, address = submit_job(sweep, address=args.address, project_dir=project)
@@ -290,6 +298,10 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
                    help="token cache folder of the cached protocol, as the trials' nodes see it "
                         "(default: HARNESS_CACHE_DIR or [paths] cache_dir there)")
     p.add_argument("--download", action="store_true", help="let the trials download missing torchvision datasets")
+    p.add_argument("--cpus-per-trial", type=float, metavar="N",
+                   help="CPUs each trial asks Ray for (default: the grid's)")
+    p.add_argument("--gpus-per-trial", type=float, metavar="N",
+                   help="GPUs each trial asks Ray for, possibly fractional (default: the grid's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted; results of finished trials are kept, rerun to resume.")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

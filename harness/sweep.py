@@ -70,6 +70,7 @@ class SweepSummary:
     heads: int
     retries: int = 0  # retries each failing trial was given
     failed: dict[str, str] = field(default_factory=dict)  # "backbone/dataset" -> error
+    unfinished: list[str] = field(default_factory=list)  # "backbone/dataset" of trials stopped before their end
     wall_s: float = 0.0
 
 
@@ -163,6 +164,23 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float
                  object_store_memory=200 * 1024**2, **quiet)
 
 
+def check_resources(cpus_per_trial: float, gpus_per_trial: float, *, local: bool,
+                    console: Console | None) -> None:
+    """A trial no node can hold would wait forever: on a local instance that is an error, on a cluster a warning
+    (an autoscaler may still add such a node)."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= cpus_per_trial and n.get("GPU", 0) >= gpus_per_trial for n in nodes):
+        return
+    have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes) or "no live node"
+    message = (f"each trial asks for {cpus_per_trial:g} CPUs and {gpus_per_trial:g} GPUs, and no node of this Ray "
+               f"{'instance' if local else 'cluster'} has that ({have})")
+    if local:
+        raise HarnessError(f"{message}; accepted: --cpus-per-trial/--gpus-per-trial within one node's resources, "
+                           "--num-cpus/--num-gpus for the local instance, or --address of a cluster with such nodes.")
+    if console is not None:
+        console.print(f"warning: {message}; trials wait until the autoscaler adds one.", highlight=False)
+
+
 def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: float, gpus_per_trial: float,
               max_retries: int, address: str | None = None, num_cpus: int | None = None,
               num_gpus: float | None = None, console: Console | None = None) -> SweepSummary:
@@ -178,6 +196,8 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
     t0 = time.monotonic()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     connect(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    check_resources(cpus_per_trial, gpus_per_trial, local=not (address or os.environ.get("RAY_ADDRESS")),
+                    console=console)
     trainable = tune.with_resources(tune.with_parameters(_trainable, plans=[p.to_dict() for p in plans]),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     with tempfile.TemporaryDirectory(prefix="harness-tune-") as storage, \
@@ -192,11 +212,13 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
         )
         grid = tuner.fit()
     for result in grid:
+        plan = plans[result.config["index"]]
         if result.error is not None:
-            plan = plans[result.config["index"]]
             message = _last_line(str(result.error))
             store.write_trial(results_dir, failed_rows(plan, message, started), [])
             summary.failed[f"{plan.backbone}/{plan.dataset}"] = message
+        elif callback.state[result.config["index"]] != "done":  # stopped (Ctrl-C) before it reported its rows
+            summary.unfinished.append(f"{plan.backbone}/{plan.dataset}")
     summary.wall_s = time.monotonic() - t0
     return summary
 
