@@ -38,11 +38,12 @@ import torch
 from harness import store
 from harness.backbones import Backbone, load_backbone
 from harness.data import Splits, load_splits
-from harness.headbank import HeadBank, HeadSpec
+from harness.headbank import HeadBank
 from harness.plan import TrialPlan, expand
 from harness.registry import Grid, HeadGroup, load_registry
 from harness.tokens import TokenSet, extract_tokens, extraction_precision
-from harness.train import total_steps, train_cached, warmup_steps
+from harness.trial import make_bank
+from harness.train import train_cached
 
 OPTIMIZER = {"cls": "sgd", "mean": "sgd", "abmilp": "lars", "query": "adamw", "ep": "adamw"}  # their papers'
 LOG10_LR = {"sgd": (-3.0, 0.5), "lars": (-3.0, 0.5), "adamw": (-5.0, -1.5)}  # lr grid range per optimizer
@@ -70,14 +71,7 @@ def prepare(plan: TrialPlan, device: torch.device) -> tuple[Backbone, Splits, He
     registry = load_registry()
     backbone = load_backbone(plan.backbone, plan.weights, device=device)
     splits = load_splits(registry.dataset(plan.dataset), backbone.entry)
-    n = len(splits.train)
-    specs = [HeadSpec(h.head_id, h.config_hash, registry.aggregator(h.aggregator), h.options, h.optimizer, h.lr,
-                      h.wd, h.seed) for h in plan.heads]
-    bank = HeadBank(specs, embed_dim=backbone.embed_dim, num_heads=backbone.num_heads,
-                    num_prefix_tokens=backbone.num_prefix_tokens, num_classes=splits.num_classes,
-                    batch_size=plan.batch_size, total_steps=total_steps(n, plan.batch_size, plan.epochs),
-                    warmup_steps=warmup_steps(n, plan.batch_size, plan.warmup_epochs), device=device)
-    return backbone, splits, bank
+    return backbone, splits, make_bank(plan, backbone, splits, device)
 
 
 def extract_all(backbone: Backbone, splits: Splits, bank: HeadBank, plan: TrialPlan,

@@ -14,8 +14,8 @@ import torch
 
 import harness
 from harness import store
-from harness.backbones import load_backbone
-from harness.data import load_splits
+from harness.backbones import Backbone, load_backbone
+from harness.data import Splits, load_splits
 from harness.headbank import HeadBank, HeadOutcome, HeadSpec
 from harness.plan import HeadPlan, TrialPlan
 from harness.registry import AggregatorEntry, BackboneEntry, load_registry
@@ -51,13 +51,8 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
     dataset = registry.dataset(plan.dataset)
     splits = load_splits(dataset, backbone.entry, download=plan.download)
     sizes = splits.sizes()
-    specs = [HeadSpec(h.head_id, h.config_hash, registry.aggregator(h.aggregator), h.options, h.optimizer, h.lr,
-                      h.wd, h.seed) for h in plan.heads]
-    bank = HeadBank(specs, embed_dim=backbone.embed_dim, num_heads=backbone.num_heads,
-                    num_prefix_tokens=backbone.num_prefix_tokens, num_classes=splits.num_classes,
-                    batch_size=plan.batch_size, shared_order=plan.protocol == "online",
-                    total_steps=total_steps(sizes["train"], plan.batch_size, plan.epochs),
-                    warmup_steps=warmup_steps(sizes["train"], plan.batch_size, plan.warmup_epochs), device=device)
+    bank = make_bank(plan, backbone, splits, device)
+    specs = bank.specs
     passes, extracted, extract_s = 0, 0, 0.0
     outcomes = bank.outcomes
     if bank.live():
@@ -98,6 +93,19 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
     curves = [{"config_hash": head.config_hash, **point, "schema_version": store.SCHEMA_VERSION}
               for head, outcome in zip(plan.heads, outcomes) for point in outcome.curves]
     return rows, curves
+
+
+def make_bank(plan: TrialPlan, backbone: Backbone, splits: Splits, device: torch.device) -> HeadBank:
+    """The head bank of a trial: every head of the plan, sized for the backbone's tokens and the train split."""
+    registry = load_registry()
+    specs = [HeadSpec(h.head_id, h.config_hash, registry.aggregator(h.aggregator), h.options, h.optimizer, h.lr,
+                      h.wd, h.seed) for h in plan.heads]
+    n = len(splits.train)
+    return HeadBank(specs, embed_dim=backbone.embed_dim, num_heads=backbone.num_heads,
+                    num_prefix_tokens=backbone.num_prefix_tokens, num_classes=splits.num_classes,
+                    batch_size=plan.batch_size, shared_order=plan.protocol == "online",
+                    total_steps=total_steps(n, plan.batch_size, plan.epochs),
+                    warmup_steps=warmup_steps(n, plan.batch_size, plan.warmup_epochs), device=device)
 
 
 def head_row(shared: dict, head: HeadPlan, aggregator: AggregatorEntry, outcome: HeadOutcome) -> dict:
