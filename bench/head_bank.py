@@ -35,6 +35,7 @@ from harness.aggregators import build_head
 from harness.backbones import Backbone, build_model
 from harness.headbank import HeadBank, HeadSpec
 from harness.registry import load_registry
+from harness.tokens import backbone_autocast
 
 SHAPES = {"tiny": "demo-mae-tiny", "vitb16": "mae-vit-b16"}  # registry entries, built with random weights
 ONE_HEAD = {"cls": "sgd", "mean": "sgd", "abmilp": "lars", "query": "adamw", "ep": "adamw"}  # their papers' optimizers
@@ -109,7 +110,7 @@ def measure(shape: str, args: argparse.Namespace, device: torch.device) -> dict:
     taps = ["norm", "prenorm"]
 
     def forward() -> dict:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.no_grad(), backbone_autocast(device):
             return backbone.forward_taps(images, taps)
 
     backbone_s = timed(forward, args.reps, device)

@@ -41,7 +41,7 @@ from harness.data import Splits, load_splits
 from harness.headbank import HeadBank
 from harness.plan import TrialPlan, expand
 from harness.registry import Grid, HeadGroup, load_registry
-from harness.tokens import TokenSet, extract_tokens, extraction_precision
+from harness.tokens import TokenSet, backbone_autocast, extract_tokens
 from harness.trial import make_bank
 from harness.train import train_cached
 
@@ -92,8 +92,7 @@ def floor(plan: TrialPlan, device: torch.device) -> dict:
     images = {name: torch.stack([getattr(splits, name)[i][0] for i in range(len(getattr(splits, name)))])
               for name in SPLITS}
     taps = bank.taps
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                enabled=extraction_precision(device) == "bfloat16"):
+    with torch.inference_mode(), backbone_autocast(device):
         backbone.forward_taps(images["val"][:plan.batch_size].to(device), taps)  # warm-up
         sync(device)
         t = time.perf_counter()

@@ -71,6 +71,11 @@ def extraction_precision(device: torch.device) -> str:
     return "bfloat16" if device.type == "cuda" else "float32"
 
 
+def backbone_autocast(device: torch.device) -> torch.autocast:
+    """The autocast context every backbone forward runs under, in `extraction_precision(device)`."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=extraction_precision(device) == "bfloat16")
+
+
 def loader_workers(device: torch.device) -> int:
     """Decoding processes by default: on a GPU, all of this process's CPU threads but one decode and transform
     while the GPU computes; on a CPU none, since the forward itself uses those threads."""
@@ -134,8 +139,7 @@ def _run_backbone(backbone: TokenBackbone, dataset: Dataset, taps: tuple[str, ..
     workers = loader_workers(device) if num_workers is None else num_workers
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=extraction_precision(device) == "bfloat16")
+    autocast = backbone_autocast(device)
     writer = _Writer(backbone, taps, n, allocate)
     labels = torch.empty(n, dtype=torch.int64)
     done, report_every = 0, max(1, len(loader) // 10)

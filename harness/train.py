@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from harness.headbank import HeadBank, HeadOutcome
-from harness.tokens import TokenSet
+from harness.tokens import TokenSet, backbone_autocast
 
 _EPOCH_STRIDE = 1_000_003  # seeds and epochs map to distinct generator seeds for fewer than this many epochs
 
@@ -104,7 +104,7 @@ def _tokens(backbone: Any, images: torch.Tensor, taps: list[str], chunk: int,
     """Float32 tokens of a batch, the backbone run on at most `chunk` images at a time (bf16 autocast on CUDA),
     so a large protocol batch (MAE's 16384) never holds more than one chunk's activations."""
     parts: dict[str, list[torch.Tensor]] = {tap: [] for tap in taps}
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.no_grad(), backbone_autocast(device):
         for piece in images.split(chunk):
             for tap, x in backbone.forward_taps(piece.to(device, non_blocking=True), taps).items():
                 parts[tap].append(x.float())
