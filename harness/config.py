@@ -7,6 +7,7 @@ file (`HARNESS_CONFIG`, else `./harness.toml` when present), then a default. No 
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -53,3 +54,11 @@ def setting(key: str) -> Path | None:
     env, default = _SETTINGS[key]
     value = os.environ.get(env) or _file_settings().get(key) or default
     return Path(value).expanduser() if value else None
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a registry or grid name (names may come from arbitrary file stems or the CLI)."""
+    return _UNSAFE.sub("_", name).lstrip(".") or "_"

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from harness.config import safe_name
 from harness.errors import HarnessError
 
 SCHEMA_VERSION = 1
@@ -53,12 +54,6 @@ CURVES_SCHEMA = pa.schema([
 
 STATUSES = ("ok", "diverged", "failed", "not-applicable")
 _ROWS, _CURVES = "rows", "curves"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
-
-
-def _safe(name: str) -> str:
-    """A file-name-safe form of a grid or trial name (grid names may come from arbitrary file stems)."""
-    return _UNSAFE.sub("_", name).lstrip(".") or "_"
 
 
 def _to_table(records: list[dict], schema: pa.Schema, what: str) -> pa.Table:
@@ -105,7 +100,7 @@ def write_trial(root: Path, rows: list[dict], curves: list[dict]) -> Path:
     unknown = set(curve_table.column("config_hash").to_pylist()) - {r["config_hash"] for r in rows}
     if unknown:
         raise ValueError(f"curves for config hashes not in this trial's rows: {sorted(unknown)[:3]}")
-    grid, trial = _safe(grids.pop()), _safe(trials.pop())
+    grid, trial = safe_name(grids.pop()), safe_name(trials.pop())
     stem = f"{trial}-{uuid.uuid4().hex}"
     if curves:  # curves first: once a trial's rows are visible (and it counts as done), its curves are too
         _write_atomic(curve_table, Path(root) / _CURVES / f"grid={grid}", stem)

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import uuid
@@ -28,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from harness.cache_space import ensure_cache_space, predict_cache_bytes
-from harness.config import setting
+from harness.config import safe_name, setting
 from harness.data import transform_key
 from harness.errors import HarnessError
 from harness.registry import BackboneEntry, DatasetEntry
@@ -187,10 +186,6 @@ def cache_key(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: 
     }
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
-
-
 def _canonical(key: dict) -> dict:
     """The key as JSON reads it back (tuples become lists), so a stored key compares equal to a fresh one."""
     return json.loads(json.dumps(key, sort_keys=True, default=str))
@@ -199,7 +194,8 @@ def _canonical(key: dict) -> dict:
 def cache_entry_dir(cache_dir: Path, key: dict) -> Path:
     """cache_dir/<backbone>/<dataset>/<split>.<tap>.<digest of the whole key>."""
     digest = hashlib.sha256(json.dumps(_canonical(key), sort_keys=True).encode()).hexdigest()[:20]
-    return Path(cache_dir) / _safe(key["backbone"]) / _safe(key["dataset"]) / f"{key['split']}.{key['tap']}.{digest}"
+    folder = Path(cache_dir) / safe_name(key["backbone"]) / safe_name(key["dataset"])
+    return folder / f"{key['split']}.{key['tap']}.{digest}"
 
 
 def _open_entry(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
