@@ -104,7 +104,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     trials = expand(grid, reg, weights=weights)
     todo = trials if args.force else without_done(trials, store.completed_hashes(results_dir))
     if args.dry_run:
-        _print_plan(console, reg, trials, todo, store.read_results(results_dir))
+        _print_plan(console, reg, trials, todo, store.read_results(results_dir, _MEASURED_COLUMNS))
         return 0
     total = sum(len(t.heads) for t in trials)
     if not todo:
@@ -144,6 +144,9 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
             console.print(Text(f"  {name}: {error}"))
         return EXIT_FAILED_TRIALS
     return 0
+
+
+_MEASURED_COLUMNS = ("backbone", "dataset", "status", "images_per_s", "train_size", "val_size", "test_size")
 
 
 def _measured(results) -> tuple[dict[str, float], dict[str, int]]:
