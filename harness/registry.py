@@ -352,6 +352,18 @@ def _lr_grid(t: _Table, key: str) -> tuple[float, ...]:
     return tuple(float(f"{v:.6g}") for v in values)
 
 
+_SETTING_DEFAULTS = {"protocol": "cached", "warmup_epochs": 0}  # epochs and batch_size have none
+
+
+def _trial_setting(t: _Table, key: str, default: Any = ...) -> Any:
+    """One of TRIAL_SETTINGS, read the same way at a grid's top level and in its [overrides.<dataset>]."""
+    if key == "protocol":
+        return t.choice(key, PROTOCOLS, default)
+    if key == "warmup_epochs":
+        return t.get(key, int, default)
+    return t.positive_int(key, default)
+
+
 def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
     t = _Table(path, data, "")
     heads_table = t.get("heads", dict, accepted="a table [heads.<aggregator>] per aggregator")
@@ -381,9 +393,7 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         if dataset not in reg.datasets:
             raise t.fail(f"overrides.{dataset}", "is not a registered dataset", _accepted_names(dataset, reg.datasets))
         o = _Table(path, table, f"overrides.{dataset}")
-        read = {"protocol": lambda k: o.choice(k, PROTOCOLS), "epochs": o.positive_int, "batch_size": o.positive_int,
-                "warmup_epochs": lambda k: o.get(k, int)}
-        overrides[dataset] = {key: read[key](key) for key in TRIAL_SETTINGS if key in table}
+        overrides[dataset] = {key: _trial_setting(o, key) for key in TRIAL_SETTINGS if key in table}
         o.finish()
     grid = Grid(
         name=path.stem,
@@ -392,10 +402,7 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         datasets=t.names("datasets", reg.datasets),
         heads=tuple(heads),
         seeds=tuple(seeds),
-        protocol=t.choice("protocol", PROTOCOLS, "cached"),
-        epochs=t.positive_int("epochs"),
-        batch_size=t.positive_int("batch_size"),
-        warmup_epochs=t.get("warmup_epochs", int, 0),
+        **{key: _trial_setting(t, key, _SETTING_DEFAULTS.get(key, ...)) for key in TRIAL_SETTINGS},
         cpus_per_trial=resources.get("cpus", float, 1.0),
         gpus_per_trial=resources.get("gpus", float, 0.0),
         max_retries=t.get("max_retries", int, 1),
