@@ -169,10 +169,6 @@ class AggregatorEntry:
     description: str = ""
     source: str = ""
 
-    @property
-    def needs_cls(self) -> bool:
-        return self.kind == "cls"
-
 
 @dataclass(frozen=True)
 class DatasetEntry:
