@@ -38,6 +38,8 @@ from rich.markup import escape
 from rich.table import Table
 from scipy import special
 
+from harness.leaderboard_model import Curve
+from harness.leaderboard_svg import lr_plot
 from harness.markdown import md_escape, md_table
 from harness.selection import SELECTION_KEYS, select_best
 
@@ -453,59 +455,13 @@ def claim_terminal(table: pd.DataFrame, console: Console) -> None:
 
 # ------------------------------------------------------------------------------------------------ HTML
 
-_COLOURS = {CLS: "#1f77b4", MEAN: "#d62728"}
-_W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 420, 240, 48, 100, 16, 36
-
-
 def _svg(points: list[Point], optimum: dict[str, float], title: str) -> str:
-    """Top-1 of cls and mean against lr (log x): test solid, validation dashed, optimum enlarged. No external refs."""
-    ok = [p for p in points if not (math.isnan(p[2]) or math.isnan(p[3]))]
-    lrs = sorted({p[1] for p in points})
-    if not ok or min(lrs) <= 0:
-        return f'<p class="claim-nocurve">No curve: {html.escape(title)} has no ok heads at a positive lr.</p>'
-    x_lo, x_hi = math.log10(min(lrs)), math.log10(max(lrs))
-    values = [value for p in ok for value in p[2:]]
-    pad = max((max(values) - min(values)) * 0.08, 0.5)
-    y_lo, y_hi = min(values) - pad, max(values) + pad
-    plot_w, plot_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
-
-    def x(lr: float) -> float:
-        return _LEFT + (plot_w / 2 if x_hi == x_lo else (math.log10(lr) - x_lo) / (x_hi - x_lo) * plot_w)
-
-    def y(acc: float) -> float:
-        return _TOP + (y_hi - acc) / (y_hi - y_lo) * plot_h
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{_H}" viewBox="0 0 {_W} {_H}" '
-             f'font-family="sans-serif" role="img" aria-label="{html.escape(title)}: top-1 against learning rate">',
-             f'<rect x="{_LEFT}" y="{_TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>',
-             f'<text x="{_LEFT}" y="{_TOP - 5}" font-size="9">top-1 (%)</text>',
-             f'<text x="{_LEFT + plot_w / 2:.1f}" y="{_H - 6}" font-size="10" text-anchor="middle">'
-             'learning rate (log scale)</text>']
-    for lr in lrs[::max(1, math.ceil(len(lrs) / 6))]:
-        parts.append(f'<text x="{x(lr):.1f}" y="{_H - _BOTTOM + 14}" font-size="9" text-anchor="middle">'
-                     f'{lr:.0e}</text>')
-    for i in range(5):
-        acc = y_lo + (y_hi - y_lo) * i / 4
-        parts.append(f'<text x="{_LEFT - 4}" y="{y(acc) + 3:.1f}" font-size="9" text-anchor="end">{acc:.1f}</text>')
-    legend_y = _TOP + 10
-    for agg in (CLS, MEAN):
-        line = [p for p in ok if p[0] == agg]  # sorted by lr
-        if not line:
-            continue
-        colour = _COLOURS[agg]
-        for metric, dash, label in ((3, "", "test"), (2, ' stroke-dasharray="4 3"', "val")):
-            xy = " ".join(f"{x(p[1]):.1f},{y(p[metric]):.1f}" for p in line)
-            parts.append(f'<polyline points="{xy}" fill="none" stroke="{colour}" stroke-width="1.5"{dash}/>')
-            lx = _W - _RIGHT + 8
-            parts.append(f'<line x1="{lx}" y1="{legend_y - 3}" x2="{lx + 18}" y2="{legend_y - 3}" stroke="{colour}" '
-                         f'stroke-width="1.5"{dash}/><text x="{lx + 22}" y="{legend_y}" font-size="10">'
-                         f"{agg} {label}</text>")
-            legend_y += 14
-        for _, lr, _, test in line:
-            radius = 4.5 if lr == optimum[agg] else 2.5
-            parts.append(f'<circle cx="{x(lr):.1f}" cy="{y(test):.1f}" r="{radius}" fill="{colour}"/>')
-    parts.append("</svg>")
-    return "".join(parts)
+    """Top-1 of cls and mean against lr, drawn by the leaderboard's `lr_plot` with each optimum enlarged."""
+    ok = [p for p in points if not (math.isnan(p[2]) or math.isnan(p[3]))]  # not-applicable cls has no curve
+    curves = [Curve(title, agg, tuple(p[1] for p in line), tuple(p[2] for p in line), tuple(p[3] for p in line))
+              for agg in (CLS, MEAN) if (line := [p for p in ok if p[0] == agg])]
+    return lr_plot(title, curves, (CLS, MEAN), optimum, css_class="claim-plot") or \
+        f'<p class="claim-nocurve">No curve: {html.escape(title)} has no ok heads at a positive lr.</p>'
 
 
 def claim_html(claim: ClaimAnalysis) -> str:

@@ -32,8 +32,11 @@ def _text(x: float, y: float, text: str, anchor: str = "middle", extra: str = ""
     return f'<text x="{_n(x)}" y="{_n(y)}" text-anchor="{anchor}"{extra}>{escape(text)}</text>'
 
 
-def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...]) -> str:
-    """One backbone's top-1 against lr: solid test, dashed val (as in the claim section), a colour per aggregator."""
+def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...],
+            optimum: dict[str, float] | None = None, css_class: str = "lr-plot") -> str:
+    """One backbone's top-1 against lr: solid test, dashed val, a colour per aggregator; the test point at an
+    aggregator's `optimum` lr (the claim section's selected lr) drawn larger. "" when there is nothing to plot."""
+    optimum = optimum or {}
     xs = [math.log10(lr) for c in curves for lr in c.lrs if lr > 0]
     ys = [y for c in curves for y in c.val_top1 + c.test_top1 if not math.isnan(y)]
     if not xs or not ys:
@@ -48,7 +51,7 @@ def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...]) -> st
     def py(y: float) -> float:
         return _T + (y1 - y) / (y1 - y0) * ph
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot lr-plot" width="{_W}" height="{_H}" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot {css_class}" width="{_W}" height="{_H}" '
              f'viewBox="0 0 {_W} {_H}" role="img">', f"<title>{escape(title)}</title>",
              _text(_W / 2, 16, title, extra=' class="plot-title"'),
              f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" class="frame"/>']
@@ -65,9 +68,9 @@ def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...]) -> st
             points = [(px(lr), py(v), lr, v) for lr, v in zip(curve.lrs, values) if lr > 0 and not math.isnan(v)]
             line = " ".join(f"{_n(x)},{_n(y)}" for x, y, _, _ in points)
             parts.append(f'<polyline class="curve" points="{line}" fill="none" stroke="{colour}"{dash}/>')
-            parts += [f'<circle cx="{_n(x)}" cy="{_n(y)}" r="2.5" fill="{colour}"><title>'
-                      f'{escape(f"{curve.aggregator} {split}: lr {lr:g}, top-1 {v:.2f}")}</title></circle>'
-                      for x, y, lr, v in points]
+            parts += [f'<circle cx="{_n(x)}" cy="{_n(y)}" r="{_radius(curve.aggregator, split, lr, optimum)}" '
+                      f'fill="{colour}"><title>{escape(f"{curve.aggregator} {split}: lr {lr:g}, top-1 {v:.2f}")}'
+                      "</title></circle>" for x, y, lr, v in points]
     for i, agg in enumerate(a for a in aggregators if any(c.aggregator == a for c in curves)):
         y = _T + 10 + 16 * i
         colour = color(aggregators.index(agg))
@@ -75,6 +78,10 @@ def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...]) -> st
         parts.append(_text(_W - _R + 32, y + 4, agg, anchor="start"))
     parts.append(_text(_W - _R + 10, _H - _B + 16, "solid test, dashed val", anchor="start", extra=' class="small"'))
     return "".join(parts) + "</svg>"
+
+
+def _radius(aggregator: str, split: str, lr: float, optimum: dict[str, float]) -> str:
+    return "4.5" if split == "test" and optimum.get(aggregator) == lr else "2.5"
 
 
 def gain_chart(board: Board) -> str:
