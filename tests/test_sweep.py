@@ -298,14 +298,16 @@ def test_trials_run_on_their_assigned_logical_gpu_without_cuda(failing_sweep):
 @pytest.mark.slow
 def test_driver_killed_mid_sweep_resumes_without_duplicates(ray_head, tmp_path, capsys):
     env, address = ray_head
-    args = ["--grid", TINY, "--address", address, "--results-dir", str(tmp_path)]
+    # one trial at a time (2 CPUs each on the 2-CPU head), so the kill lands between trials: with two running
+    # together, warm-cache trials of seconds could all report before the driver is killed
+    args = ["--grid", TINY, "--address", address, "--results-dir", str(tmp_path), "--cpus-per-trial", "2"]
     trials = expand(load_registry().grid(TINY), load_registry())
     driver = subprocess.Popen([sys.executable, "-m", "harness.cli", "sweep", "--no-progress", *args], cwd=ROOT,
                               env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows_dir = tmp_path / "rows" / "grid=tiny"
     deadline = time.monotonic() + 240
     while not list(rows_dir.glob("*.parquet")) and driver.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     first = {p.name.split("-")[0] for p in rows_dir.glob("*.parquet")}
