@@ -4,11 +4,13 @@ mean heads under 5% of the backbone's forward at ViT-B/16 shapes)
 For each shape (a tiny ViT, and ViT-B/16: 197 tokens x 768), times per batch, median over `--reps` steps:
 - `backbone_s`: one frozen forward of the backbone on images (both token taps; bf16 autocast on CUDA);
 - `per_head_s[kind]`: one training step (forward, backward, optimizer update) of a bank of ONE head of each
-  aggregator (cls, mean, abmilp, query, ep);
+  aggregator (cls, mean, abmilp, query, ep), and `stack_s[kind]`: the same for a stack of `--stack` heads of that
+  aggregator (one seed, lrs apart: how the heads of a sweep grid step together), with its cost per head;
 - `bank_s`: one step of the whole bank of cls + mean heads (2 x `--lrs` x `--seeds` heads, all on the batch, as
   in the online protocol), and `loop_bank_s`: the same heads the way the bank worked before stacking (one module,
   torch optimizer and loss per head, a host sync per head per step), measured in the same run;
-- `stack_vs_alone_max_abs_diff`: whether a head in a stack computes exactly what it computes alone, on this device.
+- `stack_vs_alone_max_abs_diff`: whether a head in a stack computes exactly what it computes alone, on this device,
+  per aggregator and optimizer.
 Prints the figures and ratios and writes them to bench/out/head_bank-<device>.json. Not a test.
 
     python bench/head_bank.py                                  # CPU, batch 64, 210-head bank
@@ -89,15 +91,15 @@ class LoopBank:
 
 def stack_vs_alone(bank: Callable[[list[HeadSpec]], HeadBank], tokens: dict, labels: torch.Tensor) -> dict:
     """Largest difference, after 3 steps, between each head of a stack of three and the same head alone, per
-    optimizer (0.0: bit for bit on this device at these shapes)."""
+    aggregator and optimizer (0.0: bit for bit on this device at these shapes)."""
     out = {}
-    for kind, optimizer in (("cls", "sgd"), ("mean", "lars"), ("cls", "adamw")):
+    for kind, optimizer in (("cls", "sgd"), ("mean", "lars"), ("cls", "adamw"), *ONE_HEAD.items()):
         specs = specs_for(kind, optimizer, [1e-3, 1e-2, 1e-1], [0])
         banks = [bank(specs)] + [bank([s]) for s in specs]
         for b in banks:
             for _ in range(3):
                 b.step(tokens, labels)
-        out[optimizer] = max(float((x - y).abs().max()) for i in range(3)
+        out[f"{kind}/{optimizer}"] = max(float((x - y).abs().max()) for i in range(3)
                              for x, y in zip(banks[0].parameters_of(i), banks[1 + i].parameters_of(0)))
     return out
 
@@ -128,6 +130,11 @@ def measure(shape: str, args: argparse.Namespace, device: torch.device) -> dict:
     for kind, optimizer in ONE_HEAD.items():
         one = bank(specs_for(kind, optimizer, [0.1], [0]))
         per_head[kind] = timed(lambda: one.step(tokens, labels), args.reps, device)
+    stack_s = {}
+    for kind, optimizer in ONE_HEAD.items():
+        stack = bank(specs_for(kind, optimizer, [10 ** (-4 + 3 * i / max(args.stack - 1, 1))
+                                                 for i in range(args.stack)], [0]))
+        stack_s[kind] = timed(lambda: stack.step(tokens, labels), args.reps, device)
     lrs = [10 ** (-4 + 5 * i / max(args.lrs - 1, 1)) for i in range(args.lrs)]
     specs = specs_for("cls", "sgd", lrs, list(range(args.seeds))) + specs_for("mean", "sgd", lrs,
                                                                                list(range(args.seeds)))
@@ -142,6 +149,9 @@ def measure(shape: str, args: argparse.Namespace, device: torch.device) -> dict:
         "stack_vs_alone_max_abs_diff": stack_vs_alone(bank, tokens, labels),
         "backbone_s": backbone_s, "per_head_s": per_head,
         "per_head_vs_backbone": {k: v / backbone_s for k, v in per_head.items()},
+        "stack_heads": args.stack, "stack_s": stack_s,
+        "stack_s_per_head": {k: v / args.stack for k, v in stack_s.items()},
+        "stack_speedup_vs_one_at_a_time": {k: per_head[k] * args.stack / v for k, v in stack_s.items()},
         "bank_heads": len(specs), "bank_s": bank_s, "bank_vs_backbone": bank_s / backbone_s,
         "bank_s_per_head": bank_s / len(specs), "loop_bank_s": loop_bank_s,
         "loop_bank_vs_backbone": loop_bank_s / backbone_s, "speedup_vs_loop": loop_bank_s / bank_s,
@@ -155,6 +165,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000, help="classes of every head (default: ImageNet's)")
     parser.add_argument("--lrs", type=int, default=21, help="lr grid points per aggregator in the bank (claim grid)")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--stack", type=int, default=8, help="heads per aggregator stack (the sweep grid's 8 lrs)")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median), after one warm-up")
     parser.add_argument("--shapes", default="tiny,vitb16", help=f"comma list of {', '.join(SHAPES)}")
     args = parser.parse_args()
@@ -173,6 +184,9 @@ def main() -> None:
         print(f"  backbone forward        {r['backbone_s'] * 1e3:10.2f} ms/batch")
         for kind, s in r["per_head_s"].items():
             print(f"  one {kind:<7} head step  {s * 1e3:10.2f} ms/batch  {100 * s / r['backbone_s']:8.2f}% of backbone")
+        for kind, s in r["stack_s"].items():
+            print(f"  stack of {args.stack} {kind:<7}    {s * 1e3:10.2f} ms/batch  {s / args.stack * 1e3:8.3f} ms/head  "
+                  f"({r['stack_speedup_vs_one_at_a_time'][kind]:.1f}x one head at a time)")
         print(f"  bank of {r['bank_heads']} cls+mean   {r['bank_s'] * 1e3:10.2f} ms/batch  "
               f"{100 * r['bank_vs_backbone']:8.2f}% of backbone  ({r['bank_s_per_head'] * 1e3:.3f} ms/head)")
         print(f"  same, loop per head     {r['loop_bank_s'] * 1e3:10.2f} ms/batch  "

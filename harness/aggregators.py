@@ -138,20 +138,77 @@ def sincos_pos_embed_2d(dim: int, num_patches: int, num_prefix: int) -> torch.Te
     return table.float().unsqueeze(0)
 
 
+# Attention poolings run as stacks: `stacked(params, tokens)` pools the same tokens with N heads' parameter sets at
+# once, each parameter given with a leading head axis (N, ...) under its module name; `forward` is a stack of one.
+# Each head's products are matrices of their own, of the same shapes whatever the stack's size, so a head computes
+# the same numbers alone or stacked; the shared tokens are never copied per head (a broadcast batch operand), and
+# maps that commute with the attention-weighted sum are applied after it.
+Params = dict[str, torch.Tensor]
+
+
+def _each(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """Per-head linear map of per-head inputs: x (N, ..., in), w (N, out, in), b (N, out) -> (N, ..., out)."""
+    n, out, d = w.shape
+    y = torch.bmm(x.reshape(n, -1, d), w.transpose(1, 2)).view(*x.shape[:-1], out)
+    return y if b is None else y + b.view(n, *[1] * (x.dim() - 2), out)
+
+
+def _shared(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """Per-head linear map of inputs every head shares: x (..., in) -> (N, ..., out)."""
+    n, out, d = w.shape
+    y = torch.bmm(x.reshape(1, -1, d).expand(n, -1, -1), w.transpose(1, 2)).view(n, *x.shape[:-1], out)
+    return y if b is None else y + b.view(n, *[1] * (x.dim() - 1), out)
+
+
+def _rows_shared(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Each head's row vectors against shared tokens: q (N, R, D), x (B, T, D) -> scores (N, B, R, T)."""
+    n, r, d = q.shape
+    scores = torch.bmm(q, x.reshape(-1, d).T.unsqueeze(0).expand(n, -1, -1))  # (N, R, B*T)
+    return scores.view(n, r, x.shape[0], -1).transpose(1, 2)
+
+
+def _pool_shared(attn: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Attention-weighted sums of shared tokens: attn (N, B, R, T), x (B, T, D) -> (N, B, R, D)."""
+    return torch.stack([torch.bmm(a, x) for a in attn])
+
+
+def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm of per-head inputs x (N, ..., D) with each head's affine w, b (N, D)."""
+    shape = (w.shape[0], *[1] * (x.dim() - 2), w.shape[1])
+    return F.layer_norm(x, x.shape[-1:], eps=eps) * w.view(shape) + b.view(shape)
+
+
+def _mlp(p: Params, prefix: str, x: torch.Tensor) -> torch.Tensor:
+    return _each(F.gelu(_each(x, p[prefix + "fc1.weight"], p[prefix + "fc1.bias"])), p[prefix + "fc2.weight"],
+                 p[prefix + "fc2.bias"])
+
+
+def _mlp_module(dim: int, hidden: int) -> nn.Module:
+    return nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
+
+
+class StackedPool(nn.Module):
+    """A pooling with parameters of its own; subclasses define `stacked`."""
+
+    def stacked(self, p: Params, tokens: torch.Tensor) -> torch.Tensor:
+        """Pooled features (N, B, D') of N heads' parameters `p` on the same tokens (B, T, D)."""
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.stacked({k: v.unsqueeze(0) for k, v in self.named_parameters()}, tokens)[0]
+
+
 class SelfAttention(nn.Module):
-    """Single-head self-attention without qkv bias (beyond_cls reuses models_vit.Attention(dim, num_heads=1))."""
+    """Single-head self-attention without qkv bias (beyond_cls reuses models_vit.Attention(dim, num_heads=1));
+    parameters only, run by ABMILPPool."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        return self.proj(F.scaled_dot_product_attention(q, k, v))
 
-
-class ABMILPPool(nn.Module):
+class ABMILPPool(StackedPool):
     """Attention-based MIL pooling (gmum/beyond_cls ABMILPHead): softmax-weighted sum of the tokens.
 
     Options as in the official code: `depth` Linear layers (with `activation` between) predict one score per token;
@@ -170,23 +227,74 @@ class ABMILPPool(nn.Module):
             layers += [nn.Linear(dim, dim), nn.Tanh() if activation == "tanh" else nn.ReLU()]
         self.attention_predictor = nn.Sequential(*layers, nn.Linear(dim, 1))
 
-    def forward_with_attn(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled (B, D), attention weights (B, N, 1) over the pooled tokens)."""
+    def _scores(self, p: Params, h: torch.Tensor, shared: bool) -> torch.Tensor:
+        """(N, B, T) token scores of the predictor on `h`: shared (B, T, D) or per head (N, B, T, D)."""
+        n = p["attention_predictor.0.weight"].shape[0]
+        *hidden, last = [i for i, m in enumerate(self.attention_predictor) if isinstance(m, nn.Linear)]
+        for i in hidden:
+            h = (_shared if shared else _each)(h, p[f"attention_predictor.{i}.weight"],
+                                                p[f"attention_predictor.{i}.bias"])
+            h, shared = self.attention_predictor[i + 1](h), False
+        w, b = p[f"attention_predictor.{last}.weight"], p[f"attention_predictor.{last}.bias"]  # (N, 1, D), (N, 1)
+        if shared:
+            scores = _rows_shared(w, h)[:, :, 0]
+        else:
+            scores = torch.bmm(w, h.reshape(n, -1, h.shape[-1]).transpose(1, 2)).view(h.shape[:-1])
+        return scores + b.view(n, 1, 1)
+
+    def stacked_with_attn(self, p: Params, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled (N, B, D), attention weights (N, B, T) over the pooled tokens)."""
         x = tokens[:, self.skip:]
-        attended = self.self_attn(x) if self.self_attn is not None else x
-        scores_in = attended if self.sa_mode in ("map", "both") else x
+        attended = None
+        if self.self_attn is not None:
+            q, k, v = _shared(x, p["self_attn.qkv.weight"], None).chunk(3, dim=-1)
+            attended = _each(F.scaled_dot_product_attention(q, k, v), p["self_attn.proj.weight"],
+                             p["self_attn.proj.bias"])
+        per_head_in = self.sa_mode in ("map", "both")
+        scores_in = attended if per_head_in else x
         if self.cond == "pe":
             pe = sincos_pos_embed_2d(x.shape[-1], x.shape[1] - self.pe_prefix, self.pe_prefix)
             scores_in = scores_in + pe.to(device=x.device, dtype=x.dtype)
-        attn = self.attention_predictor(scores_in).softmax(dim=1)
-        values = attended if self.sa_mode == "both" else x
-        return (attn.transpose(1, 2) @ values).squeeze(1), attn
+        attn = self._scores(p, scores_in, shared=not per_head_in).softmax(dim=-1)
+        if self.sa_mode == "both":
+            n, b, t = attn.shape
+            pooled = torch.bmm(attn.reshape(n * b, 1, t), attended.reshape(n * b, t, -1)).view(n, b, -1)
+        else:
+            pooled = _pool_shared(attn.unsqueeze(2), x)[:, :, 0]
+        return pooled, attn
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_attn(tokens)[0]
+    def stacked(self, p: Params, tokens: torch.Tensor) -> torch.Tensor:
+        return self.stacked_with_attn(p, tokens)[0]
+
+    def forward_with_attn(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One head: (pooled (B, D), attention weights (B, T, 1)), as the official module returns them."""
+        pooled, attn = self.stacked_with_attn({k: v.unsqueeze(0) for k, v in self.named_parameters()}, tokens)
+        return pooled[0], attn[0].unsqueeze(-1)
 
 
-class QueryPool(nn.Module):
+class QueryBlock(nn.Module):
+    """Parameters of a pre-norm transformer block over the queries, named as timm's and V-JEPA's `Block`."""
+
+    def __init__(self, dim: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = nn.ModuleDict(dict(qkv=nn.Linear(dim, 3 * dim), proj=nn.Linear(dim, dim)))
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = _mlp_module(dim, int(dim * mlp_ratio))
+
+
+def _query_block(p: Params, prefix: str, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """A QueryBlock of every head on its own queries x (N, B, Q, D)."""
+    n, b, q, d = x.shape
+    qkv = _each(_layer_norm(x, p[prefix + "norm1.weight"], p[prefix + "norm1.bias"], 1e-5),
+                p[prefix + "attn.qkv.weight"], p[prefix + "attn.qkv.bias"])
+    attended = F.scaled_dot_product_attention(*qkv.view(n, b, q, 3, num_heads, -1).permute(3, 0, 1, 4, 2, 5))
+    x = x + _each(attended.transpose(2, 3).reshape(n, b, q, d), p[prefix + "attn.proj.weight"],
+                  p[prefix + "attn.proj.bias"])
+    return x + _mlp(p, prefix + "mlp.", _layer_norm(x, p[prefix + "norm2.weight"], p[prefix + "norm2.bias"], 1e-5))
+
+
+class QueryPool(StackedPool):
     """V-JEPA's AttentivePooler (facebookresearch/jepa): learned queries, one cross-attention block with MLP.
 
     As the official forward does: LayerNorm (eps 1e-5) on the tokens only, no output projection after the
@@ -195,10 +303,11 @@ class QueryPool(nn.Module):
     init raises for depth > 1, `enumerate(1, blocks)`; this follows its evident intent).
     Pooled features are the queries' outputs concatenated: (B, num_queries * D).
 
-    Efficiency: the per-head key map is folded into the query (W_k^T q, a D-vector per head; the key bias only
-    shifts every score equally and cancels in the softmax), and the value map is applied after pooling
-    (the weights sum to 1, so A (xW_v^T + b_v) = (A x) W_v^T + b_v). Per token the cost is O(heads * queries * D)
-    instead of the 2 D^2 of a key/value projection.
+    Efficiency: the tokens are normalised once for every head; each head's LayerNorm gain and key map are folded
+    into its query (g * W_k^T q, a D-vector per attention head; the LayerNorm shift and the key bias move every
+    score equally and cancel in the softmax), and its gain, shift and value map are applied after pooling (the
+    weights sum to 1, so A (x W^T + b) = (A x) W^T + b). Per token the cost is O(heads * queries * D) instead of the
+    2 D^2 of a key/value projection.
     """
 
     def __init__(self, dim: int, skip: int, *, num_heads: int, num_queries: int, depth: int, mlp_ratio: float):
@@ -212,13 +321,8 @@ class QueryPool(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
         self.norm2 = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
-        self.blocks = nn.ModuleList()
-        if depth > 1:  # timm only when needed: importing it costs seconds
-            from timm.models.vision_transformer import Block
-
-            self.blocks.extend(Block(dim, num_heads, mlp_ratio, qkv_bias=True) for _ in range(depth - 1))
+        self.mlp = _mlp_module(dim, int(dim * mlp_ratio))
+        self.blocks = nn.ModuleList(QueryBlock(dim, mlp_ratio) for _ in range(depth - 1))
         self._init_official()
 
     def _init_official(self) -> None:
@@ -234,25 +338,27 @@ class QueryPool(nn.Module):
                 blk.attn.proj.weight.div_(math.sqrt(2.0 * i))
                 blk.mlp.fc2.weight.div_(math.sqrt(2.0 * i))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        xn = self.norm1(tokens[:, self.skip:])
-        queries = self.query_tokens[0]
-        n_q, dim = queries.shape
+    def stacked(self, p: Params, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens[:, self.skip:]
+        normed = F.layer_norm(x, x.shape[-1:], eps=1e-5)  # each head's gain and shift are folded in below
+        gain, shift = p["norm1.weight"][:, None, None], p["norm1.bias"][:, None, None]
+        queries = p["query_tokens"][:, 0]
+        n, n_q, dim = queries.shape
         h, hd = self.num_heads, dim // self.num_heads
-        w_k, w_v = self.kv.weight.view(2, h, hd, dim).unbind(0)
-        q = self.q(queries).view(n_q, h, hd) * hd ** -0.5
-        q_in_token_space = torch.einsum("qhc,hcd->qhd", q, w_k).reshape(n_q * h, dim)
-        attn = (xn @ q_in_token_space.T).transpose(1, 2).softmax(dim=-1)  # (B, Q*H, T)
-        pooled = (attn @ xn).view(-1, n_q, h, dim)
-        y = torch.einsum("bqhd,hcd->bqhc", pooled, w_v) + self.kv.bias[dim:].view(h, hd)
-        out = queries + y.reshape(-1, n_q, dim)
-        out = out + self.mlp(self.norm2(out))
-        for blk in self.blocks:
-            out = blk(out)
-        return out.flatten(1)
+        w_k, w_v = p["kv.weight"].view(n, 2, h, hd, dim).unbind(1)
+        q = _each(queries, p["q.weight"], p["q.bias"]).view(n, n_q, h, hd) * hd ** -0.5
+        q_in_token_space = torch.einsum("nqhc,nhcd->nqhd", q, w_k).reshape(n, n_q * h, dim) * gain[:, 0]
+        attn = _rows_shared(q_in_token_space, normed).softmax(dim=-1)  # (N, B, Q*H, T)
+        pooled = (_pool_shared(attn, normed) * gain + shift).view(n, -1, n_q, h, dim)
+        y = torch.einsum("nbqhd,nhcd->nbqhc", pooled, w_v) + p["kv.bias"][:, dim:].view(n, 1, 1, h, hd)
+        out = queries[:, None] + y.reshape(n, -1, n_q, dim)
+        out = out + _mlp(p, "mlp.", _layer_norm(out, p["norm2.weight"], p["norm2.bias"], 1e-5))
+        for i in range(len(self.blocks)):
+            out = _query_block(p, f"blocks.{i}.", out, h)
+        return out.flatten(2)
 
 
-class EfficientProbePool(nn.Module):
+class EfficientProbePool(StackedPool):
     """Efficient probing (billpsomas/efficient-probing EfficientProbing), single head as in its code.
 
     Learned queries attend over the RAW tokens (no key projection, scale D^-0.5); query j reads only the j-th
@@ -270,16 +376,15 @@ class EfficientProbePool(nn.Module):
         self.queries = nn.Parameter(torch.randn(1, num_queries, dim) * 0.02)
         self.v = nn.Linear(dim, dim // d_out, bias=qkv_bias)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def stacked(self, p: Params, tokens: torch.Tensor) -> torch.Tensor:
         x = tokens[:, self.skip:]
-        queries = self.queries[0]
-        n_q, dim = queries.shape
-        attn = (queries * self.scale @ x.transpose(1, 2)).softmax(dim=-1)  # (B, Q, T)
-        pooled = attn @ x
-        out = torch.einsum("bqd,qcd->bqc", pooled, self.v.weight.view(n_q, -1, dim))
-        if self.v.bias is not None:
-            out = out + self.v.bias.view(n_q, -1)
-        return out.flatten(1)
+        queries = p["queries"][:, 0]
+        n, n_q, dim = queries.shape
+        pooled = _pool_shared(_rows_shared(queries * self.scale, x).softmax(dim=-1), x)  # (N, B, Q, D)
+        out = torch.einsum("nbqd,nqcd->nbqc", pooled, p["v.weight"].view(n, n_q, -1, dim))
+        if "v.bias" in p:
+            out = out + p["v.bias"].view(n, 1, n_q, -1)
+        return out.flatten(2)
 
 
 # --------------------------------------------------------------------------------------------------- head

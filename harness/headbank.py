@@ -4,13 +4,17 @@ The DINOv2 linear-evaluation pattern, generalised to attention heads: heads live
 optimizer settings, schedule, seed-determined initialisation and metrics, and they share no parameters. Nothing
 global couples them (no total-norm clipping, no shared scaler, no check on a summed loss).
 
-Heads that step together are kept in groups with their parameters stacked on a leading head axis:
-- linear groups: heads whose pooling has no parameters ([cls], mean) with the same aggregator, optimizer and
-  data order (the same seed; any seed with `shared_order`, as in the online protocol). Their pooling and
-  BatchNorm (affine=False, so a function of the batch alone: every head of the group would compute the same
-  numbers and the same running statistics) run once per batch, then one batched matmul gives every head's
-  logits, and one optimizer update moves all heads with per-head lr and wd tensors.
-- module groups: one attention head (abmilp, query, ep) each, its module's parameters viewed as a stack of one.
+Heads that step together (the same aggregator, options, optimizer and data order: the same seed, or any seed with
+`shared_order`, as in the online protocol) are kept in groups with their parameters stacked on a leading head axis:
+- linear groups: heads whose pooling has no parameters ([cls], mean). Their pooling and BatchNorm (affine=False,
+  so a function of the batch alone: every head of the group would compute the same numbers and the same running
+  statistics) run once per batch, then one batched matmul gives every head's logits, and one optimizer update
+  moves all heads with per-head lr and wd tensors.
+- attention groups (abmilp, query, ep): the pooler pools the shared tokens for every head of the stack in batched
+  kernels (`StackedPool.stacked`), then per-head BatchNorm and linear layers; one autograd pass, one update.
+A head's products are matrices of their own, of the same shapes whatever its stack, so in one CPU thread a head
+computes bit for bit what it computes alone (the tests); with several threads or on a GPU a kernel may split a
+reduction differently for another stack size, a rounding-level difference (bench/head_bank.py reports it).
 Divergence is tracked on the device without a sync per step: a head whose loss or weights turn non-finite is
 marked with the step where it happened; at the next evaluation (every epoch) it is recorded as diverged and
 removed from its stack. Until then its non-finite numbers stay in its own slice (every operation is per head),
@@ -25,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from harness.aggregators import Head, NotApplicable, build_head
@@ -175,25 +179,53 @@ class _LinearGroup(_Group):
         super().keep(slots)
 
 
-class _ModuleGroup(_Group):
-    """One head with parameters of its own (an attention pooling), as a stack of one; gradients by autograd."""
+class _AttentionGroup(_Group):
+    """Heads whose pooling has parameters (abmilp, query, ep): each parameter stacked on a head axis, the pooler's
+    `stacked` pools the shared tokens for every head in batched kernels, then BatchNorm (per head and channel, as
+    one BatchNorm over N * D' channels) and the linear layers as in _LinearGroup. Gradients by autograd of the
+    heads' summed losses: heads share nothing, so each head's gradient is that of its own loss."""
 
-    def __init__(self, member: int, specs: Sequence[HeadSpec], head: Head, batch_size: int, device: torch.device):
-        self.head = head.to(device)
-        super().__init__([member], specs, batch_size, device)
+    def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
+                 device: torch.device):
+        self.pooler = heads[0].pooler.to(device)  # its structure and options; its own weights are not read
+        self.names = [name for name, _ in self.pooler.named_parameters()]
+        own = [dict(h.pooler.named_parameters()) for h in heads]
+        stacks = [torch.stack([o[name].detach() for o in own]) for name in self.names]
+        stacks += [torch.stack([h.linear.weight.detach().T for h in heads]), torch.stack([h.linear.bias.detach()
+                                                                                            for h in heads])]
+        self.params = [p.to(device).contiguous().requires_grad_() for p in stacks]
+        self.norm, self.running = heads[0].norm, None  # its eps and momentum
+        if isinstance(self.norm, nn.BatchNorm1d):
+            self.running = [torch.stack([getattr(h.norm, k) for h in heads]).to(device).contiguous()
+                            for k in ("running_mean", "running_var")]
+        super().__init__(members, specs, batch_size, device)
 
     def stacked(self) -> list[Tensor]:
-        return [p.detach().unsqueeze(0) for p in self.head.parameters()]
+        return [p.detach() for p in self.params]
 
     def logits(self, tokens: Tensor, train: bool) -> Tensor:
-        self.head.train(train)
-        return self.head(tokens).unsqueeze(0)
+        *pool, weight, bias = self.params
+        feats = self.pooler.stacked(dict(zip(self.names, pool)), tokens)  # (N, B, D')
+        if self.running is not None:
+            n, b, d = feats.shape
+            flat = F.batch_norm(feats.transpose(0, 1).reshape(b, n * d), self.running[0].view(-1),
+                                self.running[1].view(-1), training=train, momentum=self.norm.momentum, eps=self.norm.eps)
+            feats = flat.view(b, n, d).transpose(0, 1)
+        return torch.baddbmm(bias.unsqueeze(1), feats, weight)
 
     def loss_and_grads(self, tokens: Tensor, labels: Tensor) -> tuple[Tensor, list[Tensor]]:
-        loss = F.cross_entropy(self.logits(tokens, train=True)[0], labels).view(1)
-        params = list(self.head.parameters())
-        grads = torch.autograd.grad(loss, params)
-        return loss.detach(), [g.unsqueeze(0) for g in grads]
+        with torch.enable_grad():
+            logp = self.logits(tokens, train=True).log_softmax(-1)
+            loss = -logp.gather(-1, labels.view(1, -1, 1).expand(len(self.members), -1, 1)).squeeze(-1).mean(1)
+            grads = torch.autograd.grad(loss.sum(), self.params)
+        return loss.detach(), list(grads)
+
+    def keep(self, slots: list[int]) -> None:
+        index = torch.tensor(slots, dtype=torch.long, device=self.params[0].device)
+        self.params = [p.detach()[index].requires_grad_() for p in self.params]
+        if self.running is not None:
+            self.running = [r[index] for r in self.running]
+        super().keep(slots)
 
 
 class HeadBank:
@@ -208,8 +240,7 @@ class HeadBank:
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.outcomes = [HeadOutcome() for _ in self.specs]
         device = torch.device(device)
-        linear: dict[str, tuple[list[int], list[Head]]] = {}
-        self.groups: list[_Group] = []
+        stacks: dict[str, tuple[list[int], list[Head]]] = {}
         for i, spec in enumerate(self.specs):
             torch.manual_seed(spec.seed)  # the seed sets the initialisation
             try:
@@ -218,15 +249,14 @@ class HeadBank:
             except NotApplicable as e:
                 self.outcomes[i].status, self.outcomes[i].error = "not-applicable", str(e)
                 continue
-            if any(True for _ in head.pooler.parameters()):
-                self.groups.append(_ModuleGroup(i, self.specs, head, batch_size, device))
-            else:
-                order = None if shared_order else spec.seed
-                key = json.dumps([spec.aggregator.name, spec.options, spec.optimizer, order], sort_keys=True)
-                members, heads = linear.setdefault(key, ([], []))
-                members.append(i)
-                heads.append(head)
-        self.groups += [_LinearGroup(m, self.specs, h, batch_size, device) for m, h in linear.values()]
+            order = None if shared_order else spec.seed
+            key = json.dumps([spec.aggregator.name, spec.options, spec.optimizer, order], sort_keys=True)
+            members, heads = stacks.setdefault(key, ([], []))
+            members.append(i)
+            heads.append(head)
+        self.groups: list[_Group] = [
+            (_AttentionGroup if any(True for _ in heads[0].pooler.parameters()) else _LinearGroup)(
+                members, self.specs, heads, batch_size, device) for members, heads in stacks.values()]
 
     @property
     def taps(self) -> list[str]:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from harness.aggregators import build_head
 from harness.head_optim import effective_lr, new_state, update
 from harness.headbank import HeadBank, HeadSpec, lr_at
 from harness.registry import AggregatorEntry
@@ -22,6 +23,8 @@ AGG = {
     "abmilp": AggregatorEntry("abmilp", "abmilp", "prenorm"),
     "query": AggregatorEntry("query", "query", "norm"),
     "ep": AggregatorEntry("ep", "ep", "prenorm", {"num_queries": 2}),
+    "abmilp-sa": AggregatorEntry("abmilp-sa", "abmilp", "norm", {"self_attention": "both", "depth": 2}),
+    "query-2": AggregatorEntry("query-2", "query", "prenorm", {"depth": 2, "num_queries": 2}),
 }
 
 
@@ -55,7 +58,10 @@ BANK = [spec("cls", "sgd", 0.1), spec("cls", "sgd", 1.0), spec("cls", "sgd", 1.0
         spec("mean", "lars", 0.5), spec("mean", "lars", 0.05, wd=0.1), spec("cls", "adamw", 1e-3, wd=0.05),
         spec("mean", "sgd", 0.3), spec("mean", "sgd", math.inf),  # diverges at its first step, in a stack of two
         spec("abmilp", "sgd", 0.1), spec("ep", "adamw", 1e-2, seed=1), spec("query", "lars", 0.1),
-        spec("ep", "sgd", 1e37)]  # an attention head that diverges
+        spec("ep", "sgd", 1e37),  # an attention head that diverges, in a stack of two
+        spec("ep", "sgd", 0.2), spec("abmilp", "sgd", 0.3), spec("ep", "adamw", 1e-3, seed=1),
+        spec("query", "lars", 0.02, wd=0.1), spec("abmilp-sa", "lars", 0.2), spec("abmilp-sa", "lars", 0.05),
+        spec("query-2", "adamw", 1e-3), spec("query-2", "adamw", 3e-3)]
 
 
 def test_bank_equals_heads_trained_alone_bit_for_bit():
@@ -67,6 +73,26 @@ def test_bank_equals_heads_trained_alone_bit_for_bit():
         mine, theirs = together.parameters_of(i), alone.parameters_of(0)
         assert len(mine) == len(theirs)
         assert all(torch.equal(a, b) for a, b in zip(mine, theirs)), s.head_id
+
+
+@pytest.mark.parametrize("agg", ["abmilp", "abmilp-sa", "query", "query-2", "ep"])
+def test_an_attention_stack_computes_what_each_head_module_computes(agg: str):
+    """The stacked pooling, BatchNorm and linear layer equal the heads' own modules, in training and evaluation."""
+    specs = [spec(agg, "sgd", lr) for lr in (0.1, 0.2, 0.3)]
+    b = bank(specs)
+    (group,) = b.groups
+    modules = []
+    for s in specs:
+        torch.manual_seed(s.seed)
+        modules.append(build_head(s.aggregator, embed_dim=D, num_heads=HEADS, num_prefix_tokens=PREFIX,
+                                  num_classes=C))
+    x = tokens(16, 4).tokens[specs[0].aggregator.tap].float()
+    with torch.no_grad():
+        for p in (*group.params, *(q for m in modules for q in m.parameters())):
+            p.add_(0.1)  # every head differs from its initialisation the same way
+        for train in (True, False):
+            want = torch.stack([m.train(train)(x) for m in modules])
+            torch.testing.assert_close(group.logits(x, train=train), want, rtol=1e-5, atol=1e-5)
 
 
 def test_divergence_is_recorded_with_its_step_and_stops_only_that_head():
