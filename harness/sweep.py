@@ -195,6 +195,8 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Tune would add CSV, JSON and TensorBoard loggers that copy every payload to disk; rows go to the store
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     connect(address, num_cpus=num_cpus, num_gpus=num_gpus)
     check_resources(cpus_per_trial, gpus_per_trial, local=not (address or os.environ.get("RAY_ADDRESS")),
                     console=console)
