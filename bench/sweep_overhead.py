@@ -13,6 +13,8 @@ variants alternate round by round, so a shared machine's load spreads over all o
   i stored to trial i+1 running | last trial stored to `run_sweep` return; and `ray.shutdown`.
 - `imports`: the worker's imports one after another, in the order a Tune worker meets them.
 - `trial`: `run_trial`'s direct callees (cProfile, cumulative) for each trial, in one process.
+- `extract`: `extract_tokens` over every split (the loader's batches transformed in one call, as the harness does)
+  against the same with one transform call per image (`LabelledView.__getitems__` removed), alternated.
 
 Variants (`--variants`, comma list): `default` (the harness as it is), `loggers` (Tune's automatic CSV / JSON /
 TensorBoard result loggers on), `prestart-off` (Ray's start-up worker prestart off). Each prints the median of
@@ -150,6 +152,36 @@ def trial_once(args: argparse.Namespace) -> dict:
     return out
 
 
+def extract_once(args: argparse.Namespace) -> dict:
+    """Seconds of extract_tokens over all splits, per backbone: batched transform against per image (best of 2)."""
+    import torch
+
+    from harness.backbones import load_backbone
+    from harness.data import LabelledView, load_splits
+    from harness.registry import load_registry
+    from harness.tokens import extract_tokens
+
+    torch.set_num_threads(args.cpus)
+    registry, batched = load_registry(), LabelledView.__getitems__
+    taps = sorted({registry.aggregator(a).tap for a in args.aggregators.split(",")})
+    out = {}
+    for name in args.backbones.split(","):
+        backbone = load_backbone(name, None, device=args.device)
+        splits = load_splits(registry.dataset(args.dataset), backbone.entry)
+        times: dict[str, list[float]] = {"batched": [], "per_image": []}
+        for _ in range(2):
+            for way in times:
+                if way == "per_image":
+                    del LabelledView.__getitems__
+                t = time.perf_counter()
+                for split in (splits.train, splits.val, splits.test):
+                    extract_tokens(backbone, split, taps, batch_size=args.batch_size, device=args.device)
+                times[way].append(time.perf_counter() - t)
+                LabelledView.__getitems__ = batched
+        out[name] = {way: min(ts) for way, ts in times.items()}
+    return out
+
+
 def child(args: argparse.Namespace, what: str, variant: str = "default") -> dict:
     """Run one measurement in a fresh Python process and return its JSON."""
     env = {**os.environ, **VARIANTS[variant][0], "PYTHONPATH": os.pathsep.join(
@@ -184,14 +216,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip", default="", help="comma list of parts to leave out: imports, trial")
+    parser.add_argument("--skip", default="", help="comma list of parts to leave out: imports, trial, extract")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "sweep_overhead.json")
-    parser.add_argument("--child", choices=("sweep", "imports", "trial"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("sweep", "imports", "trial", "extract"), help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="default", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        result = {"sweep": lambda: sweep_once(args), "imports": imports_once, "trial": lambda: trial_once(args)}
+        result = {"sweep": lambda: sweep_once(args), "imports": imports_once, "trial": lambda: trial_once(args),
+                  "extract": lambda: extract_once(args)}
         print(json.dumps(result[args.child]()))
         return
     variants, skip = args.variants.split(","), set(filter(None, args.skip.split(",")))
@@ -200,7 +233,7 @@ def main() -> None:
         raise SystemExit(f"unknown variants {unknown}; accepted: {', '.join(VARIANTS)}")
     load_start = os.getloadavg()[0]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
-    imports, trials = [], []
+    imports, trials, extracts = [], [], []
     for round_ in range(args.repeats):
         for variant in variants:
             runs[variant].append(child(args, "sweep", variant))
@@ -209,6 +242,8 @@ def main() -> None:
             imports.append(child(args, "imports"))
         if "trial" not in skip and round_ == 0:
             trials.append(child(args, "trial"))
+        if "extract" not in skip:
+            extracts.append(child(args, "extract"))
     medians = {v: median_parts(r) for v, r in runs.items()}
     print(f"\nmedian of {args.repeats} rounds, seconds ({args.epochs} epochs, {len(plans(args))} trials; load "
           f"average at start {load_start:.2f} on {os.cpu_count()} cores)")
@@ -223,12 +258,18 @@ def main() -> None:
         print("\nrun_trial's direct callees, cumulative seconds:")
         for backbone, parts in trials[0].items():
             print(f"  {backbone}: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items() if v >= 0.005))
+    if extracts:
+        print("\nextract_tokens over every split (median), one transform call per loader batch vs per image:")
+        for backbone in extracts[0]:
+            batched, per_image = (statistics.median(e[backbone][w] for e in extracts) for w in ("batched", "per_image"))
+            print(f"  {backbone:30}{batched:8.2f} vs {per_image:.2f}")
     out = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "device": args.device,
            "host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
            "load_average_start": load_start, "load_average_end": os.getloadavg()[0],
            "grid": {k: v for k, v in vars(args).items() if k in ("backbones", "dataset", "aggregators", "lrs", "seeds",
                                                                    "epochs", "batch_size", "cpus")},
-           "median_s": medians, "runs_s": runs, "imports_s": imports, "run_trial_callees_s": trials}
+           "median_s": medians, "runs_s": runs, "imports_s": imports, "run_trial_callees_s": trials,
+           "extract_s": extracts}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
