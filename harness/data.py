@@ -56,6 +56,16 @@ class LabelledView(Dataset):
         image, label = self.base[int(self.indices[i])]
         return self.transform(image), int(label)
 
+    def __getitems__(self, items: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """A loader's batch in one transform call where the base hands its images over as one tensor (in-memory
+        sources: per image, the transform pipeline cost the demo backbones three times their forward); the same
+        values. Augmented views go image by image, so every image gets its own crop and flip."""
+        batch = getattr(self.base, "batch", None)
+        if batch is None or self.augment:
+            return [self[i] for i in items]
+        images, labels = batch(self.indices[items])
+        return list(zip(self.transform(images), labels.tolist()))
+
 
 # ------------------------------------------------------------------------------------------- transforms
 

@@ -88,6 +88,10 @@ class TensorImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i], int(self.labels[i])
 
+    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Images `indices` as one (N, C, H, W) tensor, and their labels."""
+        return self.images[torch.from_numpy(np.asarray(indices, dtype=np.int64))], self.labels[indices]
+
 
 def _digits(dataset: DatasetEntry, backbone: BackboneEntry, download: bool, root: Path) -> Source:
     """scikit-learn's embedded 8x8 digits: grey 0..16 -> 3 channels in [0, 1]; test = seeded stratified hold-out."""
