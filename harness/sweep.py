@@ -273,6 +273,9 @@ def _job_client(address: str | None):
                            "cluster.yaml`, with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token.") from None
 
 
+AGENT_WAIT_S = 30.0  # how long a submission waits for a freshly started head's job agent
+
+
 def submit_job(sweep_args: list[str], *, address: str | None, project_dir: Path) -> tuple[str, str]:
     """Submit `harness sweep <sweep_args>` as a Ray job whose working directory is a copy of `project_dir`."""
     client, address = _job_client(address)
@@ -280,9 +283,19 @@ def submit_job(sweep_args: list[str], *, address: str | None, project_dir: Path)
     env = {"RAY_AIR_NEW_OUTPUT": "0"}
     if "--results-dir" not in sweep_args and not os.environ.get("HARNESS_RESULTS_DIR"):
         env["HARNESS_RESULTS_DIR"] = JOB_RESULTS_DIR  # a relative default would land in the job's temporary copy
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={
-        "working_dir": str(project_dir), "excludes": _UPLOAD_EXCLUDES, "env_vars": env})
-    return job_id, address
+    runtime_env = {"working_dir": str(project_dir), "excludes": _UPLOAD_EXCLUDES, "env_vars": env}
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env), address
+        except RuntimeError as e:  # a head that just started may not have its job agent up yet
+            if "No available agent" not in str(e):
+                raise
+            if time.monotonic() > deadline:
+                raise HarnessError(f"the Ray job server at {address} has no job agent ready after {AGENT_WAIT_S:g} s "
+                                   f"({_last_line(str(e))}); accepted: a head node whose dashboard agent is up "
+                                   "(`ray status` on the head lists it), then submit again.") from None
+            time.sleep(1.0)
 
 
 def wait_job(job_id: str, address: str, poll_s: float = 2.0) -> tuple[str, str]:

@@ -326,3 +326,31 @@ def test_driver_killed_mid_sweep_resumes_without_duplicates(ray_head, tmp_path, 
 
     code, out = _run(capsys, "sweep", "--grid", TINY, "--results-dir", str(tmp_path))
     assert code == 0 and "Nothing to run: all 8 heads" in out
+
+
+class _AgentStartingClient:
+    """A job client whose head has no job agent for its first `busy` submissions (Ray's message, verbatim)."""
+
+    def __init__(self, busy: int):
+        self.busy, self.calls = busy, 0
+
+    def submit_job(self, **_: object) -> str:
+        self.calls += 1
+        if self.calls <= self.busy:
+            raise RuntimeError("Request failed with status code 503: No available agent to submit job, please try "
+                               "again later.")
+        return "raysubmit_1"
+
+
+def test_submit_waits_for_a_starting_job_agent_then_names_the_problem(monkeypatch, tmp_path):
+    from harness import sweep
+
+    client = _AgentStartingClient(busy=2)  # two 1 s waits
+    monkeypatch.setattr(sweep, "_job_client", lambda address: (client, "http://head:8265"))
+    assert sweep.submit_job(["--grid", "demo"], address=None, project_dir=tmp_path) == ("raysubmit_1",
+                                                                                        "http://head:8265")
+    assert client.calls == 3
+    monkeypatch.setattr(sweep, "AGENT_WAIT_S", -1.0)
+    monkeypatch.setattr(sweep, "_job_client", lambda address: (_AgentStartingClient(busy=1), "http://head:8265"))
+    with pytest.raises(HarnessError, match="no job agent ready.*accepted"):
+        sweep.submit_job(["--grid", "demo"], address=None, project_dir=tmp_path)
