@@ -181,11 +181,13 @@ class Images(torch.utils.data.Dataset):
 
 
 def _token_set(backbone: Fp16Backbone, data: Images) -> TokenSet:
-    return TokenSet({"norm": backbone.forward_taps(data.x, ["norm"])["norm"].half()}, data.labels)
+    taps = backbone.forward_taps(data.x, ["norm", "prenorm"])
+    return TokenSet({tap: x.half() for tap, x in taps.items()}, data.labels)
 
 
 def test_cached_and_online_train_the_same_heads_when_they_see_the_same_batches():
-    specs = [spec("cls", "sgd", 0.5, seed=3), spec("mean", "lars", 0.2, seed=3), spec("mean", "sgd", math.inf, seed=3)]
+    specs = [spec("cls", "sgd", 0.5, seed=3), spec("mean", "lars", 0.2, seed=3), spec("mean", "sgd", math.inf, seed=3),
+             spec("ep", "adamw", 1e-2, seed=3), spec("ep", "adamw", 1e-3, seed=3)]
     backbone, train_images = Fp16Backbone(), Images(48, 1)
     val, test = _token_set(backbone, Images(20, 2)), _token_set(backbone, Images(20, 3))
     cached_bank, online_bank = bank(specs, steps=9), bank(specs, steps=9)
@@ -193,7 +195,7 @@ def test_cached_and_online_train_the_same_heads_when_they_see_the_same_batches()
     loader = online_loader(train_images, batch_size=16, seed=3)
     online, passes = train_online(online_bank, backbone, loader, val, test, epochs=3, forward_chunk=5)
     assert passes == 3 * 48 and online == cached and cached[2].status == "diverged"
-    for i in (0, 1):
+    for i in (0, 1, 3, 4):
         assert all(torch.equal(a, b) for a, b in zip(cached_bank.parameters_of(i), online_bank.parameters_of(i)))
 
 
@@ -212,7 +214,8 @@ def test_evaluation_counts_top1_and_top5():
 
 def test_online_bank_stacks_seeds_together_and_equals_each_head_trained_alone():
     specs = [spec("cls", "sgd", 0.5, seed=0), spec("cls", "sgd", 0.5, seed=1), spec("mean", "lars", 0.2, seed=2),
-             spec("mean", "lars", 0.2, seed=0), spec("cls", "sgd", math.inf, seed=1)]
+             spec("mean", "lars", 0.2, seed=0), spec("cls", "sgd", math.inf, seed=1),
+             spec("ep", "adamw", 1e-2, seed=0), spec("ep", "adamw", 3e-3, seed=1), spec("abmilp", "sgd", 0.1, seed=2)]
     backbone, train_images = Fp16Backbone(), Images(32, 1)
     val = _token_set(backbone, Images(20, 2))
 
@@ -223,7 +226,7 @@ def test_online_bank_stacks_seeds_together_and_equals_each_head_trained_alone():
                                epochs=2)[0]
 
     together, outcomes = online(specs)
-    assert len(together.groups) == 2 and outcomes[4].status == "diverged"
+    assert len(together.groups) == 4 and outcomes[4].status == "diverged"
     for i, s in enumerate(specs):
         alone, (outcome,) = online([s])
         assert outcome == outcomes[i]
