@@ -1,11 +1,11 @@
 """Token cache throughput and size: tokens/s written and read back, and bytes per image.
 
 Measured here on a tiny random-init ViT (`demo-mae-tiny`, 32px, patch 8: 17 tokens x 64) over generated images,
-then computed for ViT-B/16 on ImageNet-1k (197 tokens x 768, float16, per tap) with the same formula the sweep's
-disk check uses. Timings (best of --repeats) cover: in-memory extraction (the backbone alone), the cache writer
-alone (`cached_tokens` fed precomputed tokens: memory-mapped write, fsync, rename), a hit (open only), and one
-full read of the cached tokens in training-sized batches after asking the kernel to drop the files from its page
-cache. Prints the figures and writes them to bench/out/cache_io.json. Not a test.
+then computed for ViT-B/16 on ImageNet-1k (197 tokens x 768, float16, per tap; or the 2 that a grid of [cls] and
+mean heads keeps) with the same formula the sweep's disk check uses. Timings (best of --repeats) cover: in-memory
+extraction (the backbone alone), the cache writer alone (`cached_tokens` fed precomputed tokens: memory-mapped
+write, fsync, rename), a hit (open only), and one full read of the cached tokens in training-sized batches after
+asking the kernel to drop the files from its page cache. Prints the figures and writes them to bench/out/cache_io.json. Not a test.
 
     python bench/cache_io.py                   # 4096 generated images (3,686 after the val hold-out), both taps
     python bench/cache_io.py --images 512      # a quick check
@@ -107,10 +107,13 @@ def measure(num_images: int, batch_size: int, taps: tuple[str, ...], cache_dir: 
     }
 
 
-def vit_b16_imagenet(taps: tuple[str, ...]) -> dict:
-    per_split = {split: predict_cache_bytes(n, taps=taps, **VIT_B16) for split, n in IMAGENET.items()}
-    return {"backbone": "ViT-B/16", "dataset": "imagenet-1k", **VIT_B16, "taps": list(taps),
-            "token_bytes_per_image_per_tap": VIT_B16["num_tokens"] * VIT_B16["embed_dim"] * 2,
+def vit_b16_imagenet(taps: tuple[str, ...], summary: bool = False) -> dict:
+    """Every token, or (`summary`: a grid of [cls] and mean heads only, like the claim grid) [cls] + patch mean."""
+    shape = {**VIT_B16, "num_tokens": 2} if summary else VIT_B16
+    per_split = {split: predict_cache_bytes(n, taps=taps, **shape) for split, n in IMAGENET.items()}
+    return {"backbone": "ViT-B/16", "dataset": "imagenet-1k", **shape, "taps": list(taps),
+            "kept": "[cls] + patch mean" if summary else "all tokens",
+            "token_bytes_per_image_per_tap": shape["num_tokens"] * shape["embed_dim"] * 2,
             "bytes_per_split": per_split, "bytes_total": sum(per_split.values())}
 
 
@@ -126,7 +129,8 @@ def main() -> None:
     taps = ("norm", "prenorm")
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
         tiny = measure(args.images, args.batch_size, taps, Path(tmp), args.repeats, args.device)
-    report = {"measured": tiny, "computed": [vit_b16_imagenet(("norm",)), vit_b16_imagenet(taps)],
+    report = {"measured": tiny, "computed": [vit_b16_imagenet(("norm",)), vit_b16_imagenet(taps),
+                                             vit_b16_imagenet(("norm",), summary=True)],
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "torch_threads": torch.get_num_threads()}}
     OUT.mkdir(exist_ok=True)
@@ -144,7 +148,8 @@ def main() -> None:
           f"predicted {human_bytes(m['bytes_predicted'])})")
     for c in report["computed"]:
         splits = ", ".join(f"{s} {human_bytes(b)}" for s, b in c["bytes_per_split"].items())
-        print(f"ViT-B/16 on ImageNet-1k, taps {'+'.join(c['taps'])}: {c['token_bytes_per_image_per_tap']:,} token "
+        print(f"ViT-B/16 on ImageNet-1k, {c['kept']}, taps {'+'.join(c['taps'])}: "
+              f"{c['token_bytes_per_image_per_tap']:,} token "
               f"bytes/image/tap; {splits}; total {human_bytes(c['bytes_total'])} ({c['bytes_total']:,} bytes)")
     print(f"wrote {OUT / 'cache_io.json'}")
 

@@ -185,8 +185,8 @@ def main() -> None:
         for kind, s in r["per_head_s"].items():
             print(f"  one {kind:<7} head step  {s * 1e3:10.2f} ms/batch  {100 * s / r['backbone_s']:8.2f}% of backbone")
         for kind, s in r["stack_s"].items():
-            print(f"  stack of {args.stack} {kind:<7}    {s * 1e3:10.2f} ms/batch  {s / args.stack * 1e3:8.3f} ms/head  "
-                  f"({r['stack_speedup_vs_one_at_a_time'][kind]:.1f}x one head at a time)")
+            print(f"  stack of {args.stack} {kind:<7}    {s * 1e3:10.2f} ms/batch  {s / args.stack * 1e3:8.3f} "
+                  f"ms/head  ({r['stack_speedup_vs_one_at_a_time'][kind]:.1f}x one head at a time)")
         print(f"  bank of {r['bank_heads']} cls+mean   {r['bank_s'] * 1e3:10.2f} ms/batch  "
               f"{100 * r['bank_vs_backbone']:8.2f}% of backbone  ({r['bank_s_per_head'] * 1e3:.3f} ms/head)")
         print(f"  same, loop per head     {r['loop_bank_s'] * 1e3:10.2f} ms/batch  "

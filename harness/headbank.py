@@ -209,7 +209,8 @@ class _AttentionGroup(_Group):
         if self.running is not None:
             n, b, d = feats.shape
             flat = F.batch_norm(feats.transpose(0, 1).reshape(b, n * d), self.running[0].view(-1),
-                                self.running[1].view(-1), training=train, momentum=self.norm.momentum, eps=self.norm.eps)
+                                self.running[1].view(-1), training=train, momentum=self.norm.momentum,
+                                eps=self.norm.eps)
             feats = flat.view(b, n, d).transpose(0, 1)
         return torch.baddbmm(bias.unsqueeze(1), feats, weight)
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
-from harness.cache_space import planned_split_sizes, predict_cache_bytes
+from harness.cache_space import planned_split_sizes, predict_cache_bytes, summary_only
 from harness.registry import BackboneEntry, DatasetEntry, Grid, Registry
 
 
@@ -157,8 +157,11 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
             passes = images + (trial.epochs - 1) * (sizes["train"] if sizes else images)
         tokens, width = token_shape(backbone)
         if trial.protocol == "cached" and width is not None:
-            taps = {registry.aggregator(h.aggregator).tap for h in trial.heads}
-            cache = predict_cache_bytes(images, tokens, width, sorted(taps))
+            aggregators = [registry.aggregator(h.aggregator) for h in trial.heads]
+            if summary_only(a.kind for a in aggregators):
+                tokens = int(backbone.class_token) + 1  # the prefix tokens and the patch mean
+            taps = sorted({a.tap for a in aggregators})
+            cache = sum(predict_cache_bytes(n, tokens, width, taps) for n in (sizes or {"all": images}).values())
     speed, source = backbone.images_per_s, "registered 1-GPU"
     if speed is None and trial.backbone in measured_speed:
         speed, source = measured_speed[trial.backbone], "measured (earlier results)"

@@ -81,16 +81,28 @@ def loader_workers(device: torch.device) -> int:
     return max(torch.get_num_threads() - 1, 0) if device.type == "cuda" else 0
 
 
+def summary_tokens(tokens: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """(B, num_prefix + 1, D): the prefix tokens, then the mean of the patch tokens (taken in float32 before the
+    float16 store). A [cls] head reads token 0 and a mean head (skipping the prefix) averages the one mean token, so
+    both compute what they compute on all the tokens."""
+    return torch.cat([tokens[:, :num_prefix], tokens[:, num_prefix:].float().mean(1, keepdim=True)], dim=1)
+
+
 class _Writer:
     """Copies each batch's float16 tokens out of the device one batch late, so the host never waits on a batch it
-    just launched: the copy into pinned memory and the non-finite check of batch k run while batch k+1 computes."""
+    just launched: the copy into pinned memory and the non-finite check of batch k run while batch k+1 computes.
+    With `summary_prefix` set it stores `summary_tokens` instead of every token."""
 
-    def __init__(self, backbone: TokenBackbone, taps: tuple[str, ...], n: int, allocate: Allocate):
+    def __init__(self, backbone: TokenBackbone, taps: tuple[str, ...], n: int, allocate: Allocate,
+                 summary_prefix: int | None = None):
         self.backbone, self.taps, self.n, self.allocate = backbone, taps, n, allocate
+        self.summary_prefix = summary_prefix
         self.out: dict[str, torch.Tensor] = {}
         self.pending: tuple | None = None
 
     def push(self, feats: dict[str, torch.Tensor], start: int) -> None:
+        if self.summary_prefix is not None:
+            feats = {tap: summary_tokens(feats[tap], self.summary_prefix) for tap in self.taps}
         halves = {tap: feats[tap].to(torch.float16) for tap in self.taps}
         finite = torch.stack([torch.isfinite(h).all() for h in halves.values()])
         amax = torch.stack([feats[tap].detach().abs().amax().float() for tap in self.taps])
@@ -125,7 +137,7 @@ class _Writer:
 
 def _run_backbone(backbone: TokenBackbone, dataset: Dataset, taps: tuple[str, ...], *, batch_size: int,
                   device: torch.device, num_workers: int | None, allocate: Allocate,
-                  channels_last: bool = False) -> tuple[TokenSet, int]:
+                  channels_last: bool = False, summary_prefix: int | None = None) -> tuple[TokenSet, int]:
     """One forward per batch for all taps; each tap's float16 tokens land in the tensor `allocate` returns.
 
     Fast where it runs: bf16 autocast and pinned, asynchronous host-to-device copies on CUDA, loader workers
@@ -139,7 +151,7 @@ def _run_backbone(backbone: TokenBackbone, dataset: Dataset, taps: tuple[str, ..
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     autocast = backbone_autocast(device)
-    writer = _Writer(backbone, taps, n, allocate)
+    writer = _Writer(backbone, taps, n, allocate, summary_prefix)
     labels = torch.empty(n, dtype=torch.int64)
     done, report_every = 0, max(1, len(loader) // 10)
     with torch.inference_mode():
@@ -171,9 +183,9 @@ def extract_tokens(backbone: TokenBackbone, dataset: Dataset, taps: Sequence[str
 
 
 def cache_key(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: str, num_images: int, tap: str,
-              precision: str = "float32") -> dict:
-    """Everything that makes one split's tokens what they are (the forward's `extraction_precision` too); any change
-    gives a different cache entry."""
+              precision: str = "float32", summary_prefix: int | None = None) -> dict:
+    """Everything that makes one split's tokens what they are (the forward's `extraction_precision` and whether
+    only `summary_tokens` are kept, too); any change gives a different cache entry."""
     entry = backbone.entry
     return {
         "format": CACHE_FORMAT, "backbone": entry.name, "weights_sha256": backbone.weights_sha256,
@@ -183,6 +195,7 @@ def cache_key(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: 
         "val_fraction": dataset_entry.val_fraction, "split_seed": dataset_entry.split_seed, "split": split_name,
         "num_images": num_images, "transform": transform_key(dataset_entry, entry), "tap": tap,
         "precision": precision,
+        "tokens": "all" if summary_prefix is None else f"{summary_prefix} prefix + patch mean",
     }
 
 
@@ -259,19 +272,21 @@ def _publish(tmp: Path, final: Path, tokens: np.memmap, labels: torch.Tensor, ke
 
 def cached_tokens(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: str, dataset: Dataset,
                   taps: Sequence[str], *, cache_dir: Path | None, batch_size: int, device: torch.device | str,
-                  num_workers: int | None = None) -> tuple[TokenSet, int]:
+                  num_workers: int | None = None, summary_prefix: int | None = None) -> tuple[TokenSet, int]:
     """Tokens of one split from the cache, extracting (once, all missing taps together) what is not there.
 
     `dataset` must be the un-augmented split (the `cached` protocol); `cache_dir` None means
-    `setting("cache_dir")` (HARNESS_CACHE_DIR). Returns the tokens, memory-mapped, and the number of images
-    passed through the backbone: 0 when every tap was already cached.
+    `setting("cache_dir")` (HARNESS_CACHE_DIR); `summary_prefix` (the backbone's prefix-token count) keeps only
+    `summary_tokens`, enough for [cls] and mean heads. Returns the tokens, memory-mapped, and the number of
+    images passed through the backbone: 0 when every tap was already cached.
     """
     if getattr(dataset, "augment", False):
         raise ValueError("cached_tokens needs the un-augmented split: load_splits(..., augment=False)")
     cache_dir = Path(cache_dir) if cache_dir is not None else setting("cache_dir")
     taps = tuple(dict.fromkeys(taps))
     precision = extraction_precision(torch.device(device))
-    keys = {tap: cache_key(backbone, dataset_entry, split_name, len(dataset), tap, precision) for tap in taps}
+    keys = {tap: cache_key(backbone, dataset_entry, split_name, len(dataset), tap, precision, summary_prefix)
+            for tap in taps}
     paths = {tap: cache_entry_dir(cache_dir, keys[tap]) for tap in taps}
     found = {tap: _open_entry(paths[tap], keys[tap]) for tap in taps}
     missing = tuple(tap for tap in taps if found[tap] is None)
@@ -295,7 +310,7 @@ def cached_tokens(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_na
         try:
             extracted, passes = _run_backbone(backbone, dataset, missing, batch_size=batch_size,
                                               device=torch.device(device), num_workers=num_workers,
-                                              allocate=allocate)
+                                              allocate=allocate, summary_prefix=summary_prefix)
             for tap in missing:
                 _publish(tmps[tap], paths[tap], arrays[tap], extracted.labels, keys[tap])
         finally:

@@ -15,6 +15,7 @@ import torch
 import harness
 from harness import store
 from harness.backbones import Backbone, load_backbone
+from harness.cache_space import summary_only
 from harness.data import Splits, load_splits
 from harness.headbank import HeadBank, HeadOutcome, HeadSpec
 from harness.plan import HeadPlan, TrialPlan
@@ -58,13 +59,15 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
     if bank.live():
         # the protocol's batch size is the heads'; the backbone sees at most EXTRACT_BATCH images at once
         extract_batch = min(plan.batch_size, EXTRACT_BATCH)
+        kinds = {spec.aggregator.kind for spec in specs}
+        summary_prefix = backbone.num_prefix_tokens if summary_only(kinds) else None  # [cls] and mean heads only
         token_sets = {}
         for name in ("train", "val", "test") if plan.protocol == "cached" else ("val", "test"):
             t = time.perf_counter()
             if plan.protocol == "cached":  # written once to the token cache, reused by later sweeps
                 token_sets[name], n = cached_tokens(backbone, dataset, name, getattr(splits, name), bank.taps,
                                                     cache_dir=plan.cache_dir, batch_size=extract_batch,
-                                                    device=device)
+                                                    device=device, summary_prefix=summary_prefix)
             else:
                 token_sets[name], n = extract_tokens(backbone, getattr(splits, name), bank.taps,
                                                      batch_size=extract_batch, device=device)

@@ -7,6 +7,7 @@ server that answers 503 once (a flaky download, retried) or serves a corrupt fil
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import io
 import os
@@ -84,7 +85,10 @@ def test_cost_counts_online_epochs_and_cached_tokens(tmp_path):
     digits, cifar = (trial_cost(t, reg, measured_speed={"demo-mae-tiny": 100.0}, measured_images={})
                      for t in trials[:2])
     assert digits.passes == digits.images == 1797 and digits.hours == pytest.approx(1797 / 100 / 3600)
-    assert digits.cache_bytes > 1797 * 17 * 64 * 2  # 16 patches + [cls], width 64, float16
+    assert 1797 * 2 * 64 * 2 < digits.cache_bytes < 1797 * 3 * 64 * 2  # [cls] heads: [cls] + patch mean, float16
+    attention = expand(reg.grid(_grid_file(tmp_path, '[heads.abmilp]\noptimizer = "lars"\nlr = [0.1]\n')), reg)[0]
+    every_token = trial_cost(attention, reg, measured_speed={}, measured_images={})
+    assert every_token.cache_bytes > 1797 * 17 * 64 * 2 * 2  # 16 patches + [cls], width 64, float16, 2 taps
     assert cifar.cache_bytes is None and cifar.passes == 60000 + 4 * 45000  # train split again every later epoch
     ijepa = trial_cost(expand(reg.grid("full"), reg)[-1], reg, measured_speed={}, measured_images={})
     assert ijepa.throughput == "registered 1-GPU" and ijepa.hours > 0
@@ -354,3 +358,22 @@ def test_submit_waits_for_a_starting_job_agent_then_names_the_problem(monkeypatc
     monkeypatch.setattr(sweep, "_job_client", lambda address: (_AgentStartingClient(busy=1), "http://head:8265"))
     with pytest.raises(HarnessError, match="no job agent ready.*accepted"):
         sweep.submit_job(["--grid", "demo"], address=None, project_dir=tmp_path)
+
+
+def test_cls_and_mean_trials_cache_summaries_and_attention_trials_every_token(tmp_path):
+    """What a cached trial stores follows its heads, and the dry run's estimate predicts it."""
+    import json
+
+    from harness.trial import run_trial
+
+    reg = load_registry()
+    for body, tokens in (("", 2), ('[heads.ep]\noptimizer = "adamw"\nlr = [0.001]\n', 17)):
+        grid = _grid_file(tmp_path, body.replace("[heads", "[overrides.digits]\nepochs = 1\n[heads", 1))
+        plan = dataclasses.replace(expand(reg.grid(grid), reg)[0], cache_dir=str(tmp_path / f"cache{tokens}"))
+        rows, _ = run_trial(plan)
+        assert {r["status"] for r in rows} == {"ok"}
+        metas = [json.loads(p.read_text()) for p in (tmp_path / f"cache{tokens}").rglob("meta.json")]
+        assert metas and {m["shape"][1] for m in metas} == {tokens}  # [cls] + patch mean, or [cls] + 16 patches
+        written = sum(p.stat().st_size for p in (tmp_path / f"cache{tokens}").rglob("*") if p.is_file())
+        predicted = trial_cost(plan, reg, measured_speed={}, measured_images={}).cache_bytes
+        assert 0.9 * predicted < written <= predicted

@@ -205,3 +205,28 @@ def test_registered_demo_backbone_through_the_cache(tmp_path):
                                   batch_size=128, device="cpu")
     assert passes == 0 and torch.equal(again.tokens["norm"], tokens.tokens["norm"])
     assert not torch.equal(tokens.tokens["norm"], tokens.tokens["prenorm"])
+
+
+def test_summary_entries_hold_prefix_and_patch_mean_and_pool_as_all_tokens_do(digits, reference, tmp_path):
+    """A [cls]/mean-only trial caches num_prefix + 1 tokens; both heads' poolings read the same from them."""
+    from harness.aggregators import ClsPool, MeanPool
+
+    dataset_entry, val = digits
+    summary, passes = cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm", "prenorm"],
+                                    cache_dir=tmp_path, batch_size=64, device="cpu", summary_prefix=1)
+    assert passes == 203
+    for tap in ("norm", "prenorm"):
+        full = reference.tokens[tap]
+        assert summary.tokens[tap].shape == (203, 2, 8) and summary.tokens[tap].dtype == torch.float16
+        assert torch.equal(ClsPool()(summary.tokens[tap]), ClsPool()(full))
+        # the mean is taken before the float16 store, so it differs from the mean of stored tokens by rounding only
+        torch.testing.assert_close(MeanPool(1)(summary.tokens[tap].float()), MeanPool(1)(full.float()),
+                                   rtol=2 ** -8, atol=2 ** -8)  # two float16 roundings
+    assert torch.equal(summary.labels, reference.labels)
+    again, passes = cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm"], cache_dir=tmp_path,
+                                  batch_size=64, device="cpu", summary_prefix=1)
+    assert passes == 0 and torch.equal(again.tokens["norm"], summary.tokens["norm"])
+    everything, passes = cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm"], cache_dir=tmp_path,
+                                       batch_size=64, device="cpu")
+    assert passes == 203 and torch.equal(everything.tokens["norm"], reference.tokens["norm"])  # its own entry
+    assert len(_entries(tmp_path)) == 3
