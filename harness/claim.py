@@ -337,6 +337,7 @@ def claim_analysis(results: pd.DataFrame) -> ClaimAnalysis:
 
 TITLE = "Mean pooling vs [cls]"
 EMPTY = "No results have both cls and mean heads for a backbone, dataset and protocol."
+WIDE_TERMINAL = 160  # columns below which the verdict table is printed as one record per row
 VERDICT_HEADERS = ["Backbone", "Dataset", "Protocol", "Seeds", "cls lr*", "mean lr*", "cls top-1", "mean top-1",
                    "Δ tuned [95% CI]", "TOST p", "Verdict (tuned)", "Δ at cls lr [95% CI]", "Verdict (cls lr)"]
 METHOD = (
@@ -443,12 +444,24 @@ def claim_terminal(table: pd.DataFrame, console: Console) -> None:
     if table.empty:
         console.print(f"{TITLE}: {EMPTY}", markup=False, highlight=False)
         return
-    out = Table(title=escape(TITLE), caption="d = mean - cls, top-1 points; TOST at the grid's margin, alpha 0.05")
-    for header in VERDICT_HEADERS:
-        out.add_column(escape(header), overflow="fold")
-    for row in _display_rows(table):
-        out.add_row(*(escape(cell) for cell in row))
-    console.print(out)
+    caption = "d = mean - cls, top-1 points; TOST at the grid's margin, alpha 0.05"
+    if console.width >= WIDE_TERMINAL:
+        out = Table(title=escape(TITLE), caption=caption)
+        for header in VERDICT_HEADERS:
+            out.add_column(escape(header), overflow="fold")
+        for row in _display_rows(table):
+            out.add_row(*(escape(cell) for cell in row))
+        console.print(out)
+    else:  # thirteen columns do not fit: one two-column record per backbone, dataset and protocol
+        console.print(escape(TITLE), style="bold", highlight=False)
+        for row in _display_rows(table):
+            record = Table(title=escape(" · ".join(row[:3])), show_header=False, title_justify="left")
+            record.add_column(style="bold")
+            record.add_column(overflow="fold")
+            for header, cell in zip(VERDICT_HEADERS[3:], row[3:]):
+                record.add_row(escape(header), escape(cell))
+            console.print(record)
+        console.print(caption, markup=False, highlight=False)
     for note in _notes(table):
         console.print(note, markup=False, highlight=False)
 

@@ -235,3 +235,14 @@ def test_mean_diverged_at_the_cls_lr_is_reported_not_dropped_silently():
     row = one(results)
     assert row.verdict == "equivalent" and row.untuned_n_seeds == 0 and row.untuned_verdict == "inconclusive"
     assert "no ok head at the cls-selected lr for 5 seed(s)" in row.note
+
+
+def test_narrow_terminal_prints_one_record_per_row_within_its_width():
+    results = pd.concat([generate(backbone="demo<b>", random_init=True), generate(mean_peak=77.0, noise=0.2)])
+    claim = claim_analysis(results)
+    console = Console(record=True, width=80)
+    claim_terminal(claim.table, console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert text.count("Verdict (tuned)") == len(claim.table) == 2 and "cls better" in text
+    assert "demo<b> (random-init) · " in text and "TOST at the grid's margin" in text
