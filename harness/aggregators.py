@@ -194,8 +194,12 @@ class StackedPool(nn.Module):
         """Pooled features (N, B, D') of N heads' parameters `p` on the same tokens (B, T, D)."""
         raise NotImplementedError
 
+    def own_stack(self) -> Params:
+        """This module's own parameters as a stack of one head."""
+        return {k: v.unsqueeze(0) for k, v in self.named_parameters()}
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.stacked({k: v.unsqueeze(0) for k, v in self.named_parameters()}, tokens)[0]
+        return self.stacked(self.own_stack(), tokens)[0]
 
 
 class SelfAttention(nn.Module):
@@ -268,7 +272,7 @@ class ABMILPPool(StackedPool):
 
     def forward_with_attn(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One head: (pooled (B, D), attention weights (B, T, 1)), as the official module returns them."""
-        pooled, attn = self.stacked_with_attn({k: v.unsqueeze(0) for k, v in self.named_parameters()}, tokens)
+        pooled, attn = self.stacked_with_attn(self.own_stack(), tokens)
         return pooled[0], attn[0].unsqueeze(-1)
 
 

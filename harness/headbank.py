@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from harness.aggregators import Head, NotApplicable, build_head
+from harness.aggregators import Head, NotApplicable, StackedPool, build_head
 from harness.head_optim import effective_lr, new_state, update
 from harness.registry import AggregatorEntry
 
@@ -135,6 +135,12 @@ class _Group:
         self.step += 1
 
 
+def _stacked_linear(heads: list[Head], device: torch.device) -> tuple[Tensor, Tensor]:
+    """The heads' linear layers as a (N, D, C) weight (transposed, for baddbmm) and a (N, C) bias."""
+    weight = torch.stack([h.linear.weight.detach().T for h in heads]).to(device).contiguous()
+    return weight, torch.stack([h.linear.bias.detach() for h in heads]).to(device)
+
+
 class _LinearGroup(_Group):
     """Heads with a parameter-free pooling: pool and BatchNorm once, then every head's linear layer in one batched
     matmul, with the cross-entropy gradient written out by hand into buffers kept across steps (no autograd
@@ -144,8 +150,7 @@ class _LinearGroup(_Group):
     def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
                  device: torch.device):
         self.pool, self.norm = heads[0].pooler.to(device), heads[0].norm.to(device)
-        self.weight = torch.stack([h.linear.weight.detach().T for h in heads]).to(device).contiguous()
-        self.bias = torch.stack([h.linear.bias.detach() for h in heads]).to(device)
+        self.weight, self.bias = _stacked_linear(heads, device)
         self.grads = [torch.empty_like(self.weight), torch.empty_like(self.bias)]
         super().__init__(members, specs, batch_size, device)
 
@@ -190,10 +195,8 @@ class _AttentionGroup(_Group):
         self.pooler = heads[0].pooler.to(device)  # its structure and options; its own weights are not read
         self.names = [name for name, _ in self.pooler.named_parameters()]
         own = [dict(h.pooler.named_parameters()) for h in heads]
-        stacks = [torch.stack([o[name].detach() for o in own]) for name in self.names]
-        stacks += [torch.stack([h.linear.weight.detach().T for h in heads]), torch.stack([h.linear.bias.detach()
-                                                                                            for h in heads])]
-        self.params = [p.to(device).contiguous().requires_grad_() for p in stacks]
+        stacks = [torch.stack([o[name].detach() for o in own]).to(device).contiguous() for name in self.names]
+        self.params = [p.requires_grad_() for p in (*stacks, *_stacked_linear(heads, device))]
         self.norm, self.running = heads[0].norm, None  # its eps and momentum
         if isinstance(self.norm, nn.BatchNorm1d):
             self.running = [torch.stack([getattr(h.norm, k) for h in heads]).to(device).contiguous()
@@ -256,7 +259,7 @@ class HeadBank:
             members.append(i)
             heads.append(head)
         self.groups: list[_Group] = [
-            (_AttentionGroup if any(True for _ in heads[0].pooler.parameters()) else _LinearGroup)(
+            (_AttentionGroup if isinstance(heads[0].pooler, StackedPool) else _LinearGroup)(
                 members, self.specs, heads, batch_size, device) for members, heads in stacks.values()]
 
     @property

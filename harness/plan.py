@@ -161,7 +161,7 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
             if summary_only(a.kind for a in aggregators):
                 tokens = int(backbone.class_token) + 1  # the prefix tokens and the patch mean
             taps = sorted({a.tap for a in aggregators})
-            cache = sum(predict_cache_bytes(n, tokens, width, taps) for n in (sizes or {"all": images}).values())
+            cache = sum(predict_cache_bytes(n, tokens, width, taps) for n in (sizes.values() if sizes else [images]))
     speed, source = backbone.images_per_s, "registered 1-GPU"
     if speed is None and trial.backbone in measured_speed:
         speed, source = measured_speed[trial.backbone], "measured (earlier results)"

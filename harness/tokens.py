@@ -3,9 +3,10 @@
 The backbone is the expensive part, so every tap a grid asks for comes out of ONE forward per batch, and the
 `cached` protocol writes them once (float16, memory-mapped for training) so a later sweep over the same
 backbone and dataset reruns nothing. A cache entry is one (backbone, weights checksum, dataset, split,
-transform, tap, and every token or only the [cls]/mean summary); it is written in a temporary folder, fsynced, and renamed into place as the last step, so
-an interrupted writer leaves only a temporary folder that is never read, and two writers of the same key
-cannot mix their files (the second rename fails and that writer reads the first one's entry).
+transform, tap, and every token or only the [cls]/mean summary); it is written in a temporary folder, fsynced,
+and renamed into place as the last step, so an interrupted writer leaves only a temporary folder that is never
+read, and two writers of the same key cannot mix their files (the second rename fails and that writer reads the
+first one's entry).
 """
 
 from __future__ import annotations
