@@ -26,11 +26,11 @@ import torch
 from torch.utils.data import TensorDataset
 
 import harness
-from harness.backbones import Backbone
-from harness.cache_space import human_bytes, predict_cache_bytes
-from harness.data import load_splits
+from harness.models.backbones import Backbone
+from harness.tokens.space import human_bytes, predict_cache_bytes
+from harness.data.splits import load_splits
 from harness.registry import load_registry
-from harness.tokens import cached_tokens, extract_tokens
+from harness.tokens.cache import cached_tokens, extract_tokens
 
 OUT = Path(__file__).resolve().parent / "out"
 IMAGENET = {"train": 1_268_355, "val": 12_812, "test": 50_000}  # pool 1,281,167 minus the seeded 1% hold-out

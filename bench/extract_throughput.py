@@ -5,7 +5,7 @@ Random weights, the registered entries' architectures, the harness's own `Backbo
   against the default (fused scaled-dot-product attention on; bf16 autocast on CUDA, float32 on a CPU):
   `fp32` (no autocast; CUDA only), `unfused` (timm's explicit softmax attention), `channels_last` (the
   patch-embedding convolution's input layout), `compile` (`torch.compile` of forward_taps, shapes in `--compile`);
-- `tensors`: `harness.tokens.extract_tokens` over pre-decoded float images in host memory (loader, pinned
+- `tensors`: `harness.tokens.cache.extract_tokens` over pre-decoded float images in host memory (loader, pinned
   host-to-device copy, float16 copy-out one batch late);
 - `pipeline`: `extract_tokens` over JPEG files decoded by PIL and the harness's ImageNet eval transform (resize,
   centre crop, normalise), with the default loader workers and, for the first shape, with none: the decode
@@ -36,10 +36,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from harness.backbones import Backbone, build_model
-from harness.data import build_transform
+from harness.models.backbones import Backbone, build_model
+from harness.data.splits import build_transform
 from harness.registry import BackboneEntry, load_registry
-from harness.tokens import extract_tokens, extraction_precision, loader_workers
+from harness.tokens.cache import extract_tokens, extraction_precision, loader_workers
 
 SHAPES = {"tiny": "demo-mae-tiny", "vits16": "dino-vit-s16", "vitb16": "mae-vit-b16", "vitl16": "mae-vit-l16",
           "vith14": "mae-vit-h14"}

@@ -33,11 +33,11 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from harness.aggregators import build_head
-from harness.backbones import Backbone, build_model
-from harness.headbank import HeadBank, HeadSpec
+from harness.heads.aggregators import build_head
+from harness.models.backbones import Backbone, build_model
+from harness.heads.bank import HeadBank, HeadSpec
 from harness.registry import load_registry
-from harness.tokens import backbone_autocast
+from harness.tokens.cache import backbone_autocast
 
 SHAPES = {"tiny": "demo-mae-tiny", "vitb16": "mae-vit-b16"}  # registry entries, built with random weights
 ONE_HEAD = {"cls": "sgd", "mean": "sgd", "abmilp": "lars", "query": "adamw", "ep": "adamw"}  # their papers' optimizers

@@ -1,6 +1,6 @@
 """How long does `write_leaderboards` take on a 1,000,000-row results store? (target: under 10 s, 2 cores)
 
-Writes a synthetic store through `harness.store.write_trial` (one file per trial, as a sweep does), then times
+Writes a synthetic store through `harness.results.store.write_trial` (one file per trial, as a sweep does), then times
 `write_leaderboards` end to end twice (read, select, claim test, render Markdown + HTML), checks that the two
 regenerations wrote byte-identical pages, and times its stages separately: read_results (the columns the pages
 need), build_boards, claim_analysis (computed once for both pages), and rendering both pages. The machine may be
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.store import SCHEMA_VERSION, read_results, write_trial
+from harness.results.store import SCHEMA_VERSION, read_results, write_trial
 
 AGGREGATORS = ("cls", "mean", "abmilp", "query", "ep")
 DATASETS = ("digits", "cifar10", "cifar100", "flowers", "pets")
@@ -91,10 +91,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "leaderboard_scale.json")
     parser.add_argument("--root", type=Path, help="keep the store here (reused if it has rows; default: temporary)")
     args = parser.parse_args()
-    from harness.claim import claim_analysis, claim_html, claim_markdown
-    from harness.leaderboard import COLUMNS, markdown_page, write_leaderboards
-    from harness.leaderboard_html import html_page
-    from harness.leaderboard_model import build_boards
+    from harness.report.claim import claim_analysis, claim_html, claim_markdown
+    from harness.report.leaderboard import COLUMNS, markdown_page, write_leaderboards
+    from harness.report.html import html_page
+    from harness.report.boards import build_boards
 
     root = args.root or Path(tempfile.mkdtemp(prefix="leaderboard-scale-"))
     try:

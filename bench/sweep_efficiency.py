@@ -35,15 +35,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import store
-from harness.backbones import Backbone, load_backbone
-from harness.data import Splits, load_splits
-from harness.headbank import HeadBank
-from harness.plan import TrialPlan, expand
+from harness.results import store
+from harness.models.backbones import Backbone, load_backbone
+from harness.data.splits import Splits, load_splits
+from harness.heads.bank import HeadBank
+from harness.run.plan import TrialPlan, expand
 from harness.registry import Grid, HeadGroup, load_registry
-from harness.tokens import TokenSet, backbone_autocast, extract_tokens
-from harness.trial import make_bank
-from harness.train import train_cached
+from harness.tokens.cache import TokenSet, backbone_autocast, extract_tokens
+from harness.run.trial import make_bank
+from harness.heads.train import train_cached
 
 OPTIMIZER = {"cls": "sgd", "mean": "sgd", "abmilp": "lars", "query": "adamw", "ep": "adamw"}  # their papers'
 LOG10_LR = {"sgd": (-3.0, 0.5), "lars": (-3.0, 0.5), "adamw": (-5.0, -1.5)}  # lr grid range per optimizer
@@ -67,7 +67,7 @@ def sync(device: torch.device) -> None:
 
 
 def prepare(plan: TrialPlan, device: torch.device) -> tuple[Backbone, Splits, HeadBank]:
-    """The trial's backbone, splits and head bank, built as `harness.trial.run_trial` builds them."""
+    """The trial's backbone, splits and head bank, built as `harness.run.trial.run_trial` builds them."""
     registry = load_registry()
     backbone = load_backbone(plan.backbone, plan.weights, device=device)
     splits = load_splits(registry.dataset(plan.dataset), backbone.entry)
@@ -154,7 +154,7 @@ def naive_sweep(plans: list[TrialPlan], cpus: float, gpus: float) -> tuple[float
 
 
 def ray_start(cpus: float, gpus: float) -> float:
-    from harness.sweep import connect
+    from harness.run.sweep import connect
 
     t = time.perf_counter()
     connect(None, num_cpus=int(cpus), num_gpus=gpus)
@@ -188,7 +188,7 @@ def main() -> None:
 
     before = {p.backbone: floor(p, device) for p in plans}
 
-    from harness.sweep import run_sweep  # imports Ray: after the floor, so (a) and (h) run without it
+    from harness.run.sweep import run_sweep  # imports Ray: after the floor, so (a) and (h) run without it
     import ray
 
     with tempfile.TemporaryDirectory(prefix="sweep-eff-") as tmp:

@@ -45,7 +45,7 @@ VARIANTS = {  # name -> (environment, extra ray.init keyword arguments)
     "loggers": ({"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0"}, {}),
     "prestart-off": ({}, {"_system_config": {"enable_worker_prestart": False}}),
 }
-IMPORTS = ("ray", "ray.tune", "harness.sweep", "torch", "timm", "harness.trial", "sklearn.model_selection")
+IMPORTS = ("ray", "ray.tune", "harness.run.sweep", "torch", "timm", "harness.run.trial", "sklearn.model_selection")
 
 
 def plans(args: argparse.Namespace) -> list:
@@ -53,7 +53,7 @@ def plans(args: argparse.Namespace) -> list:
     sys.path.insert(0, str(ROOT / "bench"))
     from sweep_efficiency import make_grid
 
-    from harness.plan import expand
+    from harness.run.plan import expand
     from harness.registry import load_registry
 
     grid_args = argparse.Namespace(backbones=args.backbones, dataset=args.dataset, aggregators=args.aggregators,
@@ -68,8 +68,8 @@ def sweep_once(args: argparse.Namespace) -> dict:
 
     import ray
 
-    import harness.sweep as sweep
-    from harness import store
+    import harness.run.sweep as sweep
+    from harness.results import store
 
     trial_plans, gpus = plans(args), 1.0 if args.device == "cuda" else 0.0
     events: dict[str, float] = {}
@@ -132,7 +132,7 @@ def trial_once(args: argparse.Namespace) -> dict:
     import ray.tune  # noqa: F401
     import torch
 
-    from harness.trial import run_trial
+    from harness.run.trial import run_trial
 
     torch.set_num_threads(args.cpus)
     out = {}
@@ -156,10 +156,10 @@ def extract_once(args: argparse.Namespace) -> dict:
     """Seconds of extract_tokens over all splits, per backbone: batched transform against per image (best of 2)."""
     import torch
 
-    from harness.backbones import load_backbone
-    from harness.data import LabelledView, load_splits
+    from harness.models.backbones import load_backbone
+    from harness.data.splits import LabelledView, load_splits
     from harness.registry import load_registry
-    from harness.tokens import extract_tokens
+    from harness.tokens.cache import extract_tokens
 
     torch.set_num_threads(args.cpus)
     registry, batched = load_registry(), LabelledView.__getitems__

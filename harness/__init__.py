@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "load_backbone":
-        from harness.backbones import load_backbone
+        from harness.models.backbones import load_backbone
 
         return load_backbone
     raise AttributeError(f"module 'harness' has no attribute {name!r}")

@@ -92,8 +92,8 @@ def _sweep_grid(args: argparse.Namespace, reg):
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
-    from harness.plan import expand, without_done
-    from harness import store
+    from harness.run.plan import expand, without_done
+    from harness.results import store
 
     reg = load_registry()
     grid = _sweep_grid(args, reg)
@@ -111,7 +111,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
         console.print(f"Nothing to run: all {total} heads of grid '{grid.name}' ({len(trials)} trials) already have "
                       f"results under {results_dir} (use --force to rerun them).")
         return 0
-    from harness.sweep import git_commit, run_sweep
+    from harness.run.sweep import git_commit, run_sweep
 
     commit = git_commit()
     cache_dir = str(Path(args.cache_dir).resolve()) if args.cache_dir else None
@@ -159,8 +159,8 @@ def _measured(results) -> tuple[dict[str, float], dict[str, int]]:
 
 def _print_plan(console: Console, reg, trials, todo, results) -> None:
     """The trials, backbone passes, heads, token cache and estimated hours of a sweep, without running it."""
-    from harness.cache_space import human_bytes
-    from harness.plan import trial_cost
+    from harness.tokens.space import human_bytes
+    from harness.run.plan import trial_cost
 
     speed, images = _measured(results)
     costs = [trial_cost(t, reg, measured_speed=speed, measured_images=images) for t in trials]
@@ -212,7 +212,7 @@ def _in_project(path: Path, project: Path) -> str:
 
 def cmd_submit(args: argparse.Namespace, console: Console) -> int:
     """Submit `harness sweep` as a Ray job running in a copy of this project; print how to follow it."""
-    from harness.sweep import submit_job, wait_job
+    from harness.run.sweep import submit_job, wait_job
 
     reg = load_registry()
     grid = _sweep_grid(args, reg)  # fail here, not on the cluster, on a bad grid or name
@@ -244,9 +244,9 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
-    from harness import store
-    from harness.leaderboard import COLUMNS, render_terminal, write_leaderboards
-    from harness.leaderboard_model import build_boards
+    from harness.results import store
+    from harness.report.leaderboard import COLUMNS, render_terminal, write_leaderboards
+    from harness.report.boards import build_boards
 
     results_dir = _results_dir(args)
     results = store.read_results(results_dir, COLUMNS)
@@ -261,8 +261,8 @@ def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_claim(args: argparse.Namespace, console: Console) -> int:
-    from harness import store
-    from harness.claim import INPUT_COLUMNS, claim_table, claim_terminal
+    from harness.results import store
+    from harness.report.claim import INPUT_COLUMNS, claim_table, claim_terminal
 
     results_dir = _results_dir(args)
     results = store.read_results(results_dir, INPUT_COLUMNS)
@@ -273,7 +273,7 @@ def cmd_claim(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_results(args: argparse.Namespace, console: Console) -> int:
-    from harness import store
+    from harness.results import store
 
     results_dir = _results_dir(args)
     if args.results_command == "export":

@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def fixtures_root() -> Path:
-    """`HARNESS_FIXTURES_DIR`, else `../shared/fixtures` beside the project."""
-    return Path(os.environ.get("HARNESS_FIXTURES_DIR", ROOT.parent / "shared" / "fixtures"))
+    """`HARNESS_FIXTURES_DIR`, else the repository's own copy, `tests/fixtures` (see its README)."""
+    return Path(os.environ.get("HARNESS_FIXTURES_DIR", ROOT / "tests" / "fixtures"))
 
 
 def manifests(kind: str) -> list[Path]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.aggregators import NotApplicable, build_head, sincos_pos_embed_2d
+from harness.heads.aggregators import NotApplicable, build_head, sincos_pos_embed_2d
 from harness.errors import HarnessError
 from harness.registry import AggregatorEntry, load_registry
 from conftest import manifests

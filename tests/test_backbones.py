@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import harness
-from harness.backbones import Backbone, build_model, convert_checkpoint
+from harness.models.backbones import Backbone, build_model, convert_checkpoint
 from harness.errors import HarnessError
 from harness.registry import ARCH_OVERRIDE_KEYS, load_registry
-from harness.weights import load_checkpoint, sha256_of
+from harness.models.weights import load_checkpoint, sha256_of
 from conftest import fixtures_root, manifests
 
 # The registered ViT-B (or, for I-JEPA, ViT-H) entry whose layout each family's parity fixture shares.

@@ -15,7 +15,7 @@ from rich.console import Console
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import DescrStatsW, ttost_paired
 
-from harness.claim import (ALPHA, CLAIM_COLUMNS, _power, claim_analysis, claim_curves, claim_html, claim_markdown,
+from harness.report.claim import (ALPHA, CLAIM_COLUMNS, _power, claim_analysis, claim_curves, claim_html, claim_markdown,
                            claim_table, claim_terminal, compare, mean_ci, seeds_needed, tost_paired)
 from harness.registry import load_registry
 
@@ -205,7 +205,7 @@ def test_empty_results_render():
 
 
 def test_claim_module_imports_neither_torch_nor_ray():
-    code = "import sys, harness.claim; sys.exit(bool({'torch', 'ray'} & set(sys.modules)))"
+    code = "import sys, harness.report.claim; sys.exit(bool({'torch', 'ray'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import store
-from harness.plan import expand
+from harness.results import store
+from harness.run.plan import expand
 from harness.registry import load_registry
 from raynodes import auth_env, start_head, start_worker, wait_for_nodes
 

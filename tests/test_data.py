@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.cache_space import planned_split_sizes
-from harness.data import load_splits
+from harness.tokens.space import planned_split_sizes
+from harness.data.splits import load_splits
 from harness.errors import HarnessError
 from harness.registry import load_registry
-from harness.sources import imagefolder_entry, stratified_split
+from harness.data.sources import imagefolder_entry, stratified_split
 from token_fakes import ENTRY
 
 DEMO = replace(ENTRY, img_size=32, patch_size=8)

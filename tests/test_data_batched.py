@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from harness.data import load_splits
+from harness.data.splits import load_splits
 from harness.registry import load_registry
 
 

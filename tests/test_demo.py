@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from harness import store
-from harness.claim import claim_analysis
-from harness.selection import select_best
+from harness.results import store
+from harness.report.claim import claim_analysis
+from harness.results.selection import select_best
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.tokens import cache_entry_dir, cache_key, cached_tokens, extract_tokens, extraction_precision, \
+from harness.tokens.cache import cache_entry_dir, cache_key, cached_tokens, extract_tokens, extraction_precision, \
     loader_workers
 from token_fakes import FakeBackbone, digits_val
 

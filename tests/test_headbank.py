@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 
-from harness.aggregators import build_head
-from harness.head_optim import effective_lr, new_state, update
-from harness.headbank import HeadBank, HeadSpec, lr_at
+from harness.heads.aggregators import build_head
+from harness.heads.optim import effective_lr, new_state, update
+from harness.heads.bank import HeadBank, HeadSpec, lr_at
 from harness.registry import AggregatorEntry
-from harness.tokens import TokenSet
-from harness.train import epoch_order, online_loader, token_batches, train_cached, train_online
+from harness.tokens.cache import TokenSet
+from harness.heads.train import epoch_order, online_loader, token_batches, train_cached, train_online
 from single_thread import one_thread  # noqa: F401 (autouse fixture)
 
 D, T, C, PREFIX, HEADS = 16, 9, 5, 1, 4

@@ -13,10 +13,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.headbank import HeadBank, HeadSpec
+from harness.heads.bank import HeadBank, HeadSpec
 from harness.registry import AggregatorEntry
-from harness.tokens import TokenSet
-from harness.train import total_steps, train_cached
+from harness.tokens.cache import TokenSet
+from harness.heads.train import total_steps, train_cached
 from single_thread import one_thread  # noqa: F401 (autouse fixture)
 
 D, PATCHES, C, BATCH, EPOCHS = 32, 16, 4, 64, 12

@@ -15,11 +15,11 @@ import pytest
 from results_factory import make_row
 from rich.console import Console
 
-from harness.leaderboard import render_markdown, render_terminal, write_leaderboards
-from harness.leaderboard_html import render_html
-from harness.leaderboard_model import build_boards
+from harness.report.leaderboard import render_markdown, render_terminal, write_leaderboards
+from harness.report.html import render_html
+from harness.report.boards import build_boards
 from harness.registry import REGISTRY_DIR, load_registry
-from harness.store import read_results, write_trial
+from harness.results.store import read_results, write_trial
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -152,7 +152,7 @@ def test_terminal_tables_show_cells_and_never_read_markup(registry):
 
 
 def test_leaderboard_modules_import_no_torch_or_ray():
-    code = ("import sys, harness.leaderboard, harness.store, harness.selection\n"
+    code = ("import sys, harness.report.leaderboard, harness.results.store, harness.results.selection\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'ray')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

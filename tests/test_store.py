@@ -15,8 +15,8 @@ import pytest
 from results_factory import T0, make_curve, make_row
 
 from harness.errors import HarnessError
-from harness.selection import select_best
-from harness.store import (CURVES_SCHEMA, RESULTS_SCHEMA, completed_hashes, export, query, read_curves,
+from harness.results.selection import select_best
+from harness.results.store import (CURVES_SCHEMA, RESULTS_SCHEMA, completed_hashes, export, query, read_curves,
                            read_results, write_trial)
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness import store
+from harness.results import store
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.plan import expand, trial_cost, without_done
+from harness.run.plan import expand, trial_cost, without_done
 from harness.registry import REGISTRY_DIR, load_registry
 from raynodes import auth_env, start_head
 
@@ -126,15 +126,15 @@ def test_bad_backbone_name_is_a_user_error(capsys, tmp_path):
 
 
 def test_sweep_hands_run_options_to_the_trials_without_changing_their_hashes(capsys, tmp_path, monkeypatch):
-    import harness.sweep
+    import harness.run.sweep
 
     seen = {}
 
     def fake_run_sweep(plans, **kwargs):
         seen.update(plans=plans, **kwargs)
-        return harness.sweep.SweepSummary(trials=len(plans), heads=sum(len(p.heads) for p in plans))
+        return harness.run.sweep.SweepSummary(trials=len(plans), heads=sum(len(p.heads) for p in plans))
 
-    monkeypatch.setattr(harness.sweep, "run_sweep", fake_run_sweep)
+    monkeypatch.setattr(harness.run.sweep, "run_sweep", fake_run_sweep)
     code, out = _run(capsys, "sweep", "--grid", TINY, "--results-dir", str(tmp_path), "--cache-dir", "tok",
                      "--download", "--max-retries", "3", "--no-leaderboard", "--backbones", "demo-mae-tiny")
     assert code == 0 and "1 of 1 trials, 2 of 2 heads to run (no results yet)" in out
@@ -156,7 +156,7 @@ def test_submit_refuses_paths_the_job_cannot_see(capsys, tmp_path):
 
 
 def test_progress_without_a_terminal_prints_one_line_per_change():
-    from harness.sweep import _StoreAndShow
+    from harness.run.sweep import _StoreAndShow
 
     reg = load_registry()
     plans = expand(reg.grid(TINY), reg)
@@ -177,7 +177,7 @@ def test_progress_without_a_terminal_prints_one_line_per_change():
 
 
 def test_progress_on_a_terminal_is_a_live_table():
-    from harness.sweep import _StoreAndShow
+    from harness.run.sweep import _StoreAndShow
 
     reg = load_registry()
     out = io.StringIO()
@@ -222,7 +222,7 @@ def _test_registry(folder: Path, port: int) -> Path:
     """The project's registry plus two tiny MAE-layout backbones whose weights come from the test server."""
     import torch
 
-    from harness.backbones import build_model
+    from harness.models.backbones import build_model
 
     shutil.copytree(REGISTRY_DIR, folder)
     entries = ""
@@ -347,7 +347,7 @@ class _AgentStartingClient:
 
 
 def test_submit_waits_for_a_starting_job_agent_then_names_the_problem(monkeypatch, tmp_path):
-    from harness import sweep
+    from harness.run import sweep
 
     client = _AgentStartingClient(busy=2)  # two 1 s waits
     monkeypatch.setattr(sweep, "_job_client", lambda address: (client, "http://head:8265"))
@@ -364,7 +364,7 @@ def test_cls_and_mean_trials_cache_summaries_and_attention_trials_every_token(tm
     """What a cached trial stores follows its heads, and the dry run's estimate predicts it."""
     import json
 
-    from harness.trial import run_trial
+    from harness.run.trial import run_trial
 
     reg = load_registry()
     for body, tokens in (("", 2), ('[heads.ep]\noptimizer = "adamw"\nlr = [0.001]\n', 17)):

@@ -9,7 +9,7 @@ import pytest
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 from ray.tune.utils.callback import _create_default_callbacks
 
-from harness.sweep import _without_tune_loggers
+from harness.run.sweep import _without_tune_loggers
 
 KEY = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 LOGGERS = (CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback)

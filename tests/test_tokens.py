@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from harness.cache_space import ensure_cache_space, predict_cache_bytes
+from harness.tokens.space import ensure_cache_space, predict_cache_bytes
 from harness.errors import HarnessError
-from harness.tokens import cache_entry_dir, cache_key, cached_tokens, extract_tokens
+from harness.tokens.cache import cache_entry_dir, cache_key, cached_tokens, extract_tokens
 from token_fakes import ENTRY, FakeBackbone, digits_val
 
 HERE = Path(__file__).resolve().parent
@@ -182,7 +182,7 @@ def test_cache_dir_defaults_to_the_setting(digits, monkeypatch, tmp_path):
 
 
 def test_augmented_split_is_never_cached(tmp_path):
-    from harness.data import load_splits
+    from harness.data.splits import load_splits
 
     dataset_entry = digits_val()[0]
     train = load_splits(dataset_entry, ENTRY, augment=True).train
@@ -193,7 +193,7 @@ def test_augmented_split_is_never_cached(tmp_path):
 
 def test_registered_demo_backbone_through_the_cache(tmp_path):
     import harness
-    from harness.data import load_splits
+    from harness.data.splits import load_splits
 
     backbone = harness.load_backbone("demo-mae-tiny")
     dataset_entry = digits_val()[0]
@@ -209,7 +209,7 @@ def test_registered_demo_backbone_through_the_cache(tmp_path):
 
 def test_summary_entries_hold_prefix_and_patch_mean_and_pool_as_all_tokens_do(digits, reference, tmp_path):
     """A [cls]/mean-only trial caches num_prefix + 1 tokens; both heads' poolings read the same from them."""
-    from harness.aggregators import ClsPool, MeanPool
+    from harness.heads.aggregators import ClsPool, MeanPool
 
     dataset_entry, val = digits
     summary, passes = cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm", "prenorm"],

@@ -43,7 +43,7 @@ class FakeBackbone(torch.nn.Module):
 
 def digits_val(entry: BackboneEntry = ENTRY):
     """The digits entry and its val split (203 images), preprocessed for `entry`."""
-    from harness.data import load_splits
+    from harness.data.splits import load_splits
     from harness.registry import load_registry
 
     dataset = load_registry().dataset("digits")
@@ -54,7 +54,7 @@ if __name__ == "__main__":
     from torch.utils.data import TensorDataset
 
     from harness.registry import load_registry
-    from harness.tokens import cached_tokens
+    from harness.tokens.cache import cached_tokens
 
     images, labels = torch.load(sys.argv[3])
     cached_tokens(FakeBackbone(delay_s=float(sys.argv[2])), load_registry().dataset("digits"), "val",

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import harness  # noqa: E402
-from harness.backbones import Backbone, build_model  # noqa: E402
+from harness.models.backbones import Backbone, build_model  # noqa: E402
 from harness.registry import ARCH_OVERRIDE_KEYS, load_registry  # noqa: E402
 
 FAMILY_ENTRY = {"mae": "mae-vit-b16", "simmim": "simmim-vit-b16", "dino": "dino-vit-b16", "ibot": "ibot-vit-b16",

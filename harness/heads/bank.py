@@ -1,0 +1,350 @@
+"""The head bank: every readout head of a trial trained together from the same tokens.
+
+The DINOv2 linear-evaluation pattern, generalised to attention heads: heads live side by side, each with its own
+optimizer settings, schedule, seed-determined initialisation and metrics, and they share no parameters. Nothing
+global couples them (no total-norm clipping, no shared scaler, no check on a summed loss).
+
+Heads that step together (the same aggregator, options, optimizer and data order: the same seed, or any seed with
+`shared_order`, as in the online protocol) are kept in groups with their parameters stacked on a leading head axis:
+- linear groups: heads whose pooling has no parameters ([cls], mean). Their pooling and BatchNorm (affine=False,
+  so a function of the batch alone: every head of the group would compute the same numbers and the same running
+  statistics) run once per batch, then one batched matmul gives every head's logits, and one optimizer update
+  moves all heads with per-head lr and wd tensors.
+- attention groups (abmilp, query, ep): the pooler pools the shared tokens for every head of the stack in batched
+  kernels (`StackedPool.stacked`), then per-head BatchNorm and linear layers; one autograd pass, one update.
+A head's products are matrices of their own, of the same shapes whatever its stack, so in one CPU thread a head
+computes bit for bit what it computes alone (the tests); with several threads or on a GPU a kernel may split a
+reduction differently for another stack size, a rounding-level difference (bench/head_bank.py reports it).
+Divergence is tracked on the device without a sync per step: a head whose loss or weights turn non-finite is
+marked with the step where it happened; at the next evaluation (every epoch) it is recorded as diverged and
+removed from its stack. Until then its non-finite numbers stay in its own slice (every operation is per head),
+so every other head's results are the same as without it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from harness.heads.aggregators import Head, NotApplicable, StackedPool, build_head
+from harness.heads.optim import effective_lr, new_state, update
+from harness.registry import AggregatorEntry
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One head of the bank: an aggregator with its optimizer settings and seed."""
+
+    head_id: str
+    config_hash: str
+    aggregator: AggregatorEntry
+    options: dict
+    optimizer: str
+    lr: float
+    wd: float
+    seed: int
+
+
+@dataclass
+class HeadOutcome:
+    """What one head produced; `status` is ok, diverged or not-applicable."""
+
+    status: str = "ok"
+    error: str = ""
+    diverged_step: int | None = None
+    train_loss: float | None = None
+    val_top1: float | None = None
+    val_top5: float | None = None
+    test_top1: float | None = None
+    test_top5: float | None = None
+    curves: list[dict] = field(default_factory=list)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Multiplier of the base lr: linear warmup, then half-cosine to zero (the MAE linear-probe schedule)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+_WHY = ("non-finite training loss", "non-finite weights after the optimizer step")
+
+
+class _Group:
+    """Heads that step together: one data order, one optimizer, parameters stacked on a head axis."""
+
+    def __init__(self, members: list[int], specs: Sequence[HeadSpec], batch_size: int, device: torch.device):
+        self.members = members
+        first = specs[members[0]]
+        self.seeds = {specs[i].seed for i in members}
+        self.optimizer, self.tap = first.optimizer, first.aggregator.tap
+        self.base_lr = torch.tensor([effective_lr(specs[i].optimizer, specs[i].lr, batch_size) for i in members],
+                                    dtype=torch.float64, device=device)
+        wd = torch.tensor([specs[i].wd for i in members], dtype=torch.float32, device=device)
+        self.wd = wd if any(specs[i].wd for i in members) else None  # None: no decay pass at all
+        self.step = 0
+        self.bad_step = torch.full((len(members),), -1, dtype=torch.int64, device=device)
+        self.bad_why = torch.zeros(len(members), dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros(len(members), dtype=torch.float64, device=device)
+        self.loss_count = 0
+        self.state = new_state(self.optimizer, self.stacked())
+
+    def stacked(self) -> list[Tensor]:
+        """The parameters as (N, ...) tensors that share storage with the trained ones."""
+        raise NotImplementedError
+
+    def logits(self, tokens: Tensor, train: bool) -> Tensor:
+        """(N, B, num_classes) logits of every head of the group."""
+        raise NotImplementedError
+
+    def loss_and_grads(self, tokens: Tensor, labels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(N,) mean cross-entropy of each head on the batch, and the gradients as `stacked()` lays them out."""
+        raise NotImplementedError
+
+    def keep(self, slots: list[int]) -> None:
+        """Drop every head but `slots` (positions within the group)."""
+        index = torch.tensor(slots, dtype=torch.long, device=self.bad_step.device)
+        self.members = [self.members[s] for s in slots]
+        self.base_lr, self.wd = self.base_lr[index], None if self.wd is None else self.wd[index]
+        self.bad_step, self.bad_why, self.loss_sum = self.bad_step[index], self.bad_why[index], self.loss_sum[index]
+        self.state = [{k: v[index] for k, v in s.items()} for s in self.state]
+
+    def train_step(self, tokens: Tensor, labels: Tensor, multiplier: float) -> None:
+        """Loss, gradients and the optimizer step of every head, then the per-head non-finite bookkeeping."""
+        loss, grads = self.loss_and_grads(tokens, labels)
+        with torch.no_grad():
+            params = self.stacked()
+            update(self.optimizer, params, grads, self.state, lr=(self.base_lr * multiplier).float(), wd=self.wd,
+                   step=self.step)
+            loss_bad = ~torch.isfinite(loss)
+            weights_bad = torch.zeros_like(loss_bad)
+            for p in params:  # a head's sum is non-finite iff one of its weights is (or they overflow)
+                weights_bad |= ~torch.isfinite(p.sum(dim=tuple(range(1, p.dim()))))
+            new = (self.bad_step < 0) & (loss_bad | weights_bad)
+            self.bad_step = torch.where(new, self.step, self.bad_step)
+            self.bad_why = torch.where(new, (~loss_bad).long(), self.bad_why)
+            self.loss_sum += loss.double()
+        self.loss_count += 1
+        self.step += 1
+
+
+def _stacked_linear(heads: list[Head], device: torch.device) -> tuple[Tensor, Tensor]:
+    """The heads' linear layers as a (N, D, C) weight (transposed, for baddbmm) and a (N, C) bias."""
+    weight = torch.stack([h.linear.weight.detach().T for h in heads]).to(device).contiguous()
+    return weight, torch.stack([h.linear.bias.detach() for h in heads]).to(device)
+
+
+class _LinearGroup(_Group):
+    """Heads with a parameter-free pooling: pool and BatchNorm once, then every head's linear layer in one batched
+    matmul, with the cross-entropy gradient written out by hand into buffers kept across steps (no autograd
+    graph, no per-step allocation). Weights are stacked as (N, D, C), so each head's products are their own
+    matrices in the batch, computed the same whatever the stack size."""
+
+    def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
+                 device: torch.device):
+        self.pool, self.norm = heads[0].pooler.to(device), heads[0].norm.to(device)
+        self.weight, self.bias = _stacked_linear(heads, device)
+        self.grads = [torch.empty_like(self.weight), torch.empty_like(self.bias)]
+        super().__init__(members, specs, batch_size, device)
+
+    def stacked(self) -> list[Tensor]:
+        return [self.weight, self.bias]
+
+    def _features(self, tokens: Tensor, train: bool) -> Tensor:
+        self.norm.train(train)
+        return self.norm(self.pool(tokens)).expand(len(self.members), -1, -1)
+
+    @torch.no_grad()
+    def logits(self, tokens: Tensor, train: bool) -> Tensor:
+        return torch.baddbmm(self.bias.unsqueeze(1), self._features(tokens, train), self.weight)
+
+    @torch.no_grad()
+    def loss_and_grads(self, tokens: Tensor, labels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        feats = self._features(tokens, train=True)
+        logp = torch.baddbmm(self.bias.unsqueeze(1), feats, self.weight).log_softmax(-1)
+        target = labels.view(1, -1, 1).expand(len(self.members), -1, 1)
+        loss = -logp.gather(-1, target).squeeze(-1).mean(1)
+        dlogits = logp.exp_().scatter_add_(-1, target, torch.full_like(target, -1, dtype=logp.dtype))
+        dlogits.div_(len(labels))  # d(mean cross-entropy) / d logits = (softmax - one-hot) / B
+        torch.bmm(feats.transpose(1, 2), dlogits, out=self.grads[0])
+        torch.sum(dlogits, dim=1, out=self.grads[1])
+        return loss, self.grads
+
+    def keep(self, slots: list[int]) -> None:
+        index = torch.tensor(slots, dtype=torch.long, device=self.weight.device)
+        self.weight, self.bias = self.weight[index], self.bias[index]
+        self.grads = [torch.empty_like(self.weight), torch.empty_like(self.bias)]
+        super().keep(slots)
+
+
+class _AttentionGroup(_Group):
+    """Heads whose pooling has parameters (abmilp, query, ep): each parameter stacked on a head axis, the pooler's
+    `stacked` pools the shared tokens for every head in batched kernels, then BatchNorm (per head and channel, as
+    one BatchNorm over N * D' channels) and the linear layers as in _LinearGroup. Gradients by autograd of the
+    heads' summed losses: heads share nothing, so each head's gradient is that of its own loss."""
+
+    def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
+                 device: torch.device):
+        self.pooler = heads[0].pooler.to(device)  # its structure and options; its own weights are not read
+        self.names = [name for name, _ in self.pooler.named_parameters()]
+        own = [dict(h.pooler.named_parameters()) for h in heads]
+        stacks = [torch.stack([o[name].detach() for o in own]).to(device).contiguous() for name in self.names]
+        self.params = [p.requires_grad_() for p in (*stacks, *_stacked_linear(heads, device))]
+        self.norm, self.running = heads[0].norm, None  # its eps and momentum
+        if isinstance(self.norm, nn.BatchNorm1d):
+            self.running = [torch.stack([getattr(h.norm, k) for h in heads]).to(device).contiguous()
+                            for k in ("running_mean", "running_var")]
+        super().__init__(members, specs, batch_size, device)
+
+    def stacked(self) -> list[Tensor]:
+        return [p.detach() for p in self.params]
+
+    def logits(self, tokens: Tensor, train: bool) -> Tensor:
+        *pool, weight, bias = self.params
+        feats = self.pooler.stacked(dict(zip(self.names, pool)), tokens)  # (N, B, D')
+        if self.running is not None:
+            n, b, d = feats.shape
+            flat = F.batch_norm(feats.transpose(0, 1).reshape(b, n * d), self.running[0].view(-1),
+                                self.running[1].view(-1), training=train, momentum=self.norm.momentum,
+                                eps=self.norm.eps)
+            feats = flat.view(b, n, d).transpose(0, 1)
+        return torch.baddbmm(bias.unsqueeze(1), feats, weight)
+
+    def loss_and_grads(self, tokens: Tensor, labels: Tensor) -> tuple[Tensor, list[Tensor]]:
+        with torch.enable_grad():
+            logp = self.logits(tokens, train=True).log_softmax(-1)
+            loss = -logp.gather(-1, labels.view(1, -1, 1).expand(len(self.members), -1, 1)).squeeze(-1).mean(1)
+            grads = torch.autograd.grad(loss.sum(), self.params)
+        return loss.detach(), list(grads)
+
+    def keep(self, slots: list[int]) -> None:
+        index = torch.tensor(slots, dtype=torch.long, device=self.params[0].device)
+        self.params = [p.detach()[index].requires_grad_() for p in self.params]
+        if self.running is not None:
+            self.running = [r[index] for r in self.running]
+        super().keep(slots)
+
+
+class HeadBank:
+    """Trains a list of heads on shared token batches; heads never share parameters or optimizer state."""
+
+    def __init__(self, specs: Sequence[HeadSpec], *, embed_dim: int, num_heads: int, num_prefix_tokens: int,
+                 num_classes: int, batch_size: int, total_steps: int, warmup_steps: int, shared_order: bool = False,
+                 device: torch.device | str = "cpu"):
+        """`shared_order`: every head will see the same batches (online protocol), so heads of different seeds may
+        share a stack; otherwise (cached) each seed keeps its own data order and stacks."""
+        self.specs = list(specs)
+        self.total_steps, self.warmup_steps = total_steps, warmup_steps
+        self.outcomes = [HeadOutcome() for _ in self.specs]
+        device = torch.device(device)
+        stacks: dict[str, tuple[list[int], list[Head]]] = {}
+        for i, spec in enumerate(self.specs):
+            torch.manual_seed(spec.seed)  # the seed sets the initialisation
+            try:
+                head = build_head(spec.aggregator, embed_dim=embed_dim, num_heads=num_heads,
+                                  num_prefix_tokens=num_prefix_tokens, num_classes=num_classes, options=spec.options)
+            except NotApplicable as e:
+                self.outcomes[i].status, self.outcomes[i].error = "not-applicable", str(e)
+                continue
+            order = None if shared_order else spec.seed
+            key = json.dumps([spec.aggregator.name, spec.options, spec.optimizer, order], sort_keys=True)
+            members, heads = stacks.setdefault(key, ([], []))
+            members.append(i)
+            heads.append(head)
+        self.groups: list[_Group] = [
+            (_AttentionGroup if isinstance(heads[0].pooler, StackedPool) else _LinearGroup)(
+                members, self.specs, heads, batch_size, device) for members, heads in stacks.values()]
+
+    @property
+    def taps(self) -> list[str]:
+        """The token taps the live heads read, in a fixed order."""
+        return sorted({g.tap for g in self.groups})
+
+    @property
+    def seeds(self) -> list[int]:
+        """Seeds of the live heads: each is one data order in the cached protocol."""
+        return sorted({seed for g in self.groups for seed in g.seeds})
+
+    def parameters_of(self, i: int) -> list[Tensor]:
+        """Head `i`'s current parameters (its slices of the stacks, linear weights as (D, C)); empty when it is
+        not training."""
+        for g in self.groups:
+            if i in g.members:
+                slot = g.members.index(i)
+                return [p[slot].detach() for p in g.stacked()]
+        return []
+
+    def live(self) -> list[int]:
+        """Indices of the heads still training (applicable, not recorded as diverged)."""
+        return sorted(i for g in self.groups for i in g.members)
+
+    def step(self, tokens: Mapping[str, Tensor], labels: Tensor, seed: int | None = None) -> None:
+        """One optimisation step, on one batch, of every head (or of the heads of `seed`, without shared order)."""
+        for g in self.groups:
+            if seed is None or g.seeds == {seed}:
+                g.train_step(tokens[g.tap], labels, lr_at(g.step, self.total_steps, self.warmup_steps))
+
+    def _retire_diverged(self) -> None:
+        """Record the heads marked non-finite since the last call and drop them from their stacks (one sync)."""
+        for g in list(self.groups):
+            steps, whys = g.bad_step.tolist(), g.bad_why.tolist()
+            for i, step, why in zip(g.members, steps, whys):
+                if step >= 0:
+                    o = self.outcomes[i]
+                    o.status, o.error, o.diverged_step = "diverged", f"{_WHY[why]} at step {step}", step
+            slots = [s for s, step in enumerate(steps) if step < 0]
+            if not slots:
+                self.groups.remove(g)
+            elif len(slots) < len(steps):
+                g.keep(slots)
+
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[tuple[Mapping[str, Tensor], Tensor]]) -> list[tuple[float, float] | None]:
+        """Top-1 and top-5 accuracy (percent) of every live head; None for the others."""
+        self._retire_diverged()
+        hits1 = [0] * len(self.groups)
+        hits5 = [0] * len(self.groups)
+        total = 0
+        for tokens, labels in batches:
+            total += len(labels)
+            for k, g in enumerate(self.groups):
+                logits = g.logits(tokens[g.tap], train=False)
+                top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+                hits = top == labels[None, :, None]
+                hits1[k] += hits[..., 0].sum(1)
+                hits5[k] += hits.any(-1).sum(1)
+        out: list[tuple[float, float] | None] = [None] * len(self.specs)
+        for k, g in enumerate(self.groups):
+            if total == 0:
+                continue
+            for i, c1, c5 in zip(g.members, hits1[k].tolist(), hits5[k].tolist()):
+                out[i] = (100.0 * c1 / total, 100.0 * c5 / total)
+        return out
+
+    def end_epoch(self, epoch: int, val: list[tuple[float, float] | None]) -> None:
+        """Record each live head's curve point (effective lr of its last step, mean train loss, val top-1)."""
+        for g in self.groups:
+            losses = (g.loss_sum / max(g.loss_count, 1)).tolist()
+            lrs = (g.base_lr * lr_at(max(g.step - 1, 0), self.total_steps, self.warmup_steps)).tolist()
+            for i, loss, lr in zip(g.members, losses, lrs):
+                self.outcomes[i].train_loss = loss
+                self.outcomes[i].curves.append({"epoch": epoch, "lr": lr, "train_loss": loss,
+                                                "val_top1": val[i][0] if val[i] else None})
+            g.loss_sum.zero_()
+            g.loss_count = 0
+
+    def finish(self, val: list[tuple[float, float] | None],
+               test: list[tuple[float, float] | None]) -> list[HeadOutcome]:
+        """Store the final validation and test metrics of the live heads and return every outcome."""
+        for i in self.live():
+            o = self.outcomes[i]
+            o.val_top1, o.val_top5 = val[i]
+            o.test_top1, o.test_top5 = test[i]
+        return self.outcomes

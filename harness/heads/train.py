@@ -1,0 +1,129 @@
+"""Training loops that feed a head bank: from cached tokens, or online from the backbone on augmented images.
+
+`cached`: tokens are extracted once, so a batch costs a gather, not a backbone pass, and the heads of each seed
+see their own data order (heads sharing a seed share a batch). `online` (the published ImageNet protocol): the
+backbone runs on augmented batches every epoch, one forward per batch for the whole bank, so all heads share one
+data order, set by the bank's smallest seed; there the seeds set only the initialisation.
+Both protocols draw an epoch's order from `epoch_order`, so with augmentation off they train identical heads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from harness.heads.bank import HeadBank, HeadOutcome
+from harness.tokens.cache import TokenSet, backbone_autocast
+
+_EPOCH_STRIDE = 1_000_003  # seeds and epochs map to distinct generator seeds for fewer than this many epochs
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    """Full batches only (BatchNorm needs more than one sample), at least one."""
+    return max(num_train // batch_size, 1)
+
+
+def total_steps(num_train: int, batch_size: int, epochs: int) -> int:
+    return steps_per_epoch(num_train, batch_size) * epochs
+
+
+def warmup_steps(num_train: int, batch_size: int, warmup_epochs: int) -> int:
+    return steps_per_epoch(num_train, batch_size) * warmup_epochs
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The training order of one epoch: a permutation of range(n) fixed by (seed, epoch) alone."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * _EPOCH_STRIDE + epoch))
+
+
+class EpochOrderSampler(Sampler[int]):
+    """`epoch_order(n, seed, epoch)` for epoch 0, 1, ... on successive passes, as the cached loop draws it."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        order = epoch_order(self.n, self.seed, self.epoch)
+        self.epoch += 1
+        return iter(order.tolist())
+
+
+def online_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: int = 0,
+                  pin_memory: bool = False) -> DataLoader:
+    """The online protocol's train loader: full batches in the seeded epoch order; `seed` also seeds the workers'
+    augmentation."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochOrderSampler(len(dataset), seed),
+                      drop_last=len(dataset) >= batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                      generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
+
+
+def token_batches(tokens: TokenSet, taps: list[str], batch_size: int,
+                  device: torch.device | str) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+    """Evaluation batches in stored order."""
+    for start in range(0, len(tokens.labels), batch_size):
+        sl = slice(start, start + batch_size)
+        yield ({tap: tokens.tokens[tap][sl].to(device).float() for tap in taps},
+               tokens.labels[sl].to(device))
+
+
+def _evaluate_and_finish(bank: HeadBank, val: TokenSet, test: TokenSet, batch_size: int,
+                         device: torch.device | str) -> list[HeadOutcome]:
+    taps, eval_batch = bank.taps, max(batch_size, 256)
+    return bank.finish(bank.evaluate(token_batches(val, taps, eval_batch, device)),
+                       bank.evaluate(token_batches(test, taps, eval_batch, device)))
+
+
+def _end_epoch(bank: HeadBank, epoch: int, val: TokenSet, batch_size: int, device: torch.device | str) -> None:
+    bank.end_epoch(epoch, bank.evaluate(token_batches(val, bank.taps, max(batch_size, 256), device)))
+
+
+def train_cached(bank: HeadBank, train: TokenSet, val: TokenSet, test: TokenSet, *, epochs: int, batch_size: int,
+                 device: torch.device | str = "cpu") -> list[HeadOutcome]:
+    """Train every head for `epochs` over the cached train tokens; report val and test metrics per head."""
+    n = len(train.labels)
+    steps = steps_per_epoch(n, batch_size)
+    for epoch in range(epochs):
+        seeds = bank.seeds
+        orders = {seed: epoch_order(n, seed, epoch) for seed in seeds}
+        for k in range(steps):
+            for seed in seeds:
+                idx = orders[seed][k * batch_size:(k + 1) * batch_size]
+                batch = {tap: train.tokens[tap][idx].to(device).float() for tap in bank.taps}
+                bank.step(batch, train.labels[idx].to(device), seed=seed)
+        _end_epoch(bank, epoch, val, batch_size, device)
+    return _evaluate_and_finish(bank, val, test, batch_size, device)
+
+
+def _tokens(backbone: Any, images: torch.Tensor, taps: list[str], chunk: int,
+            device: torch.device) -> dict[str, torch.Tensor]:
+    """Float32 tokens of a batch, the backbone run on at most `chunk` images at a time (bf16 autocast on CUDA),
+    so a large protocol batch (MAE's 16384) never holds more than one chunk's activations."""
+    parts: dict[str, list[torch.Tensor]] = {tap: [] for tap in taps}
+    with torch.no_grad(), backbone_autocast(device):
+        for piece in images.split(chunk):
+            for tap, x in backbone.forward_taps(piece.to(device, non_blocking=True), taps).items():
+                parts[tap].append(x.float())
+    return {tap: torch.cat(xs) for tap, xs in parts.items()}
+
+
+def train_online(bank: HeadBank, backbone: Any, train_loader: DataLoader, val: TokenSet, test: TokenSet, *,
+                 epochs: int, device: torch.device | str = "cpu", forward_chunk: int = 1024
+                 ) -> tuple[list[HeadOutcome], int]:
+    """Train every head for `epochs` on backbone tokens of `train_loader`'s (augmented) batches: one backbone
+    pass per batch for the whole bank, in chunks of `forward_chunk` images. `val` and `test` are tokens extracted
+    once (un-augmented). Returns the outcomes and the number of images passed through the backbone."""
+    device = torch.device(device)
+    passes = 0
+    for epoch in range(epochs):
+        if not bank.live():  # every head diverged: no reason to run the backbone again
+            break
+        for images, labels in train_loader:
+            bank.step(_tokens(backbone, images, bank.taps, forward_chunk, device), labels.to(device, non_blocking=True))
+            passes += len(labels)
+        _end_epoch(bank, epoch, val, train_loader.batch_size, device)
+    return _evaluate_and_finish(bank, val, test, train_loader.batch_size, device), passes

@@ -1,0 +1,488 @@
+"""Declarative registry: TOML entries under `registry/`, validated into typed, frozen objects.
+
+Backbones, aggregators, datasets and grids are data, not code (the timm and lm-evaluation-harness
+pattern). This module reads them with the standard library only -- no torch, no Ray -- so `harness
+list` and leaderboard regeneration stay instant. Every validation error names the file, the field
+and the accepted values.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+
+REGISTRY_DIR = Path(__file__).resolve().parents[2] / "registry"
+FAMILIES = ("mae", "simmim", "dino", "ibot", "ijepa")
+AGGREGATOR_KINDS = ("cls", "mean", "abmilp", "query", "ep")
+TOKEN_TAPS = ("norm", "prenorm")
+OPTIMIZERS = ("lars", "sgd", "adamw")
+PROTOCOLS = ("cached", "online")
+DATASET_SOURCES = ("sklearn_digits", "torchvision", "imagefolder", "synthetic")
+ARCH_OVERRIDE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+TRIAL_SETTINGS = ("protocol", "epochs", "batch_size", "warmup_epochs")  # what a grid may set per dataset
+
+
+def registry_dir() -> Path:
+    """The registry folder: `HARNESS_REGISTRY_DIR` if set, else the one beside the package."""
+    return Path(os.environ.get("HARNESS_REGISTRY_DIR", REGISTRY_DIR))
+
+
+class _Table:
+    """Reads one TOML table with typed accessors; every error names the file and the field."""
+
+    def __init__(self, path: Path, table: dict[str, Any], where: str):
+        if not isinstance(table, dict):
+            raise HarnessError(f"{path}: '{where}' must be a table, got {type(table).__name__}.")
+        self.path, self.table, self.where, self.used = path, table, where, set()
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, problem: str, accepted: str) -> HarnessError:
+        return HarnessError(f"{self.path}: field '{self._name(key)}' {problem}; accepted: {accepted}.")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., accepted: str = "") -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if default is ...:
+                raise self.fail(key, "is missing", accepted or _type_name(kind))
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise self.fail(key, f"is {value!r} ({type(value).__name__})", accepted or _type_name(kind))
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = ...) -> Any:
+        value = self.get(key, str, default, accepted=", ".join(choices))
+        if value is not None and value not in choices:
+            raise self.fail(key, f"is {value!r}", ", ".join(choices))
+        return value
+
+    def positive_int(self, key: str, default: Any = ...) -> int:
+        value = self.get(key, int, default, accepted="a positive integer")
+        if value <= 0:
+            raise self.fail(key, f"is {value}", "a positive integer")
+        return value
+
+    def floats(self, key: str, default: Any = ..., length: int | None = None) -> tuple[float, ...]:
+        value = self.get(key, list, default, accepted="a list of numbers")
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        if not ok or (length is not None and len(value) != length):
+            raise self.fail(key, f"is {value!r}", f"a list of {length or 'one or more'} numbers")
+        return tuple(float(v) for v in value)
+
+    def names(self, key: str, known: dict[str, Any] | None = None, default: Any = ...) -> tuple[str, ...]:
+        value = self.get(key, list, default, accepted="a list of names")
+        if not value or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, f"is {value!r}", "a non-empty list of names")
+        for v in value if known is not None else ():
+            if v not in known:
+                raise self.fail(key, f"names {v!r}, which is not registered", _accepted_names(v, known))
+        return tuple(value)
+
+    def finish(self) -> None:
+        """Reject unknown fields, so a typo never silently falls back to a default."""
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise HarnessError(
+                f"{self.path}: unknown field '{self._name(unknown[0])}'"
+                f"{' in ' + repr(self.where) if self.where else ''}; accepted: {', '.join(sorted(self.used))}."
+            )
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({str: "a string", int: "an integer", float: "a number", bool: "true/false",
+                        list: "a list", dict: "a table", type(None): "nothing"}.get(k, k.__name__) for k in kinds)
+
+
+def _accepted_names(name: str, known: dict[str, Any]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=3)
+    listed = ", ".join(sorted(known))
+    return f"{listed}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise HarnessError(f"{path}: not valid TOML ({e}); fix the syntax of this registry file.") from None
+    except OSError as e:
+        raise HarnessError(f"{path}: cannot be read ({e.strerror}).") from None
+
+
+# --------------------------------------------------------------------------------------------- entries
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """One released checkpoint (or a random-init demo variant of one) and how to read it."""
+
+    name: str
+    family: str
+    arch: str  # timm architecture, built with pretrained=False
+    img_size: int
+    patch_size: int
+    class_token: bool
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    checkpoint_key: str | None  # sub-network to evaluate (teacher, target_encoder, ...); None = whole file
+    url: str | None = None
+    filename: str | None = None  # name in the local weights folder and download cache
+    sha256: str | None = None
+    manual_download: str | None = None  # why and where, when the file cannot be fetched by script
+    arch_overrides: dict[str, Any] = field(default_factory=dict)
+    random_init: bool = False  # demo/pipeline-check variants: no weights, no scientific meaning
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    images_per_s: float | None = None  # registered extraction throughput on one GPU, for --dry-run
+    published: dict[str, float] = field(default_factory=dict)  # "dataset/aggregator" -> test top-1
+    description: str = ""
+    source: str = ""
+
+    @property
+    def label(self) -> str:
+        """The name as every output shows it: random-init variants say so."""
+        return f"{self.name} (random-init)" if self.random_init else self.name
+
+
+@dataclass(frozen=True)
+class AggregatorEntry:
+    """A readout head: how tokens are pooled, which tokens it reads, and its module options."""
+
+    name: str
+    kind: str
+    tap: str  # "norm": after the final LayerNorm; "prenorm": last block output before it
+    options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A labelled image dataset and the seeded, stratified validation hold-out carved from its train split."""
+
+    name: str
+    source: str
+    num_classes: int
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    source_file: str = ""
+
+
+@dataclass(frozen=True)
+class HeadGroup:
+    """One aggregator's part of a grid: its optimizer and its own learning-rate and weight-decay grids."""
+
+    aggregator: str
+    optimizer: str
+    lrs: tuple[float, ...]
+    wds: tuple[float, ...]
+    options: dict[str, Any] = field(default_factory=dict)  # overrides of the aggregator entry's options
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A sweep: backbones x datasets x head groups x seeds, with the trial resources Ray is asked for."""
+
+    name: str
+    description: str
+    backbones: tuple[str, ...]
+    datasets: tuple[str, ...]
+    heads: tuple[HeadGroup, ...]
+    seeds: tuple[int, ...]
+    protocol: str = "cached"
+    epochs: int = 10
+    batch_size: int = 256
+    warmup_epochs: int = 0
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_retries: int = 1
+    claim_margin: float = 0.5  # equivalence margin of the mean-vs-cls test, in top-1 points
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> some of TRIAL_SETTINGS
+    source: str = ""
+
+    def settings(self, dataset: str | None) -> dict[str, Any]:
+        """Protocol, epochs, batch size and warmup for one dataset: the grid's, with its [overrides.<dataset>]."""
+        return {**{key: getattr(self, key) for key in TRIAL_SETTINGS}, **self.overrides.get(dataset, {})}
+
+    @property
+    def num_heads(self) -> int:
+        """Heads per (backbone, dataset): every aggregator x lr x wd x seed."""
+        return sum(len(h.lrs) * len(h.wds) for h in self.heads) * len(self.seeds)
+
+
+# -------------------------------------------------------------------------------------------- parsing
+
+
+def _resolve_extends(name: str, raw: dict[str, tuple[Path, dict[str, Any]]], seen: tuple[str, ...] = ()) -> dict:
+    path, table = raw[name]
+    if not isinstance(table, dict):
+        raise HarnessError(f"{path}: '{name}' must be a table of fields, got {type(table).__name__}.")
+    base = table.get("extends")
+    if base is None:
+        return dict(table)
+    if base not in raw:
+        raise HarnessError(f"{path}: field '{name}.extends' names {base!r}, which is not registered; "
+                           f"accepted: {_accepted_names(base, raw)}.")
+    if base in seen:
+        raise HarnessError(f"{path}: field '{name}.extends' makes a cycle: {' -> '.join(seen + (name, base))}.")
+    merged = _resolve_extends(base, raw, seen + (name,))
+    merged.pop("extends", None)
+    for key, value in table.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = {**merged[key], **value}
+        merged[key] = value
+    return merged
+
+
+def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> BackboneEntry:
+    path = raw[name][0]
+    t = _Table(path, _resolve_extends(name, raw), name)
+    t.get("extends", str, None)
+    overrides = t.get("arch_overrides", dict, {})
+    for key in overrides:
+        if key not in ARCH_OVERRIDE_KEYS:
+            raise t.fail("arch_overrides", f"has {key!r}", ", ".join(ARCH_OVERRIDE_KEYS))
+    published = t.get("published", dict, {})
+    for key, value in published.items():
+        if "/" not in key or not isinstance(value, (int, float)):
+            raise t.fail("published", f"has {key!r} = {value!r}", "'dataset/aggregator' = top-1 number")
+    random_init = t.get("random_init", bool, False)
+    speed = t.get("images_per_s", float, None)
+    entry = BackboneEntry(
+        name=name,
+        family=t.choice("family", FAMILIES),
+        arch=t.get("arch", str),
+        img_size=t.positive_int("img_size"),
+        patch_size=t.positive_int("patch_size"),
+        class_token=t.get("class_token", bool),
+        mean=t.floats("mean", length=3),
+        std=t.floats("std", length=3),
+        checkpoint_key=t.get("checkpoint_key", str, None),
+        url=t.get("url", str, None),
+        filename=t.get("filename", str, None),
+        sha256=t.get("sha256", str, None),
+        manual_download=t.get("manual_download", str, None),
+        arch_overrides=dict(overrides),
+        random_init=random_init,
+        crop_pct=t.get("crop_pct", float, 0.875),
+        interpolation=t.choice("interpolation", ("bicubic", "bilinear"), "bicubic"),
+        images_per_s=None if random_init else speed,  # a demo's tiny arch runs at another speed than its base's
+        published={} if random_init else {k: float(v) for k, v in published.items()},
+        description=t.get("description", str, ""),
+        source=str(path),
+    )
+    t.finish()
+    if entry.sha256 is not None and (len(entry.sha256) != 64 or not all(c in "0123456789abcdef" for c in entry.sha256)):
+        raise t.fail("sha256", f"is {entry.sha256!r}", "64 lowercase hex digits")
+    if not entry.random_init and not (entry.url or entry.manual_download):
+        raise t.fail("url", "is missing", "a download address, or manual_download saying where to get the file")
+    return entry
+
+
+def _parse_aggregators(path: Path, data: dict[str, Any]) -> dict[str, AggregatorEntry]:
+    out = {}
+    for name, table in data.items():
+        t = _Table(path, table, name)
+        out[name] = AggregatorEntry(
+            name=name,
+            kind=t.choice("kind", AGGREGATOR_KINDS),
+            tap=t.choice("tap", TOKEN_TAPS),
+            options=dict(t.get("options", dict, {})),
+            description=t.get("description", str, ""),
+            source=str(path),
+        )
+        t.finish()
+    return out
+
+
+def _parse_datasets(path: Path, data: dict[str, Any]) -> dict[str, DatasetEntry]:
+    out = {}
+    for name, table in data.items():
+        t = _Table(path, table, name)
+        out[name] = DatasetEntry(
+            name=name,
+            source=t.choice("source", DATASET_SOURCES),
+            num_classes=t.positive_int("num_classes"),
+            val_fraction=t.get("val_fraction", float, 0.1),
+            split_seed=t.get("split_seed", int, 0),
+            options=dict(t.get("options", dict, {})),
+            description=t.get("description", str, ""),
+            source_file=str(path),
+        )
+        if not 0.0 < out[name].val_fraction < 1.0:
+            raise t.fail("val_fraction", f"is {out[name].val_fraction}", "a fraction strictly between 0 and 1")
+        t.finish()
+    return out
+
+
+def _lr_grid(t: _Table, key: str) -> tuple[float, ...]:
+    """A grid is a list of numbers or a log-spaced range `{min, max, num}`."""
+    value = t.get(key, (list, dict), accepted="a list of numbers or a table {min, max, num} (log-spaced)")
+    if isinstance(value, list):
+        values = t.floats(key)
+    else:
+        r = _Table(t.path, value, t._name(key))
+        lo, hi, num = r.get("min", float), r.get("max", float), r.positive_int("num")
+        r.finish()
+        if not 0 < lo <= hi:
+            raise r.fail("min", f"is {lo} with max {hi}", "0 < min <= max")
+        values = tuple(lo * (hi / lo) ** (i / max(num - 1, 1)) for i in range(num))
+    if not values or any(v < 0 or not math.isfinite(v) for v in values):
+        raise t.fail(key, f"is {value!r}", "one or more finite, non-negative numbers")
+    return tuple(float(f"{v:.6g}") for v in values)
+
+
+_SETTING_DEFAULTS = {"protocol": "cached", "warmup_epochs": 0}  # epochs and batch_size have none
+
+
+def _trial_setting(t: _Table, key: str, default: Any = ...) -> Any:
+    """One of TRIAL_SETTINGS, read the same way at a grid's top level and in its [overrides.<dataset>]."""
+    if key == "protocol":
+        return t.choice(key, PROTOCOLS, default)
+    if key == "warmup_epochs":
+        return t.get(key, int, default)
+    return t.positive_int(key, default)
+
+
+def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
+    t = _Table(path, data, "")
+    heads_table = t.get("heads", dict, accepted="a table [heads.<aggregator>] per aggregator")
+    heads = []
+    for agg, table in heads_table.items():
+        h = _Table(path, table, f"heads.{agg}")
+        if agg not in reg.aggregators:
+            raise t.fail(f"heads.{agg}", "is not a registered aggregator", _accepted_names(agg, reg.aggregators))
+        heads.append(HeadGroup(
+            aggregator=agg,
+            optimizer=h.choice("optimizer", OPTIMIZERS),
+            lrs=_lr_grid(h, "lr"),
+            wds=_lr_grid(h, "wd") if "wd" in h.table else (0.0,),
+            options=dict(h.get("options", dict, {})),
+        ))
+        h.used.add("wd")
+        h.finish()
+    if not heads:
+        raise t.fail("heads", "is empty", "at least one [heads.<aggregator>] table")
+    seeds = t.get("seeds", list, accepted="a non-empty list of integers")
+    integers = all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    if not seeds or not integers or len(set(seeds)) != len(seeds):
+        raise t.fail("seeds", f"is {seeds!r}", "a non-empty list of distinct integers")
+    resources = _Table(path, t.get("resources", dict, {}), "resources")
+    overrides = {}
+    for dataset, table in t.get("overrides", dict, {}).items():
+        if dataset not in reg.datasets:
+            raise t.fail(f"overrides.{dataset}", "is not a registered dataset", _accepted_names(dataset, reg.datasets))
+        o = _Table(path, table, f"overrides.{dataset}")
+        overrides[dataset] = {key: _trial_setting(o, key) for key in TRIAL_SETTINGS if key in table}
+        o.finish()
+    grid = Grid(
+        name=path.stem,
+        description=t.get("description", str, ""),
+        backbones=t.names("backbones", reg.backbones),
+        datasets=t.names("datasets", reg.datasets),
+        heads=tuple(heads),
+        seeds=tuple(seeds),
+        **{key: _trial_setting(t, key, _SETTING_DEFAULTS.get(key, ...)) for key in TRIAL_SETTINGS},
+        cpus_per_trial=resources.get("cpus", float, 1.0),
+        gpus_per_trial=resources.get("gpus", float, 0.0),
+        max_retries=t.get("max_retries", int, 1),
+        claim_margin=t.get("claim_margin", float, 0.5),
+        overrides=overrides,
+        source=str(path),
+    )
+    resources.finish()
+    t.finish()
+    if grid.cpus_per_trial <= 0 or grid.gpus_per_trial < 0:
+        raise resources.fail("cpus", f"is {grid.cpus_per_trial} (gpus {grid.gpus_per_trial})", "cpus > 0 and gpus >= 0")
+    for dataset in (None, *overrides):
+        s = grid.settings(dataset)
+        if not 0 <= s["warmup_epochs"] < s["epochs"]:
+            where = f"overrides.{dataset}.warmup_epochs" if dataset else "warmup_epochs"
+            raise t.fail(where, f"is {s['warmup_epochs']}", f"0 <= warmup_epochs < epochs ({s['epochs']})")
+    return grid
+
+
+# ------------------------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Registry:
+    backbones: dict[str, BackboneEntry]
+    aggregators: dict[str, AggregatorEntry]
+    datasets: dict[str, DatasetEntry]
+    grid_files: dict[str, Path]
+
+    def backbone(self, name: str) -> BackboneEntry:
+        return _lookup("backbone", name, self.backbones)
+
+    def aggregator(self, name: str) -> AggregatorEntry:
+        return _lookup("aggregator", name, self.aggregators)
+
+    def dataset(self, name: str) -> DatasetEntry:
+        return _lookup("dataset", name, self.datasets)
+
+    def grid(self, name: str) -> Grid:
+        path = Path(name)
+        if path.suffix == ".toml" and path.exists():
+            return _parse_grid(path, _read_toml(path), self)
+        return _parse_grid(_lookup("grid", name, self.grid_files), _read_toml(self.grid_files[name]), self)
+
+
+def _lookup(kind: str, name: str, known: dict[str, Any]) -> Any:
+    if name not in known:
+        raise HarnessError(f"unknown {kind} {name!r}; accepted: {_accepted_names(name, known)} "
+                           f"(registered under {registry_dir()}).")
+    return known[name]
+
+
+def _merge(kind: str, into: dict[str, Any], new: dict[str, Any], path: Path) -> None:
+    for name in new:
+        if name in into:
+            raise HarnessError(f"{path}: {kind} {name!r} is already registered in {into[name].source}; "
+                               "names must be unique across registry files.")
+    into.update(new)
+
+
+@cache
+def _load(root: Path) -> Registry:
+    if not root.is_dir():
+        raise HarnessError(f"registry folder {root} does not exist; set HARNESS_REGISTRY_DIR to a folder with "
+                           "backbones/, aggregators.toml, datasets.toml and grids/.")
+    raw: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for path in sorted((root / "backbones").glob("*.toml")):
+        for name, table in _read_toml(path).items():
+            if name in raw:
+                raise HarnessError(f"{path}: backbone {name!r} is already registered in {raw[name][0]}; "
+                                   "names must be unique across registry files.")
+            raw[name] = (path, table)
+    # entries without `extends` first, so an error in an inherited field names the file that holds it
+    backbones = {name: _backbone(name, raw) for name in sorted(raw, key=lambda n: "extends" in raw[n][1])}
+    aggregators: dict[str, AggregatorEntry] = {}
+    datasets: dict[str, DatasetEntry] = {}
+    for path in sorted(root.glob("aggregators*.toml")) + sorted((root / "aggregators").glob("*.toml")):
+        _merge("aggregator", aggregators, _parse_aggregators(path, _read_toml(path)), path)
+    for path in sorted(root.glob("datasets*.toml")) + sorted((root / "datasets").glob("*.toml")):
+        _merge("dataset", datasets, _parse_datasets(path, _read_toml(path)), path)
+    grids = {p.stem: p for p in sorted((root / "grids").glob("*.toml"))}
+    return Registry(backbones, aggregators, datasets, grids)
+
+
+def load_registry(root: Path | str | None = None) -> Registry:
+    """The registry at `root` (default: `registry_dir()`), read once per process."""
+    return _load(Path(root) if root is not None else registry_dir())

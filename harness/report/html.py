@@ -1,0 +1,109 @@
+"""The HTML leaderboard: one self-contained page (inline CSS, JS and SVG; nothing fetched from a network).
+
+Tables sort by clicking a header. Every string that comes from results or the registry goes through
+`html.escape` (quotes included, so it is safe in attributes too); the script reads only the DOM and never builds
+markup from data. No torch, no Ray.
+"""
+
+from __future__ import annotations
+
+from html import escape
+
+import pandas as pd
+
+from harness.report.boards import EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
+from harness.report.svg import gain_chart, lr_plot
+from harness.registry import Registry
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
+th{background:#f3f3f3;cursor:pointer;user-select:none}th:first-child,td:first-child{text-align:left}
+th[data-dir=asc]::after{content:" \\25B2"}th[data-dir=desc]::after{content:" \\25BC"}
+td.best{font-weight:bold;background:#e8f5e9}.gain{color:#555;font-size:.85em}.note{color:#8a6d00}
+.plots{display:flex;flex-wrap:wrap;gap:1rem}svg.plot{font-size:11px;background:#fff}
+svg .frame{fill:none;stroke:#999}svg .axis{stroke:#333}svg .plot-title{font-weight:bold}svg .small{font-size:9px}
+"""
+
+_JS = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("th").forEach(function (th, col) {
+    th.addEventListener("click", function () {
+      var dir = th.dataset.dir === "desc" ? "asc" : "desc";
+      table.querySelectorAll("th").forEach(function (h) { delete h.dataset.dir; });
+      th.dataset.dir = dir;
+      var key = function (row) {
+        var cell = row.cells[col], raw = cell.dataset.sort !== undefined ? cell.dataset.sort : cell.textContent;
+        var num = parseFloat(raw);
+        return isNaN(num) ? [1, raw] : [0, num];
+      };
+      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = key(a), y = key(b);
+        if (x[0] !== y[0]) return x[0] - y[0];
+        var c = x[1] < y[1] ? -1 : x[1] > y[1] ? 1 : 0;
+        return dir === "asc" ? c : -c;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
+"""
+
+
+def _e(text: str) -> str:
+    return escape(text, quote=True)
+
+
+def _table(board: Board) -> str:
+    head = "".join(f"<th>{_e(name)}</th>" for name in ("backbone", *board.aggregators, "published"))
+    body = []
+    for row in board.rows:
+        tds = [f'<td data-sort="{_e(row.label)}">{_e(row.label)}</td>']
+        for agg in board.aggregators:
+            cell = row.cells.get(agg)
+            if cell is None:
+                tds.append('<td data-sort="">—</td>')
+                continue
+            sort = "" if cell.mean is None else f"{cell.mean:.4f}"
+            gain = f' <span class="gain">{_e(cell.gain_text())}</span>' if cell.gain_text() else ""
+            best = ' class="best"' if cell.best else ""
+            tds.append(f'<td{best} data-sort="{sort}">{_e(cell.text())}{gain}</td>')
+        tds.append(f"<td>{_e(row.published_text())}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _picks(board: Board) -> str:
+    items = [f"<li>{_e(row.label)} · {_e(agg)}: {_e('; '.join(p.text() for p in cell.picks))}</li>"
+             for row in board.rows for agg, cell in row.cells.items() if cell.picks]
+    return ("<details><summary>Selected heads (val-selected per seed; config hash prefix)</summary>"
+            f"<ul>{''.join(items)}</ul></details>")
+
+
+def _plots(board: Board) -> str:
+    labels = {row.backbone: row.label for row in board.rows}
+    plots = [lr_plot(f"{labels[b]}: top-1 vs lr", [c for c in board.curves if c.backbone == b], board.aggregators)
+             for b in labels]
+    return f'<div class="plots">{"".join(plots)}</div><div class="plots">{gain_chart(board)}</div>'
+
+
+def _section(board: Board) -> str:
+    note = f'<p class="note">{_e(RANDOM_INIT_NOTE)}</p>' if board.has_random_init else ""
+    return (f"<section><h2>{_e(board.title)}</h2><p>{_e(board.source_text())}</p>{_table(board)}{note}"
+            f"{_picks(board)}{_plots(board)}</section>")
+
+
+def html_page(boards: list[Board], claim_fragment: str) -> str:
+    """The whole page: a section per board (table, picks, plots), then the claim section (escaped by claim.py)."""
+    sections = "".join(_section(b) for b in boards) or "<p>No results yet.</p>"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Leaderboard</title>"
+            f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1><p>{_e(EXPLANATION)}</p>{sections}"
+            f"{claim_fragment}<script>{_JS}</script></body></html>\n")
+
+
+def render_html(results: pd.DataFrame, registry: Registry | None = None) -> str:
+    """The HTML page of a results frame, claim section included."""
+    from harness.report.claim import claim_analysis, claim_html
+
+    return html_page(build_boards(results, registry), claim_html(claim_analysis(results)))

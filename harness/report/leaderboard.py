@@ -1,0 +1,103 @@
+"""Leaderboards: Markdown, HTML and terminal renderings of the same boards (`harness.report.boards`).
+
+They are pure functions of the results store and the registry -- no wall-clock timestamps -- so regenerating
+them gives byte-identical files and a diff shows only what the results changed. No torch, no Ray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from harness.report.claim import INPUT_COLUMNS, claim_analysis, claim_html, claim_markdown
+from harness.report.html import html_page
+from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
+from harness.report.markdown import md_escape, md_table
+from harness.registry import Registry
+from harness.results.store import read_results
+
+# The store columns a regeneration reads (boards and claim section): far faster than all of them on large stores.
+COLUMNS = tuple(dict.fromkeys((*BOARD_COLUMNS, *INPUT_COLUMNS)))
+
+
+def _md_board(board: Board) -> list[str]:
+    rows = []
+    for row in board.rows:
+        cells = []
+        for agg in board.aggregators:
+            cell = row.cells.get(agg)
+            if cell is None:
+                cells.append("—")
+                continue
+            text = f"**{md_escape(cell.text())}**" if cell.best else md_escape(cell.text())
+            cells.append(", ".join(t for t in (text, cell.gain_text()) if t))
+        rows.append([md_escape(row.label), *cells, md_escape(row.published_text())])
+    lines = [f"## {md_escape(board.title)}", "", board.source_text(), ""]
+    lines += md_table(["backbone", *board.aggregators, "published"], rows)
+    if board.has_random_init:
+        lines += ["", f"> {RANDOM_INIT_NOTE}"]
+    lines += ["", "Selected heads (val-selected per seed; config hash prefix):", ""]
+    for row in board.rows:
+        for agg, cell in row.cells.items():
+            if cell.picks:
+                lines.append(f"- {md_escape(row.label)} · {md_escape(agg)}: "
+                             + "; ".join(md_escape(p.text()) for p in cell.picks))
+    return lines + [""]
+
+
+def markdown_page(boards: list[Board], claim_section: str) -> str:
+    """The whole Markdown page: one section per board, then the claim section."""
+    lines = ["# Leaderboard", "", EXPLANATION, ""]
+    for board in boards:
+        lines += _md_board(board)
+    if not boards:
+        lines += ["No results yet.", ""]
+    return "\n".join(lines) + "\n" + claim_section.rstrip("\n") + "\n"
+
+
+def render_markdown(results: pd.DataFrame, registry: Registry | None = None) -> str:
+    """The Markdown page of a results frame, claim section included."""
+    return markdown_page(build_boards(results, registry), claim_markdown(claim_analysis(results)))
+
+
+def render_terminal(boards: list[Board], console: Console) -> None:
+    """The boards (`build_boards`) as rich Tables (cells are Text, so names are never read as rich markup)."""
+    for board in boards:
+        table = Table(title=Text(board.title), caption=Text(board.source_text()), show_lines=False)
+        for name in ("backbone", *board.aggregators, "published"):
+            table.add_column(Text(name), overflow="fold")
+        for row in board.rows:
+            cells = [Text(row.label)]
+            for agg in board.aggregators:
+                cell = row.cells.get(agg)
+                text = "—" if cell is None else " ".join(t for t in (cell.text(), cell.gain_text()) if t)
+                cells.append(Text(text, style="bold green" if cell is not None and cell.best else ""))
+            table.add_row(*cells, Text(row.published_text()))
+        console.print(table)
+        if board.has_random_init:
+            console.print(Text(RANDOM_INIT_NOTE, style="yellow"))
+
+
+def write_leaderboards(root: Path, registry: Registry | None = None, *, results: pd.DataFrame | None = None,
+                       boards: list[Board] | None = None) -> list[Path]:
+    """Regenerate `root/leaderboard.md` and `root/leaderboard.html` from the store under `root`.
+
+    A caller that has already read the store (`read_results(root, COLUMNS)`) or built its boards passes them, so
+    a regeneration reads and selects once; the claim section is computed once for both pages.
+    """
+    root = Path(root)
+    results = read_results(root, COLUMNS) if results is None else results
+    boards = build_boards(results, registry) if boards is None else boards
+    claim = claim_analysis(results)
+    root.mkdir(parents=True, exist_ok=True)
+    pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(claim)),
+             root / "leaderboard.html": html_page(boards, claim_html(claim))}
+    for path, text in pages.items():
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return list(pages)

@@ -1,0 +1,169 @@
+"""From a grid to trials: what runs where, and the hash that identifies each head's result.
+
+A trial is one backbone over one dataset: it owns that backbone's pass over the data and trains every
+head of the grid (aggregator x lr x wd x seed) from it, so backbone passes never grow with the number of
+heads. Each head is identified by a hash of its full configuration; the sweep skips heads whose hash
+already has a final result, which is how resume works. No torch, no Ray: `--dry-run` stays instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_only
+from harness.registry import BackboneEntry, DatasetEntry, Grid, Registry
+
+
+@dataclass(frozen=True)
+class HeadPlan:
+    head_id: str
+    config_hash: str
+    aggregator: str
+    options: dict
+    optimizer: str
+    lr: float
+    wd: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrialPlan:
+    trial_id: str
+    grid: str
+    backbone: str
+    dataset: str
+    protocol: str
+    epochs: int
+    batch_size: int
+    warmup_epochs: int
+    claim_margin: float
+    heads: tuple[HeadPlan, ...]
+    weights: str | None = None  # explicit weights file for the backbone (--weights)
+    provenance: dict = field(default_factory=dict)  # git commit etc., read once by the driver
+    cache_dir: str | None = None  # token cache folder (--cache-dir); None: the worker's HARNESS_CACHE_DIR/config
+    download: bool = False  # let torchvision download missing datasets (--download)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrialPlan:
+        return cls(**{**d, "heads": tuple(HeadPlan(**h) for h in d["heads"])})
+
+
+def _digest(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _backbone_identity(entry: BackboneEntry, weights: str | None) -> dict:
+    """What makes a backbone's tokens what they are: weights identity, architecture and preprocessing."""
+    return {
+        "name": entry.name, "arch": entry.arch, "arch_overrides": entry.arch_overrides, "img_size": entry.img_size,
+        "random_init": entry.random_init, "checkpoint_key": entry.checkpoint_key, "mean": entry.mean,
+        "std": entry.std, "crop_pct": entry.crop_pct, "interpolation": entry.interpolation,
+        "weights": weights or entry.sha256 or entry.url or entry.filename,
+    }
+
+
+def _dataset_identity(entry: DatasetEntry) -> dict:
+    return {"name": entry.name, "source": entry.source, "val_fraction": entry.val_fraction,
+            "split_seed": entry.split_seed, "options": entry.options}
+
+
+def head_id(aggregator: str, lr: float, wd: float, seed: int) -> str:
+    return f"{aggregator}/lr={lr:g}/wd={wd:g}/seed={seed}"
+
+
+def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = None,
+           provenance: dict | None = None) -> list[TrialPlan]:
+    """All trials of a grid, one per (backbone, dataset), each carrying every head of the grid."""
+    weights = weights or {}
+    trials = []
+    for backbone_name in grid.backbones:
+        backbone = registry.backbone(backbone_name)
+        for dataset_name in grid.datasets:
+            dataset = registry.dataset(dataset_name)
+            settings = grid.settings(dataset_name)
+            shared = {"backbone": _backbone_identity(backbone, weights.get(backbone_name)),
+                      "dataset": _dataset_identity(dataset), **settings}
+            heads = []
+            for group in grid.heads:
+                agg = registry.aggregator(group.aggregator)
+                options = {**agg.options, **group.options}
+                for seed in grid.seeds:
+                    for lr in group.lrs:
+                        for wd in group.wds:
+                            config = {**shared, "aggregator": {"name": agg.name, "kind": agg.kind, "tap": agg.tap,
+                                                               "options": options},
+                                      "optimizer": group.optimizer, "lr": lr, "wd": wd, "seed": seed}
+                            heads.append(HeadPlan(head_id(agg.name, lr, wd, seed), _digest(config), agg.name,
+                                                  options, group.optimizer, lr, wd, seed))
+            trials.append(TrialPlan(
+                trial_id=_digest(shared)[:16], grid=grid.name, backbone=backbone_name, dataset=dataset_name,
+                **settings, claim_margin=grid.claim_margin, heads=tuple(heads),
+                weights=weights.get(backbone_name), provenance=dict(provenance or {}),
+            ))
+    return trials
+
+
+def without_done(trials: list[TrialPlan], done: set[str]) -> list[TrialPlan]:
+    """The trials that still have heads without a final result, each keeping only those heads."""
+    remaining = []
+    for trial in trials:
+        heads = tuple(h for h in trial.heads if h.config_hash not in done)
+        if heads:
+            remaining.append(replace(trial, heads=heads))
+    return remaining
+
+
+# ------------------------------------------------------------------------------------------------ cost
+
+# timm's widths by size name (vit_base_..., beit_base_..., vit_huge_..._gap_...), for entries without embed_dim
+_WIDTHS = {"tiny": 192, "small": 384, "base": 768, "large": 1024, "huge": 1280, "giant": 1408}
+
+
+@dataclass(frozen=True)
+class TrialCost:
+    """What one trial costs before it runs; None where neither the registry nor earlier results say."""
+
+    images: int | None  # images of all splits
+    passes: int | None  # images through the backbone: each split once (cached), every train epoch (online)
+    cache_bytes: int | None  # token cache of a cached-protocol trial, every split and tap
+    hours: float | None  # passes / throughput
+    throughput: str  # where the images/s came from
+
+
+def token_shape(entry: BackboneEntry) -> tuple[int, int | None]:
+    """(tokens per image, width) of a backbone's output; width None when the arch name does not say."""
+    img = entry.arch_overrides.get("img_size", entry.img_size)
+    patch = entry.arch_overrides.get("patch_size", entry.patch_size)
+    width = entry.arch_overrides.get("embed_dim") or next(
+        (w for size, w in _WIDTHS.items() if f"_{size}_" in entry.arch), None)
+    return (img // patch) ** 2 + int(entry.class_token), width
+
+
+def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str, float],
+               measured_images: dict[str, int]) -> TrialCost:
+    """Cost of one trial from registered sizes and throughput, else from what earlier results measured."""
+    backbone, dataset = registry.backbone(trial.backbone), registry.dataset(trial.dataset)
+    sizes = planned_split_sizes(dataset)
+    images = sum(sizes.values()) if sizes else measured_images.get(trial.dataset)
+    passes = cache = None
+    if images is not None:
+        passes = images
+        if trial.protocol == "online":
+            passes = images + (trial.epochs - 1) * (sizes["train"] if sizes else images)
+        tokens, width = token_shape(backbone)
+        if trial.protocol == "cached" and width is not None:
+            aggregators = [registry.aggregator(h.aggregator) for h in trial.heads]
+            if summary_only(a.kind for a in aggregators):
+                tokens = int(backbone.class_token) + 1  # the prefix tokens and the patch mean
+            taps = sorted({a.tap for a in aggregators})
+            cache = sum(predict_cache_bytes(n, tokens, width, taps) for n in (sizes.values() if sizes else [images]))
+    speed, source = backbone.images_per_s, "registered 1-GPU"
+    if speed is None and trial.backbone in measured_speed:
+        speed, source = measured_speed[trial.backbone], "measured (earlier results)"
+    hours = passes / speed / 3600 if passes is not None and speed else None
+    return TrialCost(images, passes, cache, hours, source if speed else "unknown")

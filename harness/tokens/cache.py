@@ -1,0 +1,322 @@
+"""Backbone tokens: extracted in one frozen pass per split, optionally kept in a crash-safe on-disk cache.
+
+The backbone is the expensive part, so every tap a grid asks for comes out of ONE forward per batch, and the
+`cached` protocol writes them once (float16, memory-mapped for training) so a later sweep over the same
+backbone and dataset reruns nothing. A cache entry is one (backbone, weights checksum, dataset, split,
+transform, tap, and every token or only the [cls]/mean summary); it is written in a temporary folder, fsynced,
+and renamed into place as the last step, so an interrupted writer leaves only a temporary folder that is never
+read, and two writers of the same key cannot mix their files (the second rename fails and that writer reads the
+first one's entry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from harness.tokens.space import ensure_cache_space, predict_cache_bytes
+from harness.config import safe_name, setting
+from harness.data.splits import transform_key
+from harness.errors import HarnessError
+from harness.registry import BackboneEntry, DatasetEntry
+
+CACHE_FORMAT = 1
+_TMP_PREFIX = ".tmp-"
+log = logging.getLogger(__name__)
+
+
+class TokenBackbone(Protocol):
+    """What extraction needs of a backbone (`harness.models.backbones.Backbone` is one; tests use small fakes)."""
+
+    entry: BackboneEntry
+    weights_sha256: str
+
+    def forward_taps(self, images: torch.Tensor, taps: Sequence[str]) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class TokenSet:
+    """Tokens of one split: tap -> (N, T, D) float16 (memory-mapped when cached), and the (N,) int64 labels."""
+
+    tokens: dict[str, torch.Tensor]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+Allocate = Callable[[str, tuple[int, ...]], torch.Tensor]
+
+
+def _in_memory(tap: str, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.empty(shape, dtype=torch.float16)
+
+
+def extraction_precision(device: torch.device) -> str:
+    """bfloat16 autocast on CUDA (the backbone pass is a sweep's cost floor; train_online runs it so too), float32
+    elsewhere. Part of the cache key: tokens computed in another precision are other tokens."""
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def backbone_autocast(device: torch.device) -> torch.autocast:
+    """The autocast context every backbone forward runs under, in `extraction_precision(device)`."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=extraction_precision(device) == "bfloat16")
+
+
+def loader_workers(device: torch.device) -> int:
+    """Decoding processes by default: on a GPU, all of this process's CPU threads but one decode and transform
+    while the GPU computes; on a CPU none, since the forward itself uses those threads."""
+    return max(torch.get_num_threads() - 1, 0) if device.type == "cuda" else 0
+
+
+def summary_tokens(tokens: torch.Tensor, num_prefix: int) -> torch.Tensor:
+    """(B, num_prefix + 1, D): the prefix tokens, then the mean of the patch tokens (taken in float32 before the
+    float16 store). A [cls] head reads token 0 and a mean head (skipping the prefix) averages the one mean token, so
+    both compute what they compute on all the tokens."""
+    return torch.cat([tokens[:, :num_prefix], tokens[:, num_prefix:].float().mean(1, keepdim=True)], dim=1)
+
+
+class _Writer:
+    """Copies each batch's float16 tokens out of the device one batch late, so the host never waits on a batch it
+    just launched: the copy into pinned memory and the non-finite check of batch k run while batch k+1 computes.
+    With `summary_prefix` set it stores `summary_tokens` instead of every token."""
+
+    def __init__(self, backbone: TokenBackbone, taps: tuple[str, ...], n: int, allocate: Allocate,
+                 summary_prefix: int | None = None):
+        self.backbone, self.taps, self.n, self.allocate = backbone, taps, n, allocate
+        self.summary_prefix = summary_prefix
+        self.out: dict[str, torch.Tensor] = {}
+        self.pending: tuple | None = None
+
+    def push(self, feats: dict[str, torch.Tensor], start: int) -> None:
+        if self.summary_prefix is not None:
+            feats = {tap: summary_tokens(feats[tap], self.summary_prefix) for tap in self.taps}
+        halves = {tap: feats[tap].to(torch.float16) for tap in self.taps}
+        finite = torch.stack([torch.isfinite(h).all() for h in halves.values()])
+        amax = torch.stack([feats[tap].detach().abs().amax().float() for tap in self.taps])
+        device = finite.device
+        if device.type == "cuda":
+            halves = {tap: h.to("cpu", non_blocking=True) for tap, h in halves.items()}  # lands in pinned memory
+            finite, amax = finite.to("cpu", non_blocking=True), amax.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        else:
+            event = None
+        self.flush()
+        self.pending = (start, halves, finite, amax, event)
+
+    def flush(self) -> None:
+        if self.pending is None:
+            return
+        start, halves, finite, amax, event = self.pending
+        self.pending = None
+        if event is not None:
+            event.synchronize()
+        for tap, ok, biggest in zip(self.taps, finite.tolist(), amax.tolist()):
+            if not ok:
+                raise HarnessError(f"tap '{tap}' of backbone {self.backbone.entry.name!r} has values that are not "
+                                   f"finite in float16 (max |x| = {biggest:.4g}); accepted: tokens within float16 "
+                                   "range (|x| < 65504).")
+        for tap, half in halves.items():
+            if tap not in self.out:
+                self.out[tap] = self.allocate(tap, (self.n, *half.shape[1:]))
+            self.out[tap][start:start + len(half)].copy_(half)
+
+
+def _run_backbone(backbone: TokenBackbone, dataset: Dataset, taps: tuple[str, ...], *, batch_size: int,
+                  device: torch.device, num_workers: int | None, allocate: Allocate,
+                  channels_last: bool = False, summary_prefix: int | None = None) -> tuple[TokenSet, int]:
+    """One forward per batch for all taps; each tap's float16 tokens land in the tensor `allocate` returns.
+
+    Fast where it runs: bf16 autocast and pinned, asynchronous host-to-device copies on CUDA, loader workers
+    (`loader_workers` when None), device-to-host copies one batch behind; `channels_last` for the patch
+    embedding's convolution.
+    """
+    n = len(dataset)
+    if n == 0 or not taps:
+        raise ValueError(f"nothing to extract: {n} images, taps {taps}")
+    workers = loader_workers(device) if num_workers is None else num_workers
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    autocast = backbone_autocast(device)
+    writer = _Writer(backbone, taps, n, allocate, summary_prefix)
+    labels = torch.empty(n, dtype=torch.int64)
+    done, report_every = 0, max(1, len(loader) // 10)
+    with torch.inference_mode():
+        for images, y in loader:
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                feats = backbone.forward_taps(images, taps)
+            writer.push(feats, done)
+            labels[done:done + len(y)] = y
+            done += len(y)
+            if done == n or (done // batch_size) % report_every == 0:
+                log.info("%s: %d / %d images through the backbone", backbone.entry.name, done, n)
+        writer.flush()
+    return TokenSet(writer.out, labels), done
+
+
+def extract_tokens(backbone: TokenBackbone, dataset: Dataset, taps: Sequence[str], *, batch_size: int,
+                   device: torch.device | str, num_workers: int | None = None,
+                   channels_last: bool = False) -> tuple[TokenSet, int]:
+    """Tokens of every image of `dataset` for each tap, in memory, and the number of images passed."""
+    return _run_backbone(backbone, dataset, tuple(dict.fromkeys(taps)), batch_size=batch_size,
+                         device=torch.device(device), num_workers=num_workers, allocate=_in_memory,
+                         channels_last=channels_last)
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+
+def cache_key(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: str, num_images: int, tap: str,
+              precision: str = "float32", summary_prefix: int | None = None) -> dict:
+    """Everything that makes one split's tokens what they are (the forward's `extraction_precision` and whether
+    only `summary_tokens` are kept, too); any change gives a different cache entry."""
+    entry = backbone.entry
+    return {
+        "format": CACHE_FORMAT, "backbone": entry.name, "weights_sha256": backbone.weights_sha256,
+        "arch": entry.arch, "arch_overrides": entry.arch_overrides, "checkpoint_key": entry.checkpoint_key,
+        "geometry": [getattr(backbone, a, None) for a in ("embed_dim", "depth", "num_heads")],  # load-time overrides
+        "dataset": dataset_entry.name, "dataset_source": dataset_entry.source, "options": dataset_entry.options,
+        "val_fraction": dataset_entry.val_fraction, "split_seed": dataset_entry.split_seed, "split": split_name,
+        "num_images": num_images, "transform": transform_key(dataset_entry, entry), "tap": tap,
+        "precision": precision,
+        "tokens": "all" if summary_prefix is None else f"{summary_prefix} prefix + patch mean",
+    }
+
+
+def _canonical(key: dict) -> dict:
+    """The key as JSON reads it back (tuples become lists), so a stored key compares equal to a fresh one."""
+    return json.loads(json.dumps(key, sort_keys=True, default=str))
+
+
+def cache_entry_dir(cache_dir: Path, key: dict) -> Path:
+    """cache_dir/<backbone>/<dataset>/<split>.<tap>.<digest of the whole key>."""
+    digest = hashlib.sha256(json.dumps(_canonical(key), sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(cache_dir) / safe_name(key["backbone"]) / safe_name(key["dataset"])
+    return folder / f"{key['split']}.{key['tap']}.{digest}"
+
+
+def _open_entry(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(tokens, labels) of a complete entry, memory-mapped; None when there is none."""
+    if not path.is_dir():
+        return None
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+        tokens = np.load(path / "tokens.npy", mmap_mode="c")
+        labels = np.load(path / "labels.npy", mmap_mode="c")
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"token cache entry {path} is damaged ({e}); delete that folder and rerun to "
+                           "rebuild it.") from None
+    consistent = list(tokens.shape) == meta.get("shape") and tokens.shape[0] == len(labels)
+    if meta.get("key") != _canonical(key) or not consistent:
+        raise HarnessError(f"token cache entry {path} does not match its key or shape; delete that folder and "
+                           "rerun to rebuild it.")
+    return torch.from_numpy(tokens), torch.from_numpy(labels)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary folders left by killed writers on this host (their process no longer exists)."""
+    host = socket.gethostname()
+    for tmp in folder.glob(f"{_TMP_PREFIX}*"):
+        pid, host_of_tmp = tmp.name[len(_TMP_PREFIX):].split("-", 1)[0], tmp.name.rpartition("@")[2]
+        if host_of_tmp != host or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
+def _publish(tmp: Path, final: Path, tokens: np.memmap, labels: torch.Tensor, key: dict) -> None:
+    """Make the entry durable in `tmp`, then rename it to `final`; a concurrent writer's entry wins if first."""
+    tokens.flush()
+    np.save(tmp / "labels.npy", labels.numpy())
+    meta = {"key": _canonical(key), "shape": list(tokens.shape), "dtype": "float16"}
+    (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
+    for file in ("tokens.npy", "labels.npy", "meta.json"):
+        _fsync(tmp / file)
+    _fsync(tmp)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another writer published the same key first; keep theirs
+    _fsync(final.parent)
+
+
+def cached_tokens(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: str, dataset: Dataset,
+                  taps: Sequence[str], *, cache_dir: Path | None, batch_size: int, device: torch.device | str,
+                  num_workers: int | None = None, summary_prefix: int | None = None) -> tuple[TokenSet, int]:
+    """Tokens of one split from the cache, extracting (once, all missing taps together) what is not there.
+
+    `dataset` must be the un-augmented split (the `cached` protocol); `cache_dir` None means
+    `setting("cache_dir")` (HARNESS_CACHE_DIR); `summary_prefix` (the backbone's prefix-token count) keeps only
+    `summary_tokens`, enough for [cls] and mean heads. Returns the tokens, memory-mapped, and the number of
+    images passed through the backbone: 0 when every tap was already cached.
+    """
+    if getattr(dataset, "augment", False):
+        raise ValueError("cached_tokens needs the un-augmented split: load_splits(..., augment=False)")
+    cache_dir = Path(cache_dir) if cache_dir is not None else setting("cache_dir")
+    taps = tuple(dict.fromkeys(taps))
+    precision = extraction_precision(torch.device(device))
+    keys = {tap: cache_key(backbone, dataset_entry, split_name, len(dataset), tap, precision, summary_prefix)
+            for tap in taps}
+    paths = {tap: cache_entry_dir(cache_dir, keys[tap]) for tap in taps}
+    found = {tap: _open_entry(paths[tap], keys[tap]) for tap in taps}
+    missing = tuple(tap for tap in taps if found[tap] is None)
+    passes = 0
+    if missing:
+        folder = paths[missing[0]].parent
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(folder)
+        tmps = {tap: folder / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-{tap}@{socket.gethostname()}"
+                for tap in missing}
+        arrays: dict[str, np.memmap] = {}
+
+        def allocate(tap: str, shape: tuple[int, ...]) -> torch.Tensor:
+            if not arrays:
+                ensure_cache_space(cache_dir, predict_cache_bytes(shape[0], shape[1], shape[2], missing))
+            tmps[tap].mkdir()
+            arrays[tap] = np.lib.format.open_memmap(tmps[tap] / "tokens.npy", mode="w+", dtype=np.float16,
+                                                    shape=shape)
+            return torch.from_numpy(arrays[tap])
+
+        try:
+            extracted, passes = _run_backbone(backbone, dataset, missing, batch_size=batch_size,
+                                              device=torch.device(device), num_workers=num_workers,
+                                              allocate=allocate, summary_prefix=summary_prefix)
+            for tap in missing:
+                _publish(tmps[tap], paths[tap], arrays[tap], extracted.labels, keys[tap])
+        finally:
+            for tmp in tmps.values():
+                shutil.rmtree(tmp, ignore_errors=True)
+        found.update({tap: _open_entry(paths[tap], keys[tap]) for tap in missing})
+    labels = found[taps[0]][1]
+    return TokenSet({tap: found[tap][0] for tap in taps}, labels), passes
