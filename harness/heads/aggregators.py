@@ -2,7 +2,10 @@
 
 Every head is `pool -> (BatchNorm1d(affine=False) | nothing) -> Linear`, built by `build_head` from a registry
 entry plus grid overrides. All heads take the same input, the backbone's tokens `(B, T, D)` with its
-`num_prefix_tokens` [cls] tokens first, so a head bank can feed one backbone pass to every head.
+`num_prefix_tokens` prefix tokens first ([cls] if it has one, then its `num_registers` register tokens), so a head
+bank can feed one backbone pass to every head. A head reading several blocks gets their tokens concatenated along
+the channels (D = blocks x width, oldest block first). Register tokens are never patch tokens: `mean` and the
+attention heads' default content leave them out.
 Each pooler reproduces its official module (see `/work/shared/fixtures/aggregators`), but applies linear maps that
 commute with the attention-weighted sum after pooling, on one vector per query, not on every token.
 """
@@ -52,10 +55,23 @@ def _choice(*values: str) -> _Option:
     return _Option(values[0], " or ".join(repr(v) for v in values), lambda v: v in values)
 
 
-_CONTENT = _choice("patch", "all")  # "patch": prefix tokens dropped before pooling; "all": pooled with the patches
+# "patch": prefix tokens dropped before pooling; "all": pooled with the patches; "patch+registers": the registers
+# pooled with the patches, [cls] dropped
+_CONTENT = _choice("patch", "all", "patch+registers")
+_BATCHNORM = _Option(True, "true or false (false: Linear on the features alone, as DINOv2's linear heads)",
+                     lambda v: isinstance(v, bool))
+_SOURCE = _choice("cls", "mean", "cls_mean", "registers")
+KNN_KS, KNN_TEMPERATURES = (10, 20, 100, 200), (0.07, 0.1, 0.2)  # DINO's eval_knn.py grid
 OPTIONS: dict[str, dict[str, _Option]] = {
-    "cls": {},
-    "mean": {},
+    "cls": {"batchnorm": _BATCHNORM},
+    "mean": {"batchnorm": _BATCHNORM},
+    "cls_mean": {"batchnorm": _BATCHNORM},
+    "registers": {"batchnorm": _BATCHNORM},
+    "knn": {
+        "k": _Option(20, "a positive integer (neighbours voting; a grid may list several)", _positive_int),
+        "T": _Option(0.07, "a positive number (the vote temperature; a grid may list several)", _positive_number),
+        "source": _SOURCE,
+    },
     "abmilp": {
         "depth": _Option(1, "a positive integer (Linear layers of the score predictor)", _positive_int),
         "activation": _choice("relu", "tanh"),
@@ -114,6 +130,46 @@ class MeanPool(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens[:, self.skip:].mean(dim=1)
+
+
+class ClsMeanPool(nn.Module):
+    """[cls] concatenated with the patch mean of the last `width` channels (DINOv2's `avgpool`: with several blocks,
+    every block's [cls] and the LAST block's patch mean, as its create_linear_input)."""
+
+    def __init__(self, skip: int, width: int):
+        super().__init__()
+        self.skip, self.width = skip, width
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.cat([tokens[:, 0], tokens[:, self.skip:, -self.width:].mean(dim=1)], dim=-1)
+
+
+class RegisterPool(nn.Module):
+    """Mean of the register tokens (CAPI's register readout): prefix tokens `first` to `end`."""
+
+    def __init__(self, first: int, end: int):
+        super().__init__()
+        self.first, self.end = first, end
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, self.first:self.end].mean(dim=1)
+
+
+def source_pool(source: str, *, width: int, num_prefix_tokens: int, num_registers: int, name: str) -> nn.Module:
+    """The parameter-free pooling that reads `source` ("cls", "mean", "cls_mean" or "registers"); NotApplicable
+    when the backbone lacks the token it needs."""
+    num_cls = num_prefix_tokens - num_registers
+    if source in ("cls", "cls_mean") and num_cls == 0:
+        raise NotApplicable(f"aggregator {name!r} reads the [cls] token, and this backbone has none")
+    if source == "registers" and num_registers == 0:
+        raise NotApplicable(f"aggregator {name!r} reads register tokens, and this backbone has none")
+    if source == "cls":
+        return ClsPool()
+    if source == "mean":
+        return MeanPool(num_prefix_tokens)
+    if source == "cls_mean":
+        return ClsMeanPool(num_prefix_tokens, width)
+    return RegisterPool(num_cls, num_prefix_tokens)
 
 
 @lru_cache(maxsize=16)
@@ -417,20 +473,22 @@ class Head(nn.Module):
 
 
 def build_head(entry: AggregatorEntry, *, embed_dim: int, num_heads: int, num_prefix_tokens: int,
-               num_classes: int, options: dict[str, Any] | None = None) -> Head:
-    """The head for `entry` on a backbone of that width, heads and prefix tokens; float32.
+               num_classes: int, options: dict[str, Any] | None = None, num_registers: int = 0,
+               num_blocks: int = 1) -> Head:
+    """The head for `entry` on a backbone of that width, heads and prefix tokens (of which `num_registers` are
+    registers), reading `num_blocks` blocks concatenated; float32.
 
-    `options` (from a grid) override `entry.options`. Raises NotApplicable for `cls` without a [cls] token.
+    `options` (from a grid) override `entry.options`. Raises NotApplicable for a token the backbone lacks.
     """
     opts = resolve_options(entry, options)
-    skip = num_prefix_tokens if opts.get("content", "patch") == "patch" else 0
-    dim, pooled_dim, batchnorm, linear_std = embed_dim, embed_dim, True, LINEAR_STD
-    if entry.kind == "cls":
-        if num_prefix_tokens == 0:
-            raise NotApplicable(f"aggregator {entry.name!r} reads the [cls] token, and this backbone has none")
-        pooler: nn.Module = ClsPool()
-    elif entry.kind == "mean":
-        pooler = MeanPool(num_prefix_tokens)
+    num_cls = num_prefix_tokens - num_registers
+    skip = {"patch": num_prefix_tokens, "all": 0, "patch+registers": num_cls}[opts.get("content", "patch")]
+    dim = embed_dim * num_blocks
+    pooled_dim, batchnorm, linear_std = dim, opts.get("batchnorm", True), LINEAR_STD
+    if entry.kind in ("cls", "mean", "cls_mean", "registers"):
+        pooler: nn.Module = source_pool(entry.kind, width=embed_dim, num_prefix_tokens=num_prefix_tokens,
+                                        num_registers=num_registers, name=entry.name)
+        pooled_dim = dim + embed_dim if entry.kind == "cls_mean" else dim
     elif entry.kind == "abmilp":
         pooler = ABMILPPool(dim, skip, num_prefix_tokens, depth=opts["depth"], activation=opts["activation"],
                             self_attention=opts["self_attention"], cond=opts["cond"])
@@ -445,5 +503,5 @@ def build_head(entry: AggregatorEntry, *, embed_dim: int, num_heads: int, num_pr
                                     qkv_bias=opts["qkv_bias"])
         pooled_dim = dim // opts["d_out"]
     else:
-        raise AssertionError(f"unhandled aggregator kind {entry.kind!r}")
+        raise AssertionError(f"unhandled aggregator kind {entry.kind!r} (k-NN trains no head: harness.heads.knn)")
     return Head(pooler, pooled_dim, num_classes, tap=entry.tap, batchnorm=batchnorm, linear_std=linear_std).float()

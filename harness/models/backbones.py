@@ -3,8 +3,9 @@
 Families map onto two timm classes built with `pretrained=False`: `VisionTransformer` (MAE, DINO, iBOT, I-JEPA;
 I-JEPA without a [cls] token) and `Beit` (SimMIM: shared relative position bias, layer scale, q/v biases, no
 absolute position embedding). Each family has one converter, a pure state_dict -> state_dict function that says
-which sub-network it takes; loads are strict. The `Backbone` wrapper runs the blocks once and exposes both the
-last block's output ("prenorm") and the final LayerNorm applied to it ("norm"), which is what the head bank reads.
+which sub-network it takes; loads are strict. The `Backbone` wrapper runs the blocks once per batch and returns
+every tap asked for from that one pass: any block's output, with or without the final LayerNorm
+(`harness.tokens.layers` names them; "norm" and "prenorm" are the last block's).
 
 References: MAE https://github.com/facebookresearch/mae, SimMIM https://github.com/microsoft/SimMIM,
 DINO https://github.com/facebookresearch/dino, iBOT https://github.com/bytedance/ibot,
@@ -24,7 +25,8 @@ from timm.models.beit import Beit
 from torch import Tensor, nn
 
 from harness.errors import HarnessError
-from harness.registry import ARCH_OVERRIDE_KEYS, BackboneEntry, TOKEN_TAPS, load_registry
+from harness.registry import ARCH_OVERRIDE_KEYS, BackboneEntry, load_registry
+from harness.tokens.layers import parse_tap
 from harness.models.weights import load_checkpoint, resolve_weights
 
 __all__ = ["Backbone", "load_backbone", "build_model", "convert_checkpoint", "CONVERTERS", "random_init_seed"]
@@ -176,7 +178,7 @@ def build_model(entry: BackboneEntry, **arch_overrides: Any) -> nn.Module:
 
 
 class Backbone(nn.Module):
-    """A frozen ViT that returns tokens: [cls] first where the family has one, after or before the final norm."""
+    """A frozen ViT that returns tokens: its prefix tokens ([cls], then any registers) first, then the patches."""
 
     def __init__(self, model: nn.Module, entry: BackboneEntry, weights_sha256: str):
         super().__init__()
@@ -184,7 +186,10 @@ class Backbone(nn.Module):
         self.embed_dim: int = model.embed_dim
         self.depth: int = len(model.blocks)
         self.num_heads: int = model.blocks[0].attn.num_heads
-        self.num_prefix_tokens: int = 1 if getattr(model, "cls_token", None) is not None else 0
+        # the layout comes from the model's own prefix count ([cls] + registers), never from the [cls] flag alone
+        has_cls = getattr(model, "cls_token", None) is not None
+        self.num_prefix_tokens: int = int(getattr(model, "num_prefix_tokens", int(has_cls)))
+        self.num_registers: int = self.num_prefix_tokens - int(has_cls)
         self.requires_grad_(False)
         self.eval()
 
@@ -205,34 +210,33 @@ class Backbone(nn.Module):
         x = m._pos_embed(m.patch_embed(images))
         return m.norm_pre(m.patch_drop(x)), {}
 
-    def _blocks(self, images: Tensor, keep: int) -> list[Tensor]:
-        """The outputs of the last `keep` blocks, from one pass."""
-        x, kwargs = self._embed(images)
-        out = []
-        for i, block in enumerate(self.model.blocks):
-            x = block(x, **kwargs)
-            if i >= self.depth - keep:
-                out.append(x)
-        return out
-
     def forward_taps(self, images: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
-        """Tokens at each tap ("norm": after the final LayerNorm, "prenorm": the last block's output), one pass."""
-        bad = [t for t in taps if t not in TOKEN_TAPS]
-        if bad:
-            raise HarnessError(f"token tap {bad[0]!r} is not known; accepted: {', '.join(TOKEN_TAPS)}.")
-        prenorm = self._blocks(images, 1)[-1]
-        return {t: self.model.norm(prenorm) if t == "norm" else prenorm for t in taps}
+        """Tokens at each tap (a block's output, or it through the final LayerNorm), all from one pass that stops
+        at the deepest block asked for."""
+        wanted = {t: parse_tap(t, self.depth) for t in taps}
+        deepest = max((b for b, _ in wanted.values()), default=-1)
+        x, kwargs = self._embed(images)
+        out = {}
+        for i, block in enumerate(self.model.blocks[:deepest + 1]):
+            x = block(x, **kwargs)
+            for tap, (b, normed) in wanted.items():
+                if b == i:
+                    out[tap] = self.model.norm(x) if normed else x
+        return out
 
     def forward_tokens(self, images: Tensor, norm: bool = True) -> Tensor:
         """All last-layer tokens (B, T, D)."""
-        return self.forward_taps(images, ("norm" if norm else "prenorm",))["norm" if norm else "prenorm"]
+        tap = "norm" if norm else "prenorm"
+        return self.forward_taps(images, (tap,))[tap]
 
     def forward_intermediates(self, images: Tensor, n: int, norm: bool = False) -> list[Tensor]:
         """The last `n` blocks' tokens, oldest first; `norm=True` applies the final LayerNorm to each."""
         if not 1 <= n <= self.depth:
             raise HarnessError(f"forward_intermediates: n={n} for backbone {self.entry.name!r}; "
                                f"accepted: 1 to {self.depth}.")
-        return [self.model.norm(x) if norm else x for x in self._blocks(images, n)]
+        taps = [f"block{b}.norm" if norm else f"block{b}" for b in range(self.depth - n, self.depth)]
+        out = self.forward_taps(images, taps)
+        return [out[t] for t in taps]
 
     def forward(self, images: Tensor) -> Tensor:
         return self.forward_tokens(images)

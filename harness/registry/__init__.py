@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.tokens.layers import ACCEPTED as LAYERS_ACCEPTED, DEFAULT_LAYER, layer_label
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "registry"
 FAMILIES = ("mae", "simmim", "dino", "ibot", "ijepa")
-AGGREGATOR_KINDS = ("cls", "mean", "abmilp", "query", "ep")
+AGGREGATOR_KINDS = ("cls", "mean", "cls_mean", "registers", "abmilp", "query", "ep", "knn")
+UNTRAINED_KINDS = ("knn",)  # read the train split, train nothing: no optimizer, lr or wd
 TOKEN_TAPS = ("norm", "prenorm")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PROTOCOLS = ("cached", "online")
@@ -186,13 +188,15 @@ class DatasetEntry:
 
 @dataclass(frozen=True)
 class HeadGroup:
-    """One aggregator's part of a grid: its optimizer and its own learning-rate and weight-decay grids."""
+    """One aggregator's part of a grid: its optimizer, its own learning-rate and weight-decay grids, and the
+    layers it reads (each a head of its own, swept like the lrs)."""
 
     aggregator: str
     optimizer: str
     lrs: tuple[float, ...]
     wds: tuple[float, ...]
     options: dict[str, Any] = field(default_factory=dict)  # overrides of the aggregator entry's options
+    layers: tuple[str, ...] = (DEFAULT_LAYER,)  # harness.tokens.layers labels
 
 
 @dataclass(frozen=True)
@@ -222,8 +226,10 @@ class Grid:
 
     @property
     def num_heads(self) -> int:
-        """Heads per (backbone, dataset): every aggregator x lr x wd x seed."""
-        return sum(len(h.lrs) * len(h.wds) for h in self.heads) * len(self.seeds)
+        """Heads per (backbone, dataset), as `harness.run.plan.expand` makes them."""
+        from harness.run.plan import group_heads  # plan owns the expansion; it imports no torch
+
+        return sum(len(group_heads(self, h)) for h in self.heads)
 
 
 # -------------------------------------------------------------------------------------------- parsing
@@ -348,6 +354,18 @@ def _lr_grid(t: _Table, key: str) -> tuple[float, ...]:
     return tuple(float(f"{v:.6g}") for v in values)
 
 
+def _layers(t: _Table) -> tuple[str, ...]:
+    """A head group's `layers`: one or more layer choices (harness.tokens.layers), each read by heads of its own."""
+    value = t.get("layers", list, [int(DEFAULT_LAYER)], accepted=f"a list of layer choices, each {LAYERS_ACCEPTED}")
+    labels = [layer_label(v) for v in value]
+    bad = [v for v, label in zip(value, labels) if label is None]
+    if not value or bad:
+        raise t.fail("layers", f"has {bad[0]!r}" if bad else "is empty", f"a list of layer choices, each {LAYERS_ACCEPTED}")
+    if len(set(labels)) != len(labels):
+        raise t.fail("layers", f"is {value!r}, which names a layer twice", "distinct layer choices")
+    return tuple(labels)
+
+
 _SETTING_DEFAULTS = {"protocol": "cached", "warmup_epochs": 0}  # epochs and batch_size have none
 
 
@@ -368,14 +386,17 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         h = _Table(path, table, f"heads.{agg}")
         if agg not in reg.aggregators:
             raise t.fail(f"heads.{agg}", "is not a registered aggregator", _accepted_names(agg, reg.aggregators))
+        untrained = reg.aggregators[agg].kind in UNTRAINED_KINDS
         heads.append(HeadGroup(
             aggregator=agg,
-            optimizer=h.choice("optimizer", OPTIMIZERS),
-            lrs=_lr_grid(h, "lr"),
-            wds=_lr_grid(h, "wd") if "wd" in h.table else (0.0,),
+            optimizer="none" if untrained else h.choice("optimizer", OPTIMIZERS),
+            lrs=(0.0,) if untrained else _lr_grid(h, "lr"),
+            wds=_lr_grid(h, "wd") if "wd" in h.table and not untrained else (0.0,),
             options=dict(h.get("options", dict, {})),
+            layers=_layers(h),
         ))
-        h.used.add("wd")
+        if not untrained:
+            h.used.add("wd")
         h.finish()
     if not heads:
         raise t.fail("heads", "is empty", "at least one [heads.<aggregator>] table")
