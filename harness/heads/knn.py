@@ -10,13 +10,16 @@ the lower training index is the nearer neighbour, and among equal votes the lowe
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from harness.heads.bank import head_input
+from harness.heads.bank import HeadOutcome, HeadSpec, head_input
+from harness.heads.kinds import Dims, NotApplicable, kinds, resolve_options
+from harness.tokens.cache import TokenSet
+from harness.tokens.layers import layer_taps
 
 QUERY_CHUNK = 1024
 TRAIN_CHUNK = 16384  # a similarity chunk is QUERY_CHUNK x TRAIN_CHUNK float32: 64 MiB
@@ -93,3 +96,41 @@ def accuracy(ranking: Tensor, labels: Tensor) -> tuple[float, float]:
     hits = ranking == labels.to(ranking.device)[:, None]
     n = max(len(labels), 1)
     return 100.0 * hits[:, 0].sum().item() / n, 100.0 * hits.any(1).sum().item() / n
+
+
+def knn_taps(specs: Sequence[HeadSpec], depth: int) -> list[tuple[str, str]]:
+    """(aggregator kind, tap) of every block the k-NN heads read."""
+    return [(s.aggregator.kind, tap) for s in specs for tap in layer_taps(s.layer, s.aggregator.tap, depth)]
+
+
+def evaluate_knn(specs: Sequence[HeadSpec], train: TokenSet, val: TokenSet, test: TokenSet, *, dims: Callable[[int], Dims],
+                 depth: int, num_classes: int, device: torch.device | str) -> list[HeadOutcome]:
+    """Val and test accuracy of every k-NN head: one feature read and one neighbour search per (layer, source),
+    shared by all of its (k, T) heads; `dims(num_blocks)` says what the features' pooling knows of the backbone."""
+    outcomes = [HeadOutcome() for _ in specs]
+    groups: dict[tuple, list[int]] = {}
+    for i, spec in enumerate(specs):
+        opts = resolve_options(spec.aggregator, spec.options)
+        groups.setdefault((spec.layer, spec.aggregator.tap, opts["source"]), []).append(i)
+    for (layer, tap, source), members in groups.items():
+        taps = layer_taps(layer, tap, depth)
+        first = specs[members[0]]
+        try:
+            pool, _ = kinds()[first.aggregator.kind].build_pooler(dims(len(taps)), {"source": source})
+        except NotApplicable as e:
+            for i in members:
+                outcomes[i].status, outcomes[i].error = "not-applicable", f"aggregator {first.aggregator.name!r}: {e}"
+            continue
+        bank = pooled_features(train.tokens, taps, pool, device)
+        labels = train.labels.to(device)
+        heads = [(i, resolve_options(specs[i].aggregator, specs[i].options)) for i in members]
+        ks, temperatures = {o["k"] for _, o in heads}, {o["T"] for _, o in heads}
+        scores = []
+        for split in (val, test):
+            rankings = knn_rankings(bank, labels, pooled_features(split.tokens, taps, pool, device), num_classes,
+                                    ks, temperatures)
+            scores.append({key: accuracy(r, split.labels) for key, r in rankings.items()})
+        for i, o in heads:
+            (v1, v5), (t1, t5) = scores[0][(o["k"], o["T"])], scores[1][(o["k"], o["T"])]
+            outcomes[i] = HeadOutcome(val_top1=v1, val_top5=v5, test_top1=t1, test_top5=t5)
+    return outcomes

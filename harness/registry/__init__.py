@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.heads.kinds import kinds, resolve_options
 from harness.tokens.layers import ACCEPTED as LAYERS_ACCEPTED, DEFAULT_LAYER, layer_label
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "registry"
 FAMILIES = ("mae", "simmim", "dino", "ibot", "ijepa")
-AGGREGATOR_KINDS = ("cls", "mean", "cls_mean", "registers", "abmilp", "query", "ep", "knn")
-UNTRAINED_KINDS = ("knn",)  # read the train split, train nothing: no optimizer, lr or wd
 TOKEN_TAPS = ("norm", "prenorm")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PROTOCOLS = ("cached", "online")
@@ -307,13 +306,14 @@ def _parse_aggregators(path: Path, data: dict[str, Any]) -> dict[str, Aggregator
         t = _Table(path, table, name)
         out[name] = AggregatorEntry(
             name=name,
-            kind=t.choice("kind", AGGREGATOR_KINDS),
+            kind=t.choice("kind", tuple(kinds())),
             tap=t.choice("tap", TOKEN_TAPS),
             options=dict(t.get("options", dict, {})),
             description=t.get("description", str, ""),
             source=str(path),
         )
         t.finish()
+        resolve_options(out[name])
     return out
 
 
@@ -386,7 +386,7 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         h = _Table(path, table, f"heads.{agg}")
         if agg not in reg.aggregators:
             raise t.fail(f"heads.{agg}", "is not a registered aggregator", _accepted_names(agg, reg.aggregators))
-        untrained = reg.aggregators[agg].kind in UNTRAINED_KINDS
+        untrained = not kinds()[reg.aggregators[agg].kind].trained
         heads.append(HeadGroup(
             aggregator=agg,
             optimizer="none" if untrained else h.choice("optimizer", OPTIMIZERS),

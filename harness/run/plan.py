@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 from harness.tokens.layers import DEFAULT_LAYER, layer_taps
 from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_taps
-from harness.registry import UNTRAINED_KINDS, BackboneEntry, DatasetEntry, Grid, HeadGroup, Registry, load_registry
+from harness.heads.kinds import kinds, resolve_options
+from harness.registry import BackboneEntry, DatasetEntry, Grid, HeadGroup, Registry, load_registry
 
 
 @dataclass(frozen=True)
@@ -91,15 +92,15 @@ def group_heads(grid: Grid, group: HeadGroup, registry: Registry | None = None) 
     x layer x lr x wd; untrained ones (k-NN, deterministic) for the first seed, one per layer x combination of
     their listed `k` and `T`."""
     agg = (registry or load_registry()).aggregator(group.aggregator)
-    options = {**agg.options, **group.options}
-    if agg.kind not in UNTRAINED_KINDS:
+    if kinds()[agg.kind].trained:
+        options = {**agg.options, **group.options}
         return [(seed, layer, lr, wd, options, None) for seed in grid.seeds for layer in group.layers
                 for lr in group.lrs for wd in group.wds]
+    options = resolve_options(agg, group.options)
     combos: list[dict] = [{}]
     for key in SWEPT_OPTIONS:
-        values = options.get(key)
-        values = values if isinstance(values, list) else [values]
-        combos = [{**c, key: v} for c in combos for v in values] if key in options else combos
+        values = options[key] if isinstance(options[key], list) else [options[key]]
+        combos = [{**c, key: v} for c in combos for v in values]
     return [(grid.seeds[0], layer, 0.0, 0.0, {**options, **c}, c) for layer in group.layers for c in combos]
 
 

@@ -11,30 +11,30 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.heads.kinds import kinds
 from harness.registry import DatasetEntry
 
 TOKEN_BYTES = 2  # float16
 LABEL_BYTES = 8  # int64
 NPY_HEADER_BYTES = 128  # numpy's .npy header for these shapes (padded to a multiple of 64)
 META_BYTES = 2048  # upper bound on one entry's meta.json
-# aggregators that read only the prefix tokens ([cls], registers) and the patch-token mean
-SUMMARY_KINDS = frozenset({"cls", "mean", "cls_mean", "registers", "knn"})
 
 
-def summary_only(kinds: Iterable[str]) -> bool:
+def summary_only(names: Iterable[str]) -> bool:
     """Whether heads of these aggregator kinds need no more than each image's prefix tokens and the mean of its
-    patch tokens: then a cached trial stores those `num_prefix + 1` tokens instead of all (ViT-B/16: 2 of 197)."""
-    kinds = set(kinds)
-    return bool(kinds) and kinds <= SUMMARY_KINDS
+    patch tokens (their kinds declare `summary_only`): then a cached trial stores those `num_prefix + 1` tokens
+    instead of all (ViT-B/16: 2 of 197)."""
+    names = set(names)
+    return bool(names) and all(kinds()[n].summary_only for n in names)
 
 
 def summary_taps(reads: Iterable[tuple[str, str]]) -> dict[str, bool]:
     """tap -> whether it is stored in the summary layout, from the (aggregator kind, tap) pairs a trial's heads read:
     a tap is summarised when every head reading it is of a summary kind, whatever the other taps' heads are."""
-    kinds: dict[str, set[str]] = {}
+    names: dict[str, set[str]] = {}
     for kind, tap in reads:
-        kinds.setdefault(tap, set()).add(kind)
-    return {tap: summary_only(k) for tap, k in sorted(kinds.items())}
+        names.setdefault(tap, set()).add(kind)
+    return {tap: summary_only(k) for tap, k in sorted(names.items())}
 
 
 def predict_cache_bytes(num_images: int, num_tokens: int, embed_dim: int, taps: Sequence[str]) -> int:
