@@ -66,3 +66,77 @@ def test_an_entry_records_its_checksums_and_identity(digits, tmp_path):
     assert set(meta["sha256"]) == {"tokens.npy", "labels.npy"}
     for key in ("weights_sha256", "dataset", "split", "transform", "tap", "tokens"):
         assert key in meta["key"]
+
+
+# ------------------------------------------------------------------------------------------------ weights
+
+from harness.models import digests  # noqa: E402
+from harness.models.weights import resolve_weights  # noqa: E402
+from harness.registry import load_registry  # noqa: E402
+from harness.run.plan import expand  # noqa: E402
+
+
+def test_weights_given_by_path_are_identified_by_content(tmp_path):
+    reg = load_registry()
+    grid = reg.grid("claim")
+    weights = tmp_path / "mine.pth"
+    weights.write_bytes(b"first release")
+    before = expand(grid, reg, weights={"mae-vit-b16": str(weights)})
+    weights.write_bytes(b"second release, same path")
+    after = expand(grid, reg, weights={"mae-vit-b16": str(weights)})
+    changed = {h.config_hash for t in before for h in t.heads} ^ {h.config_hash for t in after for h in t.heads}
+    mae_heads = [h for t in before if t.backbone == "mae-vit-b16" for h in t.heads]
+    assert mae_heads and len(changed) == 2 * len(mae_heads)  # every head of that backbone, and only those
+    assert {t.weights_sha256 for t in after if t.backbone == "mae-vit-b16"} == {digests.sha256_of(weights)}
+
+
+def test_a_files_sha256_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
+    weights = tmp_path / "big.pth"
+    weights.write_bytes(b"x" * 1000)
+    calls = []
+    real = digests.sha256_of
+    monkeypatch.setattr(digests, "sha256_of", lambda p: calls.append(p) or real(p))
+    first = digests.cached_sha256(weights)
+    assert digests.cached_sha256(weights) == first and len(calls) == 1  # the rerun does not re-hash
+    weights.write_bytes(b"y" * 1000)
+    os.utime(weights, ns=(1, 1))
+    assert digests.cached_sha256(weights) == real(weights) != first and len(calls) == 2
+
+
+def _released(tmp_path, monkeypatch, content: bytes):
+    """A released entry without a registered sha256 whose file sits in the local weights folder."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path / "weights"))
+    (tmp_path / "weights").mkdir(exist_ok=True)
+    entry = load_registry().backbone("mae-vit-b16")
+    assert entry.sha256 is None
+    (tmp_path / "weights" / entry.filename).write_bytes(content)
+    return replace(entry, filename=entry.filename)
+
+
+def test_released_checkpoint_is_locked_at_first_use_and_a_changed_file_refused(tmp_path, monkeypatch):
+    entry = _released(tmp_path, monkeypatch, b"as published")
+    path, sha = resolve_weights(entry)
+    lock = json.loads(Path(os.environ["HARNESS_WEIGHTS_LOCK"]).read_text())
+    assert lock[entry.name]["sha256"] == sha
+    with open(path, "r+b") as f:  # one flipped byte
+        f.seek(3)
+        f.write(b"X")
+    with pytest.raises(HarnessError, match=r"weights lock.*harness weights --refresh mae-vit-b16"):
+        resolve_weights(entry)
+    digests.refresh_lock(entry.name, path)  # a deliberate refresh accepts the new file
+    assert resolve_weights(entry)[1] == digests.sha256_of(path)
+
+
+def test_cli_refreshes_the_weights_lock_deliberately(tmp_path, monkeypatch, capsys):
+    from harness.cli import main
+
+    entry = _released(tmp_path, monkeypatch, b"as published")
+    path, _ = resolve_weights(entry)
+    path.write_bytes(b"a deliberate replacement")
+    with pytest.raises(HarnessError):
+        resolve_weights(entry)
+    assert main(["weights", "--refresh", entry.name]) == 0
+    assert resolve_weights(entry)[1] == digests.sha256_of(path)
+    assert main(["weights", "--refresh", "demo-mae-tiny"]) == 2
