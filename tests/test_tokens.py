@@ -210,7 +210,7 @@ def test_registered_demo_backbone_through_the_cache(tmp_path):
 
 def test_summary_entries_hold_prefix_and_patch_mean_and_pool_as_all_tokens_do(digits, reference, tmp_path):
     """A [cls]/mean-only trial caches num_prefix + 1 tokens; both heads' poolings read the same from them."""
-    from harness.heads.aggregators import ClsPool, MeanPool
+    from harness.heads.pool.summary import ClsPool, MeanPool
 
     dataset_entry, val = digits
     summary, passes = cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm", "prenorm"],
