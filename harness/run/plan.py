@@ -179,6 +179,7 @@ class TrialCost:
     passes: int | None  # images through the backbone: each split once (cached), every train epoch (online)
     cache_bytes: int | None  # token cache of a cached-protocol trial, every split and tap
     cache_by_tap: dict[str, int] | None  # the same per tap (one block's tokens, stored once), in tap order
+    knn_gflop: float | None  # the k-NN heads' similarity products (val + test against train), 0 without k-NN
     hours: float | None  # passes / throughput
     throughput: str  # where the images/s came from
 
@@ -198,11 +199,12 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
     backbone, dataset = registry.backbone(trial.backbone), registry.dataset(trial.dataset)
     sizes = planned_split_sizes(dataset)
     images = sum(sizes.values()) if sizes else measured_images.get(trial.dataset)
-    passes = cache = by_tap = None
+    passes = cache = by_tap = knn = None
+    untrained = [h for h in trial.heads if not kinds()[registry.aggregator(h.aggregator).kind].trained]
     if images is not None:
         passes = images
-        if trial.protocol == "online":
-            passes = images + (trial.epochs - 1) * (sizes["train"] if sizes else images)
+        if trial.protocol == "online":  # every epoch's augmented train split, and once more unaugmented for k-NN
+            passes = images + (trial.epochs - (0 if untrained else 1)) * (sizes["train"] if sizes else images)
         tokens, width = token_shape(backbone)
         depth = backbone_depth(backbone)
         if trial.protocol == "cached" and width is not None and depth is not None:
@@ -212,8 +214,12 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
                 by_tap[tap] = sum(predict_cache_bytes(n, stored, width, [tap])
                                   for n in (sizes.values() if sizes else [images]))
             cache = sum(by_tap.values())
+        if sizes and width is not None and depth is not None:
+            searches = {(h.layer, h.options.get("source")) for h in untrained}  # one per layer x source
+            dims = sum(len(layer_taps(layer, "norm", depth)) + (source == "cls_mean") for layer, source in searches)
+            knn = 2 * sizes["train"] * (sizes["val"] + sizes["test"]) * width * dims / 1e9
     speed, source = backbone.images_per_s, "registered 1-GPU"
     if speed is None and trial.backbone in measured_speed:
         speed, source = measured_speed[trial.backbone], "measured (earlier results)"
     hours = passes / speed / 3600 if passes is not None and speed else None
-    return TrialCost(images, passes, cache, by_tap, hours, source if speed else "unknown")
+    return TrialCost(images, passes, cache, by_tap, knn, hours, source if speed else "unknown")
