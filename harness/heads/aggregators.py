@@ -20,10 +20,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.errors import HarnessError
+from harness.heads.recipes import Recipe
 from harness.registry import AggregatorEntry
 
 BN_EPS = 1e-6  # MAE main_linprobe, beyond_cls and efficient-probing all use BatchNorm1d(affine=False, eps=1e-6)
-LINEAR_STD = 0.01  # MAE main_linprobe (after MoCo v3): head weight ~ trunc_normal(std=0.01), bias 0
+LINEAR_STD = 0.01  # MAE main_linprobe (trunc_normal) and DINOv2 eval/linear.py (normal): weight std, bias 0
 
 
 class NotApplicable(Exception):
@@ -395,36 +396,44 @@ class EfficientProbePool(StackedPool):
 
 
 class Head(nn.Module):
-    """pool -> BatchNorm1d(affine=False, eps 1e-6) or nothing -> Linear; `tap` names the tokens it reads."""
+    """pool -> (frozen LayerNorm) -> BatchNorm1d(affine=False, eps 1e-6) or nothing -> Linear; `tap` names the
+    tokens it reads. `fc_norm`: MAE's --global_pool LayerNorm (eps 1e-6, weight 1 and bias 0, never trained);
+    `linear_init`: recipes.LINEAR_INITS."""
 
     def __init__(self, pooler: nn.Module, pooled_dim: int, num_classes: int, *, tap: str, batchnorm: bool,
-                 linear_std: float | None):
+                 linear_init: str, fc_norm: bool = False):
         super().__init__()
         self.tap = tap
         self.pooler = pooler
+        self.fc_norm = nn.LayerNorm(pooled_dim, eps=1e-6, elementwise_affine=False) if fc_norm else nn.Identity()
         self.norm = nn.BatchNorm1d(pooled_dim, affine=False, eps=BN_EPS) if batchnorm else nn.Identity()
         self.linear = nn.Linear(pooled_dim, num_classes)
-        if linear_std is not None:
-            nn.init.trunc_normal_(self.linear.weight, std=linear_std)
+        if linear_init == "trunc_normal":
+            nn.init.trunc_normal_(self.linear.weight, std=LINEAR_STD)
+        elif linear_init == "normal":
+            nn.init.normal_(self.linear.weight, std=LINEAR_STD)
+        if linear_init != "default":
             nn.init.zeros_(self.linear.bias)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, D') before the BatchNorm and the linear layer."""
-        return self.pooler(tokens)
+        return self.fc_norm(self.pooler(tokens))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(self.pool(tokens)))
 
 
 def build_head(entry: AggregatorEntry, *, embed_dim: int, num_heads: int, num_prefix_tokens: int,
-               num_classes: int, options: dict[str, Any] | None = None) -> Head:
+               num_classes: int, options: dict[str, Any] | None = None, recipe: Recipe | None = None) -> Head:
     """The head for `entry` on a backbone of that width, heads and prefix tokens; float32.
 
-    `options` (from a grid) override `entry.options`. Raises NotApplicable for `cls` without a [cls] token.
+    `options` (from a grid) override the recipe's option defaults, which override `entry.options`; the recipe's
+    head layers and init replace the kind's defaults where it sets them. Raises NotApplicable for `cls` without
+    a [cls] token.
     """
-    opts = resolve_options(entry, options)
+    opts = resolve_options(entry, {**(recipe.options_for(entry.kind) if recipe else {}), **(options or {})})
     skip = num_prefix_tokens if opts.get("content", "patch") == "patch" else 0
-    dim, pooled_dim, batchnorm, linear_std = embed_dim, embed_dim, True, LINEAR_STD
+    dim, pooled_dim, batchnorm, linear_init = embed_dim, embed_dim, True, "trunc_normal"
     if entry.kind == "cls":
         if num_prefix_tokens == 0:
             raise NotApplicable(f"aggregator {entry.name!r} reads the [cls] token, and this backbone has none")
@@ -439,11 +448,16 @@ def build_head(entry: AggregatorEntry, *, embed_dim: int, num_heads: int, num_pr
         heads = opts["num_heads"] or num_heads
         pooler = QueryPool(dim, skip, num_heads=heads, num_queries=opts["num_queries"], depth=opts["depth"],
                            mlp_ratio=opts["mlp_ratio"])
-        pooled_dim, batchnorm, linear_std = dim * opts["num_queries"], False, None
+        pooled_dim, batchnorm, linear_init = dim * opts["num_queries"], False, "default"
     elif entry.kind == "ep":
         pooler = EfficientProbePool(dim, skip, num_queries=opts["num_queries"], d_out=opts["d_out"],
                                     qkv_bias=opts["qkv_bias"])
         pooled_dim = dim // opts["d_out"]
     else:
         raise AssertionError(f"unhandled aggregator kind {entry.kind!r}")
-    return Head(pooler, pooled_dim, num_classes, tap=entry.tap, batchnorm=batchnorm, linear_std=linear_std).float()
+    if recipe is not None:
+        batchnorm = batchnorm if recipe.batchnorm is None else recipe.batchnorm
+        linear_init = linear_init if recipe.linear_init is None else recipe.linear_init
+    global_pool = recipe is not None and recipe.pools_globally(entry.kind)
+    return Head(pooler, pooled_dim, num_classes, tap="prenorm" if global_pool else entry.tap, batchnorm=batchnorm,
+                linear_init=linear_init, fc_norm=global_pool).float()
