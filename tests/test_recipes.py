@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.errors import HarnessError
 from harness.heads.bank import HeadBank, HeadSpec
 from harness.heads.recipes import RECIPES, Recipe, resolve
-from harness.registry import AggregatorEntry
+from harness.registry import AggregatorEntry, load_registry
+from harness.run.plan import expand
+from harness.run.trial import run_trial
 from conftest import manifests
 from single_thread import one_thread  # noqa: F401 (autouse fixture)
 
@@ -225,3 +228,74 @@ def test_vjepa_decay_groups_are_the_official_ones():
         official = {_ours(k, case.keys) for k in groups["0 (decayed)"]} - {None}
         excluded = {_ours(k, case.keys) for k in groups["1 (WD_exclude, weight_decay 0)"]} - {None}
         assert ours == official and not ours & excluded and ours | excluded == set(group.names())
+
+
+GRID = """
+description = "Every recipe in one demo trial."
+backbones = ["demo-mae-tiny"]
+datasets = ["digits"]
+epochs = 2
+warmup_epochs = 1
+batch_size = 128
+seeds = [0]
+
+[heads.cls]
+recipe = "dinov2-linear"
+lr = [0.1]
+
+[heads.mean]
+recipe = "mae-linprobe"
+lr = [0.1]
+
+[heads.abmilp]
+recipe = "beyond-cls-abmilp"
+lr = [0.1]
+
+[heads.query]
+recipe = "vjepa-attentive"
+lr = [1e-3]
+wd = [1e-3]
+
+[heads.ep]
+recipe = "ep-linprobe"
+lr = [0.1]
+"""
+
+
+def _grid(tmp_path: Path, text: str):
+    path = tmp_path / "recipes.toml"
+    path.write_text(text)
+    return load_registry().grid(str(path))
+
+
+def test_a_grid_selects_a_recipe_in_one_word_and_a_trial_trains_by_it(tmp_path: Path):
+    grid = _grid(tmp_path, GRID)
+    assert {h.aggregator: (h.recipe, h.optimizer) for h in grid.heads} == {
+        "cls": ("dinov2-linear", "sgd"), "mean": ("mae-linprobe", "lars"), "abmilp": ("beyond-cls-abmilp", "lars"),
+        "query": ("vjepa-attentive", "adamw"), "ep": ("ep-linprobe", "lars")}
+    (trial,) = expand(grid, load_registry())
+    plain = expand(_grid(tmp_path, GRID.replace('recipe = "dinov2-linear"', 'optimizer = "sgd"')), load_registry())[0]
+    assert trial.heads[0].config_hash != plain.heads[0].config_hash  # the recipe is part of the configuration
+    assert trial.heads[1:] == plain.heads[1:]
+    rows, curves = run_trial(trial)
+    by_agg = {r["aggregator"]: r for r in rows}
+    assert all(r["status"] == "ok" for r in rows), [(r["aggregator"], r["error"]) for r in rows]
+    assert by_agg["mean"]["token_tap"] == "prenorm"  # MAE --global_pool reads the last block before its norm
+    assert json.loads(by_agg["ep"]["aggregator_options"])["num_queries"] == RECIPES["ep-linprobe"].options_for("ep")[
+        "num_queries"]
+    assert len(curves) == 2 * len(rows)
+
+
+@pytest.mark.parametrize("change,field_name,accepted", [
+    ('recipe = "mae-linprob"', "heads.cls.recipe", "beyond-cls-abmilp, dinov2-linear"),
+    ('recipe = "vjepa-attentive"', "heads.cls.recipe", "dinov2-linear, mae-linprobe"),
+    ('recipe = "dinov2-linear"\noptimizer = "lars"', "heads.cls.optimizer", "'sgd' or no optimizer field"),
+    ('recipe = "dinov2-linear"\nrecipe_options = { batchnorms = true }', "heads.cls.recipe_options", "accum_iter"),
+    ('recipe = "dinov2-linear"\nrecipe_options = { batchnorm = 1 }', "heads.cls.recipe_options", "true or false"),
+    ('optimizer = "sgd"\nrecipe_options = { batchnorm = true }', "heads.cls.recipe_options", "a recipe field"),
+])
+def test_a_bad_recipe_field_names_the_field_and_what_is_accepted(tmp_path: Path, change: str, field_name: str,
+                                                                 accepted: str):
+    with pytest.raises(HarnessError) as e:
+        _grid(tmp_path, GRID.replace('recipe = "dinov2-linear"', change))
+    assert f"field '{field_name}'" in str(e.value) and accepted in str(e.value) and "\n" not in str(e.value)

@@ -459,5 +459,5 @@ def build_head(entry: AggregatorEntry, *, embed_dim: int, num_heads: int, num_pr
         batchnorm = batchnorm if recipe.batchnorm is None else recipe.batchnorm
         linear_init = linear_init if recipe.linear_init is None else recipe.linear_init
     global_pool = recipe is not None and recipe.pools_globally(entry.kind)
-    return Head(pooler, pooled_dim, num_classes, tap="prenorm" if global_pool else entry.tap, batchnorm=batchnorm,
-                linear_init=linear_init, fc_norm=global_pool).float()
+    return Head(pooler, pooled_dim, num_classes, tap=recipe.tap_for(entry.kind, entry.tap) if recipe else entry.tap,
+                batchnorm=batchnorm, linear_init=linear_init, fc_norm=global_pool).float()

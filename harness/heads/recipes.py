@@ -49,6 +49,10 @@ class Recipe:
         then applies a frozen LayerNorm (eps 1e-6, weight 1, bias 0)."""
         return self.global_pool and kind == "mean"
 
+    def tap_for(self, kind: str, tap: str) -> str:
+        """The tokens a head of `kind` reads, given its aggregator's `tap`."""
+        return "prenorm" if self.pools_globally(kind) else tap
+
     def describe(self) -> dict[str, Any]:
         """Every setting, for a configuration hash and for `harness show`."""
         return asdict(self)
@@ -80,7 +84,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
     Recipe("ep-linprobe",
            "billpsomas/efficient-probing @ b8f4fb8: main_linprobe.py, probe_heads.py, poolings/ep.py "
            "(EfficientProbing with 32 queries on the last block's raw tokens, BatchNorm1d(affine=False, eps 1e-6) "
-           "+ Linear at PyTorch's default init; LARS as MAE, the query tensor adapted; wd 0)",
+           "+ Linear at PyTorch's default init; LARS as MAE, the query tensor adapted; official wd 0)",
            ("ep",), **_LARS_SCRIPT, linear_init="default", kind_options=(("ep", (("num_queries", 32),)),)),
     Recipe("beyond-cls-abmilp",
            "gmum/beyond_cls @ 22ed799: main_linprobe.py, abmilp.py, README ImageNet command (ABMILP depth 1, relu, "
