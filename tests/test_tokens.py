@@ -147,15 +147,16 @@ def test_concurrent_writers_of_one_key_both_get_the_complete_entry(digits, refer
     assert len(_entries(tmp_path)) == 1 and not list(tmp_path.glob("*/*/.tmp-*"))
 
 
-def test_damaged_entry_names_its_folder(digits, tmp_path):
+def test_damaged_entry_is_named_and_rebuilt(digits, reference, tmp_path, caplog):
     dataset_entry, val = digits
     cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm"], cache_dir=tmp_path, batch_size=64,
                   device="cpu")
     (entry,) = _entries(tmp_path)
     (entry / "meta.json").unlink()
-    with pytest.raises(HarnessError, match=f"{entry}.*damaged.*delete that folder"):
-        cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm"], cache_dir=tmp_path, batch_size=64,
-                      device="cpu")
+    tokens, passes = cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm"], cache_dir=tmp_path,
+                                   batch_size=64, device="cpu")
+    assert passes == 203 and torch.equal(tokens.tokens["norm"], reference.tokens["norm"])
+    assert f"{entry} is damaged" in caplog.text and _entries(tmp_path) == [entry]
 
 
 def test_predicted_bytes_bound_what_is_written(digits, tmp_path):
