@@ -1,30 +1,35 @@
 """Frozen backbones: a registry entry built as a timm model, loaded exactly from its family's released layout.
 
-Families map onto two timm classes built with `pretrained=False`: `VisionTransformer` (MAE, DINO, iBOT, I-JEPA;
-I-JEPA without a [cls] token) and `Beit` (SimMIM: shared relative position bias, layer scale, q/v biases, no
-absolute position embedding). Each family has one converter, a pure state_dict -> state_dict function that says
-which sub-network it takes; loads are strict. The `Backbone` wrapper runs the blocks once and exposes both the
+Families map onto three timm classes built with `pretrained=False`: `VisionTransformer` (MAE, DINO, iBOT, I-JEPA
+without a [cls] token, DINOv2 with or without registers, MoCo v3), `Beit` (SimMIM: shared relative position bias,
+layer scale, q/v biases, no absolute position embedding) and `Eva` (DINOv3: RoPE, storage tokens). Each family has
+one converter, a pure state_dict -> state_dict function that says which sub-network it takes; a family whose file
+must be fitted to the built model (a position table resampled to its grid, RoPE periods) also has a fitter. Loads
+are strict. The `Backbone` wrapper runs the blocks once and exposes both the
 last block's output ("prenorm") and the final LayerNorm applied to it ("norm"), which is what the head bank reads.
 
 References: MAE https://github.com/facebookresearch/mae, SimMIM https://github.com/microsoft/SimMIM,
 DINO https://github.com/facebookresearch/dino, iBOT https://github.com/bytedance/ibot,
-I-JEPA https://github.com/facebookresearch/ijepa.
+I-JEPA https://github.com/facebookresearch/ijepa; DINOv2, DINOv3 and MoCo v3 in their own modules.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
 from timm.models.beit import Beit
+from timm.models.eva import Eva
 from torch import Tensor, nn
 
 from harness.errors import HarnessError
 from harness.registry import ARCH_OVERRIDE_KEYS, BackboneEntry, TOKEN_TAPS, load_registry
+from harness.models import dinov2, dinov3, mocov3
 from harness.models.weights import load_checkpoint, resolve_weights
 
 __all__ = ["Backbone", "load_backbone", "build_model", "convert_checkpoint", "CONVERTERS", "random_init_seed"]
@@ -45,6 +50,7 @@ _FAMILY_KWARGS: dict[str, dict[str, Any]] = {
     "ijepa": {"class_token": False, "global_pool": "avg", "fc_norm": False},
     "simmim": {"global_pool": "", "use_abs_pos_emb": False, "use_rel_pos_bias": False,
                "use_shared_rel_pos_bias": True, "init_values": 0.1},
+    "dinov2": {}, "dinov2_reg": {}, "dinov3": {}, "mocov3": {},
 }
 
 
@@ -97,11 +103,23 @@ def convert_ijepa(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 CONVERTERS: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]]] = {
     "mae": convert_mae, "simmim": convert_simmim, "dino": convert_dino, "ibot": convert_ibot, "ijepa": convert_ijepa,
+    "dinov2": dinov2.convert, "dinov2_reg": dinov2.convert, "dinov3": dinov3.convert, "mocov3": mocov3.convert,
+}
+# Families whose converted state dict is fitted to the built model before the strict load.
+FITTERS: dict[str, Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]]] = {
+    "dinov2": partial(dinov2.fit, family="dinov2"), "dinov2_reg": partial(dinov2.fit, family="dinov2_reg"),
+    "dinov3": dinov3.fit,
 }
 # Where a family's backbone-only release keeps the weights when the sub-network key itself is absent:
 # DINO's `*_pretrain.pth` is the bare teacher state dict (None = the whole file), iBOT's extracted files wrap it in
-# `state_dict`. These are already the chosen sub-network, so they are used only when no key was asked for.
-_RELEASED_LAYOUT: dict[str, tuple[str | None, ...]] = {"dino": (None,), "ibot": ("state_dict",)}
+# `state_dict`; DINOv2's and DINOv3's files are bare state dicts. These are already the chosen sub-network, so they
+# are used only when no key was asked for.
+_RELEASED_LAYOUT: dict[str, tuple[str | None, ...]] = {"dino": (None,), "ibot": ("state_dict",), "dinov2": (None,),
+                                                       "dinov2_reg": (None,), "dinov3": (None,)}
+# Families whose sub-networks share one state dict under prefixes (MoCo v3's two encoders): name -> the sub-network.
+_SUBNETWORKS: dict[str, tuple[tuple[str, ...], Callable[[Mapping, str | None], Mapping[str, Tensor] | None]]] = {
+    "mocov3": (mocov3.ENCODERS, mocov3.subnetwork),
+}
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -117,21 +135,43 @@ def _select(ckpt: Any, entry: BackboneEntry, checkpoint_key: str | None, path: P
         candidates: tuple[str | None, ...] = (checkpoint_key,)
     else:
         candidates = (entry.checkpoint_key,) + _RELEASED_LAYOUT.get(entry.family, ())
+    names, nested = _SUBNETWORKS.get(entry.family, ((), lambda ckpt, key: None))
     for key in candidates:
         if key is None and _is_state_dict(ckpt):
             return ckpt
         if key is not None and _is_state_dict(ckpt.get(key)):
             return ckpt[key]
+        if _is_state_dict(found := nested(ckpt, key)):
+            return found
     wanted = " or ".join(dict.fromkeys("the top level" if k is None else f"key {k!r}" for k in candidates))
+    inner = f" (or one of its sub-networks: {', '.join(names)})" if names else ""
     raise HarnessError(f"{path}: found no state dict at {wanted} (for backbone {entry.name!r}, family "
                        f"{entry.family}); keys present: {_listing(ckpt)}. Pass checkpoint_key / --checkpoint-key "
-                       "naming one of them, or check that the file belongs to this family.")
+                       f"naming one of them{inner}, or check that the file belongs to this family.")
 
 
 def convert_checkpoint(ckpt: Any, entry: BackboneEntry, checkpoint_key: str | None = None,
                        path: Path = Path("<checkpoint>")) -> dict[str, Tensor]:
     """The timm state dict of the sub-network to evaluate in a loaded checkpoint of `entry`'s family."""
-    return CONVERTERS[entry.family](_select(ckpt, entry, checkpoint_key, path))
+    sd = _select(ckpt, entry, checkpoint_key, path)
+    try:
+        return CONVERTERS[entry.family](sd)
+    except ValueError as e:
+        raise _misfit(entry, path, e) from None
+
+
+def fit_to_model(sd: Mapping[str, Tensor], model: nn.Module, entry: BackboneEntry,
+                 path: Path = Path("<checkpoint>")) -> dict[str, Tensor]:
+    """The converted state dict fitted to the built model (its grid, its rebuilt buffers), where the family needs it."""
+    try:
+        return FITTERS[entry.family](sd, model) if entry.family in FITTERS else dict(sd)
+    except ValueError as e:
+        raise _misfit(entry, path, e) from None
+
+
+def _misfit(entry: BackboneEntry, path: Path, e: ValueError) -> HarnessError:
+    return HarnessError(f"{path}: does not fit backbone {entry.name!r} ({entry.family}, {entry.arch}): {e}; "
+                        f"accepted: a {entry.family} release file of this layout.")
 
 
 def _listing(keys: Any, limit: int = 8) -> str:
@@ -163,7 +203,7 @@ def build_model(entry: BackboneEntry, **arch_overrides: Any) -> nn.Module:
     if bad:
         raise HarnessError(f"architecture override {bad[0]!r} for backbone {entry.name!r} is not accepted; "
                            f"accepted: {', '.join(ARCH_OVERRIDE_KEYS)}.")
-    kwargs = {**_FAMILY_KWARGS[entry.family], **entry.arch_overrides, **arch_overrides}
+    kwargs = {"img_size": entry.img_size, **_FAMILY_KWARGS[entry.family], **entry.arch_overrides, **arch_overrides}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_init_seed(entry))
         try:
@@ -176,7 +216,8 @@ def build_model(entry: BackboneEntry, **arch_overrides: Any) -> nn.Module:
 
 
 class Backbone(nn.Module):
-    """A frozen ViT that returns tokens: [cls] first where the family has one, after or before the final norm."""
+    """A frozen ViT that returns tokens: its prefix tokens ([cls], then registers or storage tokens where the
+    family has them) first, then the patches, after or before the final norm."""
 
     def __init__(self, model: nn.Module, entry: BackboneEntry, weights_sha256: str):
         super().__init__()
@@ -184,7 +225,7 @@ class Backbone(nn.Module):
         self.embed_dim: int = model.embed_dim
         self.depth: int = len(model.blocks)
         self.num_heads: int = model.blocks[0].attn.num_heads
-        self.num_prefix_tokens: int = 1 if getattr(model, "cls_token", None) is not None else 0
+        self.num_prefix_tokens: int = model.num_prefix_tokens
         self.requires_grad_(False)
         self.eval()
 
@@ -202,6 +243,9 @@ class Backbone(nn.Module):
                 x = x + m.pos_embed
             bias = m.rel_pos_bias() if m.rel_pos_bias is not None else None
             return m.pos_drop(x), {"shared_rel_pos_bias": bias}
+        if isinstance(m, Eva):
+            x, rope = m._pos_embed(m.patch_embed(images))
+            return m.norm_pre(x), {"rope": rope}
         x = m._pos_embed(m.patch_embed(images))
         return m.norm_pre(m.patch_drop(x)), {}
 
@@ -254,5 +298,5 @@ def load_backbone(name: str, weights: str | Path | None = None, *, checkpoint_ke
     path, sha256 = resolve_weights(entry, weights)  # file problems surface before a large model is built
     sd = convert_checkpoint(load_checkpoint(path), entry, checkpoint_key, path)
     model = build_model(entry, **arch_overrides)
-    _load_strict(model, sd, entry, path)
+    _load_strict(model, fit_to_model(sd, model, entry, path), entry, path)
     return Backbone(model, entry, sha256).to(device)

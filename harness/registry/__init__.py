@@ -20,7 +20,7 @@ from typing import Any
 from harness.errors import HarnessError
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "registry"
-FAMILIES = ("mae", "simmim", "dino", "ibot", "ijepa")
+FAMILIES = ("mae", "simmim", "dino", "ibot", "ijepa", "dinov2", "dinov2_reg", "dinov3", "mocov3")
 AGGREGATOR_KINDS = ("cls", "mean", "abmilp", "query", "ep")
 TOKEN_TAPS = ("norm", "prenorm")
 OPTIMIZERS = ("lars", "sgd", "adamw")
@@ -151,6 +151,12 @@ class BackboneEntry:
     published: dict[str, float] = field(default_factory=dict)  # "dataset/aggregator" -> test top-1
     description: str = ""
     source: str = ""
+    register_tokens: int = 0  # tokens between [cls] and the patches (DINOv2 registers, DINOv3 storage tokens)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens in front of the patches: [cls] where there is one, then the registers."""
+        return int(self.class_token) + self.register_tokens
 
     @property
     def label(self) -> str:
@@ -286,8 +292,11 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         published={} if random_init else {k: float(v) for k, v in published.items()},
         description=t.get("description", str, ""),
         source=str(path),
+        register_tokens=t.get("register_tokens", int, 0, accepted="a non-negative integer"),
     )
     t.finish()
+    if entry.register_tokens < 0:
+        raise t.fail("register_tokens", f"is {entry.register_tokens}", "a non-negative integer")
     if entry.sha256 is not None and (len(entry.sha256) != 64 or not all(c in "0123456789abcdef" for c in entry.sha256)):
         raise t.fail("sha256", f"is {entry.sha256!r}", "64 lowercase hex digits")
     if not entry.random_init and not (entry.url or entry.manual_download):

@@ -1,0 +1,34 @@
+"""MoCo v3 ViTs: the released pre-training checkpoint's base encoder, or its momentum encoder when asked for.
+
+`vit-{s,b}-300ep.pth.tar` holds `state_dict`, the DDP-wrapped `MoCo_ViT`: `module.base_encoder.*` (what
+main_lincls.py evaluates), `module.momentum_encoder.*` and `module.predictor.*`. Each encoder's `head.*` is the
+projector MLP, not a classifier, and is dropped. The fixed sin-cos position table is stored and used as stored.
+ViT-S has 12 heads (head width 32), not timm's `vit_small` 6.
+
+Reference: https://github.com/facebookresearch/moco-v3 (vits.py, main_lincls.py, convert_to_deit.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor
+
+ENCODERS = ("base_encoder", "momentum_encoder")
+CONTAINER = "state_dict"
+
+
+def subnetwork(ckpt: Mapping, key: str | None) -> Mapping[str, Tensor] | None:
+    """One encoder of `ckpt['state_dict']` with its `module.<encoder>.` prefix removed, or None when `key` is not an
+    encoder name or the file has no such encoder."""
+    sd = ckpt.get(CONTAINER)
+    if key not in ENCODERS or not isinstance(sd, Mapping):
+        return None
+    prefix = f"module.{key}."
+    out = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return out or None
+
+
+def convert(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The encoder without its projector (`head.*`)."""
+    return {k: v for k, v in sd.items() if not k.startswith("head.")}
