@@ -10,7 +10,7 @@ import torch
 
 import harness
 from harness.errors import HarnessError
-from harness.models.dinov2 import RESIZE_RULES, resize_pos_embed
+from harness.models.families.dinov2 import RESIZE_RULES, resize_pos_embed
 from conftest import fixtures_root
 from test_backbones import FAMILY_ENTRY, _overrides
 

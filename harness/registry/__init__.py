@@ -19,13 +19,13 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.heads.kinds import kinds, resolve_options
+from harness.data.sources import source_kinds
+from harness.models.families import families
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "registry"
-FAMILIES = ("mae", "simmim", "dino", "ibot", "ijepa", "dinov2", "dinov2_reg", "dinov3", "mocov3")
 TOKEN_TAPS = ("norm", "prenorm")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PROTOCOLS = ("cached", "online")
-DATASET_SOURCES = ("sklearn_digits", "torchvision", "imagefolder", "synthetic")
 ARCH_OVERRIDE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 TRIAL_SETTINGS = ("protocol", "epochs", "batch_size", "warmup_epochs")  # what a grid may set per dataset
 
@@ -151,12 +151,11 @@ class BackboneEntry:
     published: dict[str, float] = field(default_factory=dict)  # "dataset/aggregator" -> test top-1
     description: str = ""
     source: str = ""
-    register_tokens: int = 0  # tokens between [cls] and the patches (DINOv2 registers, DINOv3 storage tokens)
 
     @property
     def num_prefix_tokens(self) -> int:
-        """Tokens in front of the patches: [cls] where there is one, then the registers."""
-        return int(self.class_token) + self.register_tokens
+        """Tokens before the patch tokens ([cls], registers), as the entry's family declares them."""
+        return families()[self.family].prefix_tokens(self)
 
     @property
     def label(self) -> str:
@@ -272,7 +271,7 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
     speed = t.get("images_per_s", float, None)
     entry = BackboneEntry(
         name=name,
-        family=t.choice("family", FAMILIES),
+        family=t.choice("family", tuple(families())),
         arch=t.get("arch", str),
         img_size=t.positive_int("img_size"),
         patch_size=t.positive_int("patch_size"),
@@ -292,11 +291,8 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         published={} if random_init else {k: float(v) for k, v in published.items()},
         description=t.get("description", str, ""),
         source=str(path),
-        register_tokens=t.get("register_tokens", int, 0, accepted="a non-negative integer"),
     )
     t.finish()
-    if entry.register_tokens < 0:
-        raise t.fail("register_tokens", f"is {entry.register_tokens}", "a non-negative integer")
     if entry.sha256 is not None and (len(entry.sha256) != 64 or not all(c in "0123456789abcdef" for c in entry.sha256)):
         raise t.fail("sha256", f"is {entry.sha256!r}", "64 lowercase hex digits")
     if not entry.random_init and not (entry.url or entry.manual_download):
@@ -327,7 +323,7 @@ def _parse_datasets(path: Path, data: dict[str, Any]) -> dict[str, DatasetEntry]
         t = _Table(path, table, name)
         out[name] = DatasetEntry(
             name=name,
-            source=t.choice("source", DATASET_SOURCES),
+            source=t.choice("source", tuple(source_kinds())),
             num_classes=t.positive_int("num_classes"),
             val_fraction=t.get("val_fraction", float, 0.1),
             split_seed=t.get("split_seed", int, 0),

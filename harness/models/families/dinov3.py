@@ -1,4 +1,5 @@
-"""DINOv3: the official release files read into timm's `Eva` (RoPE, storage tokens, LayerNorm eps 1e-5).
+"""DINOv3 (facebookresearch/dinov3): timm's `Eva` from the official release file (RoPE, 4 storage tokens,
+LayerNorm eps 1e-5).
 
 Three things in the file decide the tokens and are easy to lose: the RoPE periods are stored (as bfloat16) and are
 used as stored -- recomputing them in float32, as timm does, moves the tokens by about 5e-4; the key third of the
@@ -11,29 +12,26 @@ hub/backbones.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import Any
 
-import torch
-from torch import Tensor, nn
+from harness.models.families import Family, StateDict, register
 
 PERIODS = "rope_embed.periods"
 _RENAMES = ((".ls1.gamma", ".gamma_1"), (".ls2.gamma", ".gamma_2"), (".mlp.w1.", ".mlp.fc1_g."),
             (".mlp.w2.", ".mlp.fc1_x."), (".mlp.w3.", ".mlp.fc2."))
 
 
-def convert(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def convert(sd: StateDict) -> dict:
     """timm's names: `storage_tokens` -> `reg_token`, LayerScale and SwiGLU renamed, the masked qkv bias split into
     `q_bias`/`v_bias` (its key third must be masked to zero). `mask_token` and the 7B's `local_cls_norm` (training
     only: masked inputs, local crops) are dropped; the periods are kept under their own name for `fit`."""
-    out: dict[str, Tensor] = {}
+    out: dict = {}
     for key, value in sd.items():
         if key == "mask_token" or key.endswith(".bias_mask") or key.startswith("local_cls_norm."):
             continue
         if key.endswith(".qkv.bias"):
             mask = sd.get(key + "_mask")
-            if mask is not None:
-                value = value * mask
-            q, k, v = value.chunk(3, dim=-1)
+            q, k, v = (value * mask if mask is not None else value).chunk(3, dim=-1)
             if k.abs().max() > 0:
                 raise ValueError(f"{key}: the key third of the qkv bias is not masked to zero (no {key}_mask "
                                  "zeroing it); accepted: a DINOv3 file whose qkv bias has a key-masking bias_mask")
@@ -46,8 +44,10 @@ def convert(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def fit(sd: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+def fit(sd: StateDict, model: Any) -> dict:
     """Put the file's periods into timm's (non-persistent) RoPE buffer; the rest loads strictly."""
+    import torch
+
     out = dict(sd)
     periods = out.pop(PERIODS, None)
     rope = getattr(model, "rope", None)
@@ -59,3 +59,7 @@ def fit(sd: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
         if getattr(rope, "pos_embed_cached", None) is not None:
             rope.pos_embed_cached.copy_(rope._create_embed(rope.feat_shape, no_aug=True))
     return out
+
+
+register(Family(name="dinov3", convert=convert, released_layout=(None,), fit=fit,
+                prefix_tokens=lambda entry: int(entry.class_token) + 4))

@@ -1,11 +1,11 @@
-"""DINOv2, with and without registers: the official release files read into timm's `VisionTransformer`.
+"""DINOv2 without registers (facebookresearch/dinov2): timm's VisionTransformer from the official release file.
 
 The released `dinov2_vit*14[_reg4]_pretrain.pth` is a raw state dict of `DinoVisionTransformer` with a position
 table for the 518-px pretraining grid (37x37). The official model resamples that table at every forward; here it
 is resampled once, to the grid of the model being built, by the official rule -- which is not timm's for plain
 DINOv2: the class defaults are bicubic without antialias with 0.1 added to the target size in the scale factor,
-while the `_reg` hub entries use bicubic with antialias at the target size (timm's own rule). The file's grid is
-read from the table, never from an image size.
+while the `_reg` hub entries (`dinov2_reg`, same file layout plus `register_tokens`) use bicubic with antialias at
+the target size (timm's own rule). The file's grid is read from the table, never from an image size.
 
 Reference: https://github.com/facebookresearch/dinov2 (models/vision_transformer.py `interpolate_pos_encoding`,
 hub/backbones.py).
@@ -14,22 +14,23 @@ hub/backbones.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from harness.models.families import Family, StateDict, register
 
 # (interpolate_offset, interpolate_antialias) of each family, as the official hub builds it.
 RESIZE_RULES = {"dinov2": (0.1, False), "dinov2_reg": (0.0, True)}
 
 
-def resize_pos_embed(pos_embed: Tensor, grid: tuple[int, int], offset: float, antialias: bool) -> Tensor:
+def resize_pos_embed(pos_embed: Any, grid: tuple[int, int], offset: float, antialias: bool) -> Any:
     """The official `interpolate_pos_encoding`: the [cls] row kept, the square patch table resampled to `grid`.
 
     Returned unchanged when the grid already matches (the official early return), since the 0.1 offset would
     otherwise move the samples even at the same size.
     """
+    import torch
+    import torch.nn.functional as F
+
     cls_row, patches = pos_embed[:, :1], pos_embed[:, 1:].float()
     side = math.isqrt(patches.shape[1])
     if side * side != patches.shape[1]:
@@ -46,28 +47,32 @@ def resize_pos_embed(pos_embed: Tensor, grid: tuple[int, int], offset: float, an
     return torch.cat((cls_row.float(), table), dim=1).to(pos_embed.dtype)
 
 
-def convert(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def convert(sd: StateDict) -> dict:
     """The whole file minus `mask_token` (masked-input training only); ViT-g's SwiGLU `w12`/`w3` are timm's
     `fc1`/`fc2` of `SwiGLUPacked`."""
-    out = {}
-    for key, value in sd.items():
-        if key != "mask_token":
-            out[key.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")] = value
-    return out
+    return {k.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2."): v
+            for k, v in sd.items() if k != "mask_token"}
 
 
-def fit(sd: Mapping[str, Tensor], model: nn.Module, family: str) -> dict[str, Tensor]:
-    """Resample the table to `model`'s grid by `family`'s rule; with registers, timm's layout: the registers are
+def fitter(family: str):
+    """Resample the table to the model's grid by `family`'s rule; with registers, timm's layout: the registers are
     `reg_token` and [cls]'s position row is folded into `cls_token` (timm adds no position to prefix tokens)."""
-    out = dict(sd)
-    if "pos_embed" not in out:
-        return out
     offset, antialias = RESIZE_RULES[family]
-    pos = resize_pos_embed(out["pos_embed"], tuple(model.patch_embed.grid_size), offset, antialias)
-    if "register_tokens" in out:
-        out["reg_token"] = out.pop("register_tokens")
-        if "cls_token" in out:
-            out["cls_token"] = out["cls_token"] + pos[:, :1]
-        pos = pos[:, 1:]
-    out["pos_embed"] = pos
-    return out
+
+    def fit(sd: StateDict, model: Any) -> dict:
+        out = dict(sd)
+        if "pos_embed" not in out:
+            return out
+        pos = resize_pos_embed(out["pos_embed"], tuple(model.patch_embed.grid_size), offset, antialias)
+        if "register_tokens" in out:
+            out["reg_token"] = out.pop("register_tokens")
+            if "cls_token" in out:
+                out["cls_token"] = out["cls_token"] + pos[:, :1]
+            pos = pos[:, 1:]
+        out["pos_embed"] = pos
+        return out
+
+    return fit
+
+
+register(Family(name="dinov2", convert=convert, released_layout=(None,), fit=fitter("dinov2")))
