@@ -312,6 +312,29 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_attention(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from harness.diagnostics.attention import diagnose
+    from harness.report.attention import terminal_summary
+
+    if args.images < 1:
+        raise HarnessError(f"--images {args.images}; accepted: a positive number of validation images.")
+    grid = _sweep_grid(args, load_registry())
+    quiet = args.format == "json"
+
+    def done(path: Path, rows: list[dict]) -> None:
+        if not quiet:
+            terminal_summary(rows, console)
+            console.print(Text(f"Wrote {path}"))
+
+    rows = diagnose(grid.backbones, grid.datasets, results_dir=_results_dir(args), images=args.images,
+                    seed=args.seed, weights=_parse_weights(args.weights), download=args.download, on_done=done)
+    if quiet:
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
 def _grid_args(p: argparse.ArgumentParser) -> None:
     """What a sweep runs, shared by `sweep` and `submit`."""
     p.add_argument("--grid", required=True,
@@ -413,6 +436,29 @@ def build_parser() -> argparse.ArgumentParser:
             "comparison at the [cls] learning rate.")
     results_dir_arg(p)
     p.set_defaults(func=cmd_claim)
+
+    p = add("attention", "measure where each block's tokens attend", textwrap.dedent("""\
+        The attention analysis of "Beyond [cls]" as a diagnostic: one frozen pass per backbone x dataset over
+        seeded validation images, with every block's attention computed explicitly and reduced per block and
+        head ([cls] to itself and to the patches, patches to themselves, to each other, to the prefix tokens,
+        mean attention distance). Rows go to <results>/attention/; the leaderboard pages show them."""),
+            "examples:\n  harness attention --grid demo\n"
+            "  harness attention --grid claim --backbones mae-vit-b16 --datasets cifar100 --images 2000\n"
+            "  harness attention --grid demo --format json")
+    p.add_argument("--grid", required=True,
+                   help="grid whose backbones and datasets to measure (see `harness list grids`) or a .toml path")
+    p.add_argument("--backbones", metavar="A,B", help="replace the grid's backbones (comma-separated names)")
+    p.add_argument("--datasets", metavar="X,Y", help="replace the grid's datasets (comma-separated names)")
+    p.add_argument("--images", type=int, default=1000, metavar="N",
+                   help="validation images per backbone and dataset (default 1000; all if fewer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image sample (default 0)")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="use this checkpoint file for backbone NAME (repeatable)")
+    p.add_argument("--download", action="store_true", help="download missing torchvision datasets")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table (default): a summary per backbone; json: every row on stdout")
+    results_dir_arg(p)
+    p.set_defaults(func=cmd_attention)
 
     p = add("results", "export or query raw results", "Export or query the raw result rows.",
             "examples:\n  harness results export --format csv --out results.csv\n"

@@ -20,9 +20,9 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.heads.kinds import kinds, resolve_options
+from harness.models.families import families
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "registry"
-FAMILIES = ("mae", "simmim", "dino", "ibot", "ijepa")
 TOKEN_TAPS = ("norm", "prenorm")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PROTOCOLS = ("cached", "online")
@@ -154,6 +154,11 @@ class BackboneEntry:
     source: str = ""
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens ([cls], registers), as the entry's family declares them."""
+        return families()[self.family].prefix_tokens(self)
+
+    @property
     def label(self) -> str:
         """The name as every output shows it: random-init variants say so."""
         return f"{self.name} (random-init)" if self.random_init else self.name
@@ -267,7 +272,7 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
     speed = t.get("images_per_s", float, None)
     entry = BackboneEntry(
         name=name,
-        family=t.choice("family", FAMILIES),
+        family=t.choice("family", tuple(families())),
         arch=t.get("arch", str),
         img_size=t.positive_int("img_size"),
         patch_size=t.positive_int("patch_size"),

@@ -145,7 +145,7 @@ def token_shape(entry: BackboneEntry) -> tuple[int, int | None]:
     patch = entry.arch_overrides.get("patch_size", entry.patch_size)
     width = entry.arch_overrides.get("embed_dim") or next(
         (w for size, w in _WIDTHS.items() if f"_{size}_" in entry.arch), None)
-    return (img // patch) ** 2 + int(entry.class_token), width
+    return (img // patch) ** 2 + entry.num_prefix_tokens, width
 
 
 def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str, float],
@@ -163,7 +163,7 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
         if trial.protocol == "cached" and width is not None:
             aggregators = [registry.aggregator(h.aggregator) for h in trial.heads]
             if summary_only(a.kind for a in aggregators):
-                tokens = int(backbone.class_token) + 1  # the prefix tokens and the patch mean
+                tokens = backbone.num_prefix_tokens + 1  # the prefix tokens and the patch mean
             taps = sorted({a.tap for a in aggregators})
             cache = sum(predict_cache_bytes(n, tokens, width, taps) for n in (sizes.values() if sizes else [images]))
     speed, source = backbone.images_per_s, "registered 1-GPU"
