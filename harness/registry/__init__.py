@@ -20,13 +20,13 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.heads.kinds import kinds, resolve_options
+from harness.data.sources import source_kinds
 from harness.models.families import families
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "registry"
 TOKEN_TAPS = ("norm", "prenorm")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PROTOCOLS = ("cached", "online")
-DATASET_SOURCES = ("sklearn_digits", "torchvision", "imagefolder", "synthetic")
 ARCH_OVERRIDE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 TRIAL_SETTINGS = ("protocol", "epochs", "batch_size", "warmup_epochs")  # what a grid may set per dataset
 
@@ -339,7 +339,7 @@ def _parse_datasets(path: Path, data: dict[str, Any]) -> dict[str, DatasetEntry]
         t = _Table(path, table, name)
         out[name] = DatasetEntry(
             name=name,
-            source=t.choice("source", DATASET_SOURCES),
+            source=t.choice("source", tuple(source_kinds())),
             num_classes=t.positive_int("num_classes"),
             val_fraction=t.get("val_fraction", float, 0.1),
             split_seed=t.get("split_seed", int, 0),
