@@ -12,11 +12,13 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from harness.heads import recipes
+from harness.heads.recipes import Recipe
 from harness.models.digests import cached_sha256
 from harness.tokens.layers import DEFAULT_LAYER, layer_taps
 from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_taps
 from harness.heads.kinds import kinds, resolve_options
-from harness.registry import BackboneEntry, DatasetEntry, Grid, HeadGroup, Registry, load_registry
+from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, HeadGroup, Registry, load_registry
 
 
 @dataclass(frozen=True)
@@ -29,7 +31,13 @@ class HeadPlan:
     lr: float
     wd: float
     seed: int
+    recipe: str | None = None  # harness/heads/recipes.py
+    recipe_options: dict = field(default_factory=dict)
     layer: str = DEFAULT_LAYER  # harness.tokens.layers label: which blocks the head reads
+
+    def training(self) -> Recipe | None:
+        """The head's resolved recipe, None for the harness's own training."""
+        return recipes.resolve(self.recipe, self.recipe_options) if self.recipe else None
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,8 @@ def group_heads(grid: Grid, group: HeadGroup, registry: Registry | None = None) 
     their listed `k` and `T`."""
     agg = (registry or load_registry()).aggregator(group.aggregator)
     if kinds()[agg.kind].trained:
-        options = {**agg.options, **group.options}
+        recipe = recipes.resolve(group.recipe, group.recipe_options) if group.recipe else None
+        options = {**agg.options, **(recipe.options_for(agg.kind) if recipe else {}), **group.options}
         return [(seed, layer, lr, wd, options, None) for seed in grid.seeds for layer in group.layers
                 for lr in group.lrs for wd in group.wds]
     options = resolve_options(agg, group.options)
@@ -122,21 +131,30 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                       "dataset": _dataset_identity(dataset), **settings}
             heads = []
             for group in grid.heads:
-                agg = registry.aggregator(group.aggregator)
+                recipe = recipes.resolve(group.recipe, group.recipe_options) if group.recipe else None
+                agg = trained_entry(registry.aggregator(group.aggregator), recipe)
+                # a head without a recipe keeps the hash it had before recipes existed
+                training = {"recipe": recipe.describe()} if recipe else {}
                 for seed, layer, lr, wd, options, swept in group_heads(grid, group, registry):
                     described = {"name": agg.name, "kind": agg.kind, "tap": agg.tap, "options": options}
                     if layer != DEFAULT_LAYER:  # heads of the last block keep the hashes they had before layers
                         described["layer"] = layer
                     config = {**shared, "aggregator": described, "optimizer": group.optimizer, "lr": lr, "wd": wd,
-                              "seed": seed}
+                              "seed": seed, **training}
                     heads.append(HeadPlan(head_id(agg.name, lr, wd, seed, layer, swept), _digest(config), agg.name,
-                                          options, group.optimizer, lr, wd, seed, layer))
+                                          options, group.optimizer, lr, wd, seed, group.recipe,
+                                          dict(group.recipe_options), layer))
             trials.append(TrialPlan(
                 trial_id=_digest(shared)[:16], grid=grid.name, backbone=backbone_name, dataset=dataset_name,
                 **settings, claim_margin=grid.claim_margin, heads=tuple(heads),
                 weights=weights.get(backbone_name), weights_sha256=sha256, provenance=dict(provenance or {}),
             ))
     return trials
+
+
+def trained_entry(entry: AggregatorEntry, recipe: Recipe | None) -> AggregatorEntry:
+    """The aggregator entry as a recipe trains it: MAE's global pool reads the tokens before the final norm."""
+    return replace(entry, tap=recipe.tap_for(entry.kind, entry.tap)) if recipe else entry
 
 
 def without_done(trials: list[TrialPlan], done: set[str]) -> list[TrialPlan]:
@@ -166,7 +184,7 @@ def head_taps(trial: TrialPlan, registry: Registry, depth: int) -> list[tuple[st
     """(aggregator kind, tap) of every block every head of a trial reads."""
     out = []
     for h in trial.heads:
-        agg = registry.aggregator(h.aggregator)
+        agg = trained_entry(registry.aggregator(h.aggregator), h.training())
         out += [(agg.kind, tap) for tap in layer_taps(h.layer, agg.tap, depth, f"head {h.head_id}")]
     return out
 
@@ -190,7 +208,7 @@ def token_shape(entry: BackboneEntry) -> tuple[int, int | None]:
     patch = entry.arch_overrides.get("patch_size", entry.patch_size)
     width = entry.arch_overrides.get("embed_dim") or next(
         (w for size, w in _WIDTHS.items() if f"_{size}_" in entry.arch), None)
-    return (img // patch) ** 2 + int(entry.class_token), width
+    return (img // patch) ** 2 + entry.num_prefix_tokens, width
 
 
 def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str, float],
@@ -210,7 +228,7 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
         if trial.protocol == "cached" and width is not None and depth is not None:
             by_tap = {}
             for tap, summary in summary_taps(head_taps(trial, registry, depth)).items():
-                stored = int(backbone.class_token) + 1 if summary else tokens  # the prefix tokens and the patch mean
+                stored = backbone.num_prefix_tokens + 1 if summary else tokens  # the prefix tokens and the patch mean
                 by_tap[tap] = sum(predict_cache_bytes(n, stored, width, [tap])
                                   for n in (sizes.values() if sizes else [images]))
             cache = sum(by_tap.values())

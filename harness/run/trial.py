@@ -22,7 +22,7 @@ from harness.heads.bank import HeadBank, HeadOutcome, HeadSpec
 from harness.heads.head import head_dims
 from harness.heads.kinds import kinds
 from harness.heads.knn import evaluate_knn, knn_taps
-from harness.run.plan import HeadPlan, TrialPlan
+from harness.run.plan import HeadPlan, TrialPlan, trained_entry
 from harness.registry import AggregatorEntry, BackboneEntry, load_registry
 from harness.tokens.cache import cached_tokens, extract_tokens, loader_workers
 from harness.heads.train import online_loader, total_steps, train_cached, train_online, warmup_steps
@@ -117,7 +117,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
         "backbone_passes": passes, "images_per_s": extracted / extract_s if extract_s > 0 else 0.0,
         "device": device_name(device),
     }
-    rows = [head_row(shared, head, spec.aggregator, outcome)
+    rows = [head_row(shared, head, trained_entry(spec.aggregator, spec.recipe), outcome)
             for head, spec, outcome in zip(plan.heads, specs, outcomes)]
     curves = [{"config_hash": head.config_hash, **point, "schema_version": store.SCHEMA_VERSION}
               for head, outcome in zip(plan.heads, outcomes) for point in outcome.curves]
@@ -128,7 +128,7 @@ def head_specs(plan: TrialPlan) -> list[HeadSpec]:
     """Every head of the plan with its registry entry."""
     registry = load_registry()
     return [HeadSpec(h.head_id, h.config_hash, registry.aggregator(h.aggregator), h.options, h.optimizer, h.lr,
-                     h.wd, h.seed, h.layer) for h in plan.heads]
+                     h.wd, h.seed, h.training(), h.layer) for h in plan.heads]
 
 
 def make_bank(plan: TrialPlan, specs: list[HeadSpec], backbone: Backbone, splits: Splits,
@@ -176,4 +176,5 @@ def failed_rows(plan: TrialPlan, error: str, started: datetime) -> list[dict]:
         "split_seed": dataset.split_seed, "wall_s": 0.0, "backbone_passes": 0, "images_per_s": 0.0, "device": "",
     }
     outcome = HeadOutcome(status="failed", error=error)
-    return [head_row(shared, h, registry.aggregator(h.aggregator), outcome) for h in plan.heads]
+    return [head_row(shared, h, trained_entry(registry.aggregator(h.aggregator), h.training()), outcome)
+            for h in plan.heads]
