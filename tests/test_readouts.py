@@ -45,7 +45,7 @@ def train_heads(specs: list[HeadSpec], sets: list[TokenSet], *, prefix: int = 1,
 
 
 def spec(agg: AggregatorEntry, lr: float, layer: str = "-1") -> HeadSpec:
-    return HeadSpec(f"{agg.name}/{layer}/{lr}", f"{agg.name}{layer}{lr}", agg, {}, "sgd", lr, 0.0, 0, layer)
+    return HeadSpec(f"{agg.name}/{layer}/{lr}", f"{agg.name}{layer}{lr}", agg, {}, "sgd", lr, 0.0, 0, layer=layer)
 
 
 # ----------------------------------------------------------------------------------------------- layer taps
@@ -289,7 +289,7 @@ def test_cls_mean_over_last_blocks_reproduces_dinov2_linear_heads():
     for h in heads:
         agg = entry("cls_mean" if h["use_avgpool"] else "cls", batchnorm=False)
         lr = h["lr_scaled"] * 256 / hp["batch_size"]  # the grid's lr; the sgd preset scales it by batch / 256
-        specs.append(HeadSpec(h["name"], h["name"], agg, {}, "sgd", lr, 0.0, 0, f"last{h['use_n_blocks']}"))
+        specs.append(HeadSpec(h["name"], h["name"], agg, {}, "sgd", lr, 0.0, 0, layer=f"last{h['use_n_blocks']}"))
     depth = 4
     bank = HeadBank(specs, embed_dim=sizes["D"], num_heads=2, num_prefix_tokens=1, num_classes=sizes["C"],
                     batch_size=hp["batch_size"], total_steps=sizes["K"], warmup_steps=0, depth=depth)

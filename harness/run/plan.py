@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from harness.heads import recipes
 from harness.heads.recipes import Recipe
 from harness.models.digests import cached_sha256
-from harness.tokens.layers import DEFAULT_LAYER, layer_taps
+from harness.tokens.layers import DEFAULT_LAYER, layer_taps, parse_tap
 from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_taps
 from harness.heads.kinds import kinds, resolve_options
 from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, HeadGroup, Registry, load_registry
@@ -227,7 +227,9 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
         depth = backbone_depth(backbone)
         if trial.protocol == "cached" and width is not None and depth is not None:
             by_tap = {}
-            for tap, summary in summary_taps(head_taps(trial, registry, depth)).items():
+            layouts = summary_taps(head_taps(trial, registry, depth))
+            for tap in sorted(layouts, key=lambda t: parse_tap(t, depth)):  # block order, each without then with norm
+                summary = layouts[tap]
                 stored = backbone.num_prefix_tokens + 1 if summary else tokens  # the prefix tokens and the patch mean
                 by_tap[tap] = sum(predict_cache_bytes(n, stored, width, [tap])
                                   for n in (sizes.values() if sizes else [images]))

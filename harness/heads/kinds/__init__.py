@@ -116,9 +116,12 @@ class Kind:
 BUILTIN = (  # in the order listings and error messages show them
     "cls",
     "mean",
+    "cls_mean",
+    "registers",
     "abmilp",
     "query",
     "ep",
+    "knn",
 )
 _KINDS: Plugins[Kind] = Plugins("aggregator kind", __name__, BUILTIN)
 register, kinds = _KINDS.register, _KINDS.all
