@@ -106,3 +106,45 @@ def test_feed_iterates_in_sampler_order_with_seeded_crops(tmp_path):
 
     (a, la), (b, lb) = run(), run()
     assert la.tolist() == [4, 0, 2, 1, 3, 5] and torch.equal(a, b) and a.shape == (6, 3, 32, 32)
+
+
+def test_online_loader_of_an_image_folder_becomes_a_device_feed(tmp_path):
+    """The trial's hook: an augmented image-folder view keeps its loader's sampler, batch size and generator; an
+    in-memory source (digits) keeps the CPU loader."""
+    from harness.data.device_feed import on_device
+    from harness.data.splits import load_splits
+    from harness.heads.train import online_loader
+
+    reg = load_registry()
+    backbone = reg.backbone("demo-mae-tiny")
+    digits = load_splits(reg.dataset("digits"), backbone, augment=True).train
+    loader = online_loader(digits, batch_size=16, seed=0)
+    assert on_device(loader, digits, backbone, torch.device("cpu")) is None
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        (tmp_path / "val" / c).mkdir(parents=True)
+    for k, p in enumerate(_jpegs(tmp_path, SIZES * 2)):
+        cls = "ab"[k % 2]
+        for split in ("train", "val"):
+            Image.open(p).save(tmp_path / split / cls / f"{k}.jpg")
+    import dataclasses
+    folder = dataclasses.replace(_entries()[0], num_classes=2, val_fraction=0.25,
+                                 options={"path": str(tmp_path)})
+    view = load_splits(folder, backbone, augment=True).train
+    loader = online_loader(view, batch_size=4, seed=0)
+    feed = on_device(loader, view, backbone, torch.device("cpu"))
+    assert feed is not None and feed.loader.sampler is loader.sampler and feed.batch_size == 4
+    images, labels = next(iter(feed))
+    assert images.shape == (4, 3, backbone.img_size, backbone.img_size) and labels.dtype == torch.int64
+
+
+def test_head_matmuls_are_float32_on_the_cpu_and_restore_the_setting():
+    from harness.heads.precision import head_matmuls, resolve
+
+    before = torch.get_float32_matmul_precision()
+    with head_matmuls("cpu", "tf32") as mode:
+        assert mode == "fp32" and torch.get_float32_matmul_precision() == "highest"
+    assert torch.get_float32_matmul_precision() == before
+    assert resolve("auto", torch.device("cuda")) == "tf32" and resolve("fp32", torch.device("cuda")) == "fp32"
+    with pytest.raises(ValueError, match="accepted: auto, fp32, tf32"):
+        resolve("bf16", torch.device("cpu"))

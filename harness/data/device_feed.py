@@ -167,19 +167,20 @@ class EncodedImages(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int, tuple[int, int], Box | None]:
+    def __getitem__(self, i: int) -> tuple[bytes, int, tuple[int, int], Box | None]:
         from PIL import Image
-        from torchvision.io import read_file
 
         with Image.open(self.paths[i]) as im:  # the header only: the size the crop is drawn for
             width, height = im.size
         box = Box(*crop_params(height, width), flip=flip_param()) if self.augment else None
-        return read_file(self.paths[i]), int(self.labels[i]), (height, width), box
+        with open(self.paths[i], "rb") as f:  # plain bytes: a batch of small tensors would cost a file handle each
+            return f.read(), int(self.labels[i]), (height, width), box
 
 
 def _collate(items):
     data, labels, sizes, boxes = zip(*items)
-    return list(data), torch.tensor(labels), list(sizes), list(boxes)
+    return [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in data], torch.tensor(labels), list(sizes), \
+        list(boxes)
 
 
 @dataclass
@@ -241,3 +242,20 @@ def device_feed(paths: Sequence[str], labels: Sequence[int], *, augment: bool, b
                         num_workers=num_workers, collate_fn=_collate, generator=generator, drop_last=drop_last,
                         persistent_workers=num_workers > 0)
     return DeviceFeed(loader, device, size, resize, interpolation, tuple(mean), tuple(std))
+
+
+def on_device(loader: DataLoader, view, backbone, device: torch.device) -> DeviceFeed | None:
+    """The online protocol's `loader` over `view` (an augmented LabelledView for the `backbone` entry) as a
+    DeviceFeed: the same sampler,
+    batch size, workers and seeded generator, so the workers draw the crops the CPU path would draw. None when
+    the view's images are not files (in-memory sources keep the CPU path)."""
+    from harness.data.sources import FolderImages
+
+    if not isinstance(view.base, FolderImages) or not view.augment:
+        return None
+    paths = [view.base.samples[int(i)][0] for i in view.indices]
+    return device_feed(paths, view.labels.tolist(), augment=True, batch_size=loader.batch_size,
+                       sampler=loader.sampler, num_workers=loader.num_workers, generator=loader.generator,
+                       device=device, size=backbone.img_size, resize=backbone.img_size,
+                       interpolation=backbone.interpolation, mean=backbone.mean, std=backbone.std,
+                       drop_last=loader.drop_last)
