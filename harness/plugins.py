@@ -7,7 +7,7 @@ lookup, so reading the table costs nothing until it is needed. Other modules (a 
 from __future__ import annotations
 
 import importlib
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Callable, Generic, Protocol, TypeVar
 
 
 class _Named(Protocol):
@@ -36,4 +36,14 @@ class Plugins(Generic[T]):
             self._loaded = True
             for name in self.builtin:
                 importlib.import_module(f"{self.package}.{name}")
-        return self._items
+        rank = {name: i for i, name in enumerate(self.builtin)}  # a built-in imported directly registers early
+        return dict(sorted(self._items.items(), key=lambda item: rank.get(item[0], len(rank))))
+
+
+def resolve(ref: str | Callable[..., Any]) -> Callable[..., Any]:
+    """A plug-in's implementation: the callable itself, or a "module:attr" reference imported now (so declaring it
+    imports nothing heavy)."""
+    if isinstance(ref, str):
+        module, attr = ref.split(":")
+        return getattr(importlib.import_module(module), attr)
+    return ref

@@ -25,12 +25,11 @@ Kind fields:
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from harness.errors import HarnessError
-from harness.plugins import Plugins
+from harness.plugins import Plugins, resolve
 
 if TYPE_CHECKING:
     from harness.registry import AggregatorEntry
@@ -91,11 +90,7 @@ class Kind:
     linear_std: float | None = LINEAR_STD
 
     def build_pooler(self, dims: Dims, opts: dict[str, Any]) -> tuple[Any, int]:
-        build = self.pooler
-        if isinstance(build, str):
-            module, attr = build.split(":")
-            build = getattr(importlib.import_module(module), attr)
-        return build(dims, opts)
+        return resolve(self.pooler)(dims, opts)
 
 
 BUILTIN = (  # in the order listings and error messages show them
