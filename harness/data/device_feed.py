@@ -249,7 +249,7 @@ def on_device(loader: DataLoader, view, backbone, device: torch.device) -> Devic
     DeviceFeed: the same sampler,
     batch size, workers and seeded generator, so the workers draw the crops the CPU path would draw. None when
     the view's images are not files (in-memory sources keep the CPU path)."""
-    from harness.data.sources import FolderImages
+    from harness.data.images import FolderImages
 
     if not isinstance(view.base, FolderImages) or not view.augment:
         return None
