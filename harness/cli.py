@@ -244,6 +244,28 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
     return 0 if status == "SUCCEEDED" else EXIT_FAILED_TRIALS
 
 
+def cmd_weights(args: argparse.Namespace, console: Console) -> int:
+    """Show the weights lock; with --refresh, accept the file now found for each named backbone."""
+    from harness.models import digests
+    from harness.models.weights import local_file
+
+    reg = load_registry()
+    for name in args.refresh:
+        entry = reg.backbone(name)
+        path = local_file(entry) if not entry.random_init else None
+        if path is None:
+            raise HarnessError(f"--refresh {name}: no file of backbone {name!r} in the weights folder or the download "
+                               "cache; accepted: a released backbone whose file is there (a sweep downloads it).")
+        console.print(Text(f"{name}: recorded {path} as sha256 {digests.refresh_lock(name, path)}"))
+    table = Table(title=f"weights lock {setting('weights_lock')}", title_justify="left")
+    for col in ("backbone", "file", "sha256", "recorded at"):
+        table.add_column(col)
+    for name, pin in sorted(digests.read_lock().items()):
+        _row(table, name, str(pin.get("file")), str(pin.get("sha256")), str(pin.get("recorded_at")))
+    console.print(table)
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     from harness.results import store
     from harness.report.leaderboard import COLUMNS, render_terminal, write_leaderboards
@@ -291,6 +313,29 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
         sys.stdout.write(frame.to_csv(index=False))
     else:
         console.print(frame.to_string(index=False, max_rows=args.limit), markup=False, highlight=False)
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from harness.diagnostics.attention import diagnose
+    from harness.report.attention import terminal_summary
+
+    if args.images < 1:
+        raise HarnessError(f"--images {args.images}; accepted: a positive number of validation images.")
+    grid = _sweep_grid(args, load_registry())
+    quiet = args.format == "json"
+
+    def done(path: Path, rows: list[dict]) -> None:
+        if not quiet:
+            terminal_summary(rows, console)
+            console.print(Text(f"Wrote {path}"))
+
+    rows = diagnose(grid.backbones, grid.datasets, results_dir=_results_dir(args), images=args.images,
+                    seed=args.seed, weights=_parse_weights(args.weights), download=args.download, on_done=done)
+    if quiet:
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
     return 0
 
 
@@ -376,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "~/harness-results)")
     p.set_defaults(func=cmd_submit)
 
+    p = add("weights", "show or refresh the weights lock", textwrap.dedent("""\
+        Show the weights lock: the sha256 each released checkpoint without a published hash had at its first use,
+        which every later load must match. --refresh NAME records the file found now instead (after you replaced
+        it on purpose)."""), "example: harness weights --refresh mae-vit-b16")
+    p.add_argument("--refresh", action="append", default=[], metavar="NAME", help="accept the current file of NAME")
+    p.set_defaults(func=cmd_weights)
+
     p = add("leaderboard", "regenerate leaderboards from the results",
             "Regenerate results/leaderboard.md and results/leaderboard.html from the Parquet results alone and "
             "print the tables in the terminal. Deterministic: the same results give the same files.")
@@ -390,6 +442,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table",
                    help="table (default) or json: one object per group with its interval, p-values and verdicts")
     p.set_defaults(func=cmd_claim)
+
+    p = add("attention", "measure where each block's tokens attend", textwrap.dedent("""\
+        The attention analysis of "Beyond [cls]" as a diagnostic: one frozen pass per backbone x dataset over
+        seeded validation images, with every block's attention computed explicitly and reduced per block and
+        head ([cls] to itself and to the patches, patches to themselves, to each other, to the prefix tokens,
+        mean attention distance). Rows go to <results>/attention/; the leaderboard pages show them."""),
+            "examples:\n  harness attention --grid demo\n"
+            "  harness attention --grid claim --backbones mae-vit-b16 --datasets cifar100 --images 2000\n"
+            "  harness attention --grid demo --format json")
+    p.add_argument("--grid", required=True,
+                   help="grid whose backbones and datasets to measure (see `harness list grids`) or a .toml path")
+    p.add_argument("--backbones", metavar="A,B", help="replace the grid's backbones (comma-separated names)")
+    p.add_argument("--datasets", metavar="X,Y", help="replace the grid's datasets (comma-separated names)")
+    p.add_argument("--images", type=int, default=1000, metavar="N",
+                   help="validation images per backbone and dataset (default 1000; all if fewer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image sample (default 0)")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="use this checkpoint file for backbone NAME (repeatable)")
+    p.add_argument("--download", action="store_true", help="download missing torchvision datasets")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table (default): a summary per backbone; json: every row on stdout")
+    results_dir_arg(p)
+    p.set_defaults(func=cmd_attention)
 
     p = add("results", "export or query raw results", "Export or query the raw result rows.",
             "examples:\n  harness results export --format csv --out results.csv\n"

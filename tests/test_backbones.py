@@ -14,7 +14,8 @@ import harness
 from harness.models.backbones import Backbone, build_model, convert_checkpoint
 from harness.errors import HarnessError
 from harness.registry import ARCH_OVERRIDE_KEYS, load_registry
-from harness.models.weights import load_checkpoint, sha256_of
+from harness.models.digests import sha256_of
+from harness.models.weights import load_checkpoint
 from conftest import fixtures_root, manifests
 
 # The registered ViT-B (or, for I-JEPA, ViT-H) entry whose layout each family's parity fixture shares.
@@ -117,9 +118,6 @@ def test_taps_match_tokens_and_run_blocks_once(name):
     assert torch.equal(taps["norm"], bb.forward_tokens(x, norm=True))
     assert torch.equal(taps["prenorm"], bb.forward_tokens(x, norm=False))
     assert not torch.equal(taps["norm"], taps["prenorm"])
-    inter = bb.forward_intermediates(x, 2)
-    assert len(inter) == 2 and torch.equal(inter[-1], taps["prenorm"])
-    assert torch.equal(bb.forward_intermediates(x, 1, norm=True)[0], taps["norm"])
     assert torch.equal(bb.model.forward_features(x), taps["norm"])
 
 
@@ -127,8 +125,6 @@ def test_bad_requests_are_harness_errors():
     bb = harness.load_backbone("demo-dino-tiny")
     with pytest.raises(HarnessError, match="accepted: norm, prenorm"):
         bb.forward_taps(torch.zeros(1, 3, 32, 32), ["pooled"])
-    with pytest.raises(HarnessError, match="accepted: 1 to 2"):
-        bb.forward_intermediates(torch.zeros(1, 3, 32, 32), 3)
     with pytest.raises(HarnessError, match="'ln_eps'.*accepted: img_size"):
         harness.load_backbone("demo-dino-tiny", ln_eps=1e-5)
     with pytest.raises(HarnessError, match="reads no weights"):

@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.heads.kinds import kinds, resolve_options
+from harness.data.sources import source_kinds
+from harness.models.families import families
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "registry"
-FAMILIES = ("mae", "simmim", "dino", "ibot", "ijepa")
-AGGREGATOR_KINDS = ("cls", "mean", "abmilp", "query", "ep")
 TOKEN_TAPS = ("norm", "prenorm")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PROTOCOLS = ("cached", "online")
-DATASET_SOURCES = ("sklearn_digits", "torchvision", "imagefolder", "synthetic")
 ARCH_OVERRIDE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 TRIAL_SETTINGS = ("protocol", "epochs", "batch_size", "warmup_epochs")  # what a grid may set per dataset
 
@@ -155,6 +155,11 @@ class BackboneEntry:
     source: str = ""
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens ([cls], registers), as the entry's family declares them."""
+        return families()[self.family].prefix_tokens(self)
+
+    @property
     def label(self) -> str:
         """The name as every output shows it: random-init variants say so."""
         return f"{self.name} (random-init)" if self.random_init else self.name
@@ -268,7 +273,7 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
     speed = t.get("images_per_s", float, None)
     entry = BackboneEntry(
         name=name,
-        family=t.choice("family", FAMILIES),
+        family=t.choice("family", tuple(families())),
         arch=t.get("arch", str),
         img_size=t.positive_int("img_size"),
         patch_size=t.positive_int("patch_size"),
@@ -305,13 +310,14 @@ def _parse_aggregators(path: Path, data: dict[str, Any]) -> dict[str, Aggregator
         t = _Table(path, table, name)
         out[name] = AggregatorEntry(
             name=name,
-            kind=t.choice("kind", AGGREGATOR_KINDS),
+            kind=t.choice("kind", tuple(kinds())),
             tap=t.choice("tap", TOKEN_TAPS),
             options=dict(t.get("options", dict, {})),
             description=t.get("description", str, ""),
             source=str(path),
         )
         t.finish()
+        resolve_options(out[name])
     return out
 
 
@@ -321,7 +327,7 @@ def _parse_datasets(path: Path, data: dict[str, Any]) -> dict[str, DatasetEntry]
         t = _Table(path, table, name)
         out[name] = DatasetEntry(
             name=name,
-            source=t.choice("source", DATASET_SOURCES),
+            source=t.choice("source", tuple(source_kinds())),
             num_classes=t.positive_int("num_classes"),
             val_fraction=t.get("val_fraction", float, 0.1),
             split_seed=t.get("split_seed", int, 0),

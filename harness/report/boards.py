@@ -4,8 +4,8 @@ A board is one (dataset, protocol, grid): a row per backbone, a cell per aggrega
 same results folder never change a cell. Where one grid's aggregator was run with more than one recipe (its
 settings changed between runs), each recipe is its own column. A cell is the test top-1 of the val-selected head of
 each seed (see `harness.results.selection`), summarised as mean ± standard deviation over seeds, with the picks kept
-so every figure traces back to its config hashes; it is flagged when a seed's selected lr sits at an edge of its
-grid. "Best in row" is marked only where the top cell beats the runner-up beyond the uncertainty (Welch's t at 95%
+so every figure traces back to its config hashes; it is flagged when its lr* (the most frequent selected lr over
+seeds, as in the claim) sits at an edge of its grid. "Best in row" is marked only where the top cell beats the runner-up beyond the uncertainty (Welch's t at 95%
 over seeds); otherwise the tied cells are shown as such. No torch, no Ray.
 """
 
@@ -30,7 +30,8 @@ RANDOM_INIT_NOTE = ("(random-init) backbones are untrained pipeline checks: thei
 EXPLANATION = ("Test top-1 (%) of the head selected on validation top-1 (learning rate and weight decay), mean ± "
                "standard deviation over seeds (n = seeds), within one grid and recipe. Best in row marked where it "
                "beats the runner-up beyond the uncertainty (Welch's t, 95%, over seeds), else the tied cells say "
-               "so. \"lr at edge\": a seed's selected lr sat at its grid's edge, the optimum may lie outside. Δcls: "
+               "so. \"lr at edge\": the most frequent selected lr is its grid's lowest or highest, the optimum may lie "
+               "outside. Δcls: "
                "gain over `cls` in top-1 points (n/a where `cls` does not apply). Published: the registry's "
                "literature numbers for the dataset and protocol, with their source.")
 
@@ -236,11 +237,18 @@ def _row(board: tuple, backbone: str, aggregators: tuple[str, ...], picks: dict,
                     entry.published_source if entry else "")
 
 
+def lr_star(picks: list[Pick]) -> float:
+    """The most frequent selected lr over seeds (ties: the lowest), as the claim's lr*."""
+    lrs = [p.lr for p in picks]
+    return min(set(lrs), key=lambda lr: (-lrs.count(lr), lr))
+
+
 def _edges(results: pd.DataFrame, picks: dict[tuple, list[Pick]]) -> set[tuple]:
-    """Cells with a seed whose selected lr is the lowest or highest lr of the cell's rows (any status)."""
+    """Cells whose lr* is the lowest or highest lr of the cell's rows (any status). lr*, not any seed's pick: on
+    a plateau single seeds land on an edge by validation noise alone."""
     bounds = results.groupby(list(CELL_KEYS), sort=False)["lr"].agg(["min", "max"])
     spans = {key: (low, high) for key, low, high in zip(bounds.index, bounds["min"], bounds["max"])}
-    return {key for key, ps in picks.items() if any(p.lr in spans[key] for p in ps)}
+    return {key for key, ps in picks.items() if lr_star(ps) in spans[key]}
 
 
 def build_boards(results: pd.DataFrame, registry: Registry | None = None) -> list[Board]:

@@ -22,7 +22,8 @@ predictions are missing the seeds alone are used and the note says so. With it:
   "better" verdicts stays at 0.025 however many groups are tested.
 - "inconclusive" otherwise, with the seeds that would give 80% power; fewer than 2 paired seeds is "inconclusive"
   with no estimate.
-- "grid too narrow" when a seed's selected lr sits at the lowest or highest lr of its aggregator's grid.
+- "grid too narrow" when an aggregator's lr* (its most frequent selected lr over seeds) is the lowest or highest
+  lr of its grid (the distinct lrs in its rows): the optimum may lie outside, so nothing is said about pooling.
 - "not applicable" when one of the two has no "ok" head (I-JEPA has no [cls] token).
 The same test is repeated at a shared lr ("untuned"): the mean head at the lr each seed's cls head selected (best
 wd there) against that cls head. A seed whose mean head diverged or failed at that lr counts against mean pooling:
@@ -91,15 +92,15 @@ def claim_curves(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _optima(rows: pd.DataFrame, best: pd.DataFrame, groups: pd.Index) -> pd.DataFrame:
-    """Per group of `groups`: each aggregator's most frequent selected lr over seeds (ties: lowest), and whether any
-    seed selected an edge of its grid (the distinct lrs of its rows, any status); NaN / False without an ok head."""
+    """Per group of `groups`: each aggregator's lr* (its most frequent selected lr over seeds, ties: lowest) and
+    whether lr* is an edge of its grid (the distinct lrs of its rows, any status); NaN / False without an ok head.
+    lr*, not any seed's pick: on a plateau single seeds land on the edge by validation noise alone."""
     bounds = rows.groupby(_AGG_KEYS)["lr"].agg(["min", "max"])
-    selected = best[[*_AGG_KEYS, "lr"]].join(bounds, on=_AGG_KEYS)
-    selected["edge"] = (selected["lr"] == selected["min"]) | (selected["lr"] == selected["max"])
-    counts = selected.groupby([*_AGG_KEYS, "lr"]).size().rename("count").reset_index()
+    counts = best.groupby([*_AGG_KEYS, "lr"]).size().rename("count").reset_index()
     mode = counts.sort_values(["count", "lr"], ascending=[False, True]).drop_duplicates(_AGG_KEYS)
-    per_agg = selected.groupby(_AGG_KEYS)[["edge"]].any().join(mode.set_index(_AGG_KEYS)["lr"])
-    wide = per_agg.unstack("aggregator").reindex(
+    per_agg = mode.set_index(_AGG_KEYS)[["lr"]].join(bounds)
+    per_agg["edge"] = (per_agg["lr"] == per_agg["min"]) | (per_agg["lr"] == per_agg["max"])
+    wide = per_agg[["edge", "lr"]].unstack("aggregator").reindex(
         index=groups, columns=pd.MultiIndex.from_product([["edge", "lr"], [CLS, MEAN]]))
     return pd.DataFrame({**{f"{agg}_lr": wide[("lr", agg)].astype(float) for agg in (CLS, MEAN)},
                          **{f"{agg}_lr_edge": wide[("edge", agg)].eq(True) for agg in (CLS, MEAN)}})

@@ -35,9 +35,10 @@ METHOD = (
     "equivalent). Mean better / cls better: the whole 95% CI lies beyond +margin / below -margin and the "
     "one-sided test stays significant after Holm's correction across the table's groups. "
     "Inconclusive otherwise (or fewer than 2 seeds), with the seeds needed for 80% power at the observed mean and "
-    "sd of d (TOST when |mean d| < margin, else the beyond-the-margin test). Grid too narrow: a seed's optimum sat "
-    "at the edge of its lr grid, so nothing is said about pooling. lr* is the most frequent selected lr, (edge) at "
-    "the grid's edge. \"At cls lr\" repeats the test with the mean head at the lr each seed's cls head selected: "
+    "sd of d (TOST when |mean d| < margin, else the beyond-the-margin test). Grid too narrow: an aggregator's lr* (its "
+    "most frequent selected lr over seeds) is the lowest or highest lr of its grid, so nothing is said about "
+    "pooling; (edge) marks such an lr*. \"At cls lr\" repeats the test with the mean head at the lr each seed's cls "
+    "head selected: "
     "the untuned comparison public leaderboards make; a seed whose mean head failed there counts against mean "
     "(never equivalent or mean better), and the verdict says how many. Online-protocol seeds vary only the "
     "initialisation. Random-init demo backbones carry no scientific meaning."
@@ -100,18 +101,21 @@ def _curve_groups(claim: ClaimAnalysis):
         points.setdefault(values[:width], []).append(tuple(values[width:]))
     keys = zip(*(claim.table[c].tolist() for c in GROUP_KEYS))
     for r, key in zip(claim.table.itertuples(index=False), keys):
-        yield _title(r), points[key], {CLS: r.cls_lr, MEAN: r.mean_lr}
+        yield _title(r), points[key], {CLS: r.cls_lr, MEAN: r.mean_lr}, {CLS: r.cls_test, MEAN: r.mean_test}
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return md_table(headers, [[md_escape(cell) for cell in row] for row in rows])
 
 
-def _md_curve(points: list[Point], optimum: dict[str, float]) -> list[str]:
-    """val/test top-1 per lr for cls and mean; the selected optimum's test value is starred."""
-    cells = {(agg, lr): [_acc(val), _acc(test) + ("*" if lr == optimum[agg] else "")] for agg, lr, val, test in points}
+def _md_curve(points: list[Point], optimum: dict[str, float], selected: dict[str, float]) -> list[str]:
+    """val/test top-1 per lr for cls and mean, lr*'s test value marked °, then the starred per-seed selection: the
+    leaderboard's number (seeds may pick other lrs than lr*, so it need not equal any row above)."""
+    cells = {(agg, lr): [_acc(val), _acc(test) + ("°" if lr == optimum[agg] else "")] for agg, lr, val, test in points}
     rows = [[f"{lr:.1e}"] + cells.get((CLS, lr), ["—"] * 2) + cells.get((MEAN, lr), ["—"] * 2)
             for lr in sorted({point[1] for point in points})]
+    star = {agg: "" if math.isnan(v) else _acc(v) + "*" for agg, v in selected.items()}  # unpaired: no claim row
+    rows.append(["selected per seed", "", star[CLS] or "—", "", star[MEAN] or "—"])
     return _md_table(["lr", "cls val", "cls test", "mean val", "mean test"], rows)
 
 
@@ -128,9 +132,10 @@ def claim_markdown(claim: ClaimAnalysis) -> str:
     notes = _notes(table)
     if notes:
         lines += [""] + [f"- {md_escape(note)}" for note in notes]
-    lines += ["", "### Top-1 against learning rate (mean over seeds; * = selected optimum)", ""]
-    for title, points, optimum in _curve_groups(claim):
-        lines += [f"**{md_escape(title)}**", ""] + _md_curve(points, optimum) + [""]
+    lines += ["", "### Top-1 against learning rate (mean over seeds; ° = lr*; * = the selected heads' mean, as on "
+              "the leaderboard)", ""]
+    for title, points, optimum, selected in _curve_groups(claim):
+        lines += [f"**{md_escape(title)}**", ""] + _md_curve(points, optimum, selected) + [""]
     return "\n".join(lines)
 
 
@@ -188,7 +193,7 @@ def claim_html(claim: ClaimAnalysis) -> str:
     if notes:
         out.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
     out.append("<h3>Top-1 against learning rate (mean over seeds; large dot = selected optimum)</h3>")
-    for title, points, optimum in _curve_groups(claim):
+    for title, points, optimum, _ in _curve_groups(claim):
         out.append(f"<figure>{_svg(points, optimum, title)}<figcaption>{html.escape(title)}</figcaption></figure>")
     out.append("</section>")
     return "\n".join(out)
