@@ -21,6 +21,7 @@ from rich.text import Text
 from harness.config import setting
 from harness.errors import HarnessError
 from harness.registry import load_registry
+from harness.report.plain import printable
 
 EXIT_USER_ERROR = 2
 EXIT_FAILED_TRIALS = 1
@@ -64,8 +65,8 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 
 def _row(table: Table, *cells: str) -> None:
-    """Registry text is data, not rich markup: "[cls]" must print as written."""
-    table.add_row(*(Text(c) for c in cells))
+    """Registry text is data, not rich markup: "[cls]" must print as written, control characters written out."""
+    table.add_row(*(Text(printable(c)) for c in cells))
 
 
 def _parse_weights(pairs: list[str]) -> dict[str, str]:
@@ -142,7 +143,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[red]{len(summary.failed)} trials failed after {summary.retries} retries each; their heads "
                       "are recorded in the results with status 'failed' and rerun by the next sweep:[/red]")
         for name, error in summary.failed.items():
-            console.print(Text(f"  {name}: {error}"))
+            console.print(Text(printable(f"  {name}: {error}")))
         return EXIT_FAILED_TRIALS
     return 0
 
@@ -309,6 +310,7 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
         console.print(f"Wrote {out}")
         return 0
     frame = store.query(results_dir, args.where, args.columns.split(",") if args.columns else None)
+    frame = frame.map(lambda v: printable(v) if isinstance(v, str) else v)  # results files can hold anything
     if args.csv:
         sys.stdout.write(frame.to_csv(index=False))
     else:
@@ -494,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except HarnessError as e:
-        Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), str(e)))
+        Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), printable(str(e))))
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted; results of finished trials are kept, rerun to resume.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
@@ -304,9 +305,23 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
     return entry
 
 
+NAME_MAX = 100
+_SAFE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{NAME_MAX - 1}}}")
+NAME_RULE = (f"1 to {NAME_MAX} characters: letters, digits and . _ + -, starting with a letter or digit (names "
+             "become file names, Markdown, HTML and terminal text)")
+
+
+def check_name(path: Path, kind: str, name: str) -> str:
+    """`name` if it is in the safe alphabet of NAME_RULE, else the registry's file/field/accepted error."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise HarnessError(f"{path}: {kind} name {name!r} is not accepted; accepted: {NAME_RULE}.")
+    return name
+
+
 def _parse_aggregators(path: Path, data: dict[str, Any]) -> dict[str, AggregatorEntry]:
     out = {}
     for name, table in data.items():
+        check_name(path, "aggregator", name)
         t = _Table(path, table, name)
         out[name] = AggregatorEntry(
             name=name,
@@ -324,6 +339,7 @@ def _parse_aggregators(path: Path, data: dict[str, Any]) -> dict[str, Aggregator
 def _parse_datasets(path: Path, data: dict[str, Any]) -> dict[str, DatasetEntry]:
     out = {}
     for name, table in data.items():
+        check_name(path, "dataset", name)
         t = _Table(path, table, name)
         out[name] = DatasetEntry(
             name=name,
@@ -379,6 +395,7 @@ def _margin(t: _Table) -> float:
 
 
 def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
+    check_name(path, "grid", path.stem)
     t = _Table(path, data, "")
     heads_table = t.get("heads", dict, accepted="a table [heads.<aggregator>] per aggregator")
     heads = []
@@ -485,6 +502,7 @@ def _load(root: Path) -> Registry:
     raw: dict[str, tuple[Path, dict[str, Any]]] = {}
     for path in sorted((root / "backbones").glob("*.toml")):
         for name, table in _read_toml(path).items():
+            check_name(path, "backbone", name)
             if name in raw:
                 raise HarnessError(f"{path}: backbone {name!r} is already registered in {raw[name][0]}; "
                                    "names must be unique across registry files.")
