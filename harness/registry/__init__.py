@@ -154,6 +154,8 @@ class BackboneEntry:
     interpolation: str = "bicubic"
     images_per_s: float | None = None  # registered extraction throughput on one GPU, for --dry-run
     published: dict[str, float] = field(default_factory=dict)  # "dataset/aggregator" -> test top-1
+    published_protocol: str = "online"  # the protocol the published numbers were measured under
+    published_source: str = ""  # where they come from (paper table, README), shown beside them
     description: str = ""
     source: str = ""
 
@@ -297,6 +299,8 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         interpolation=t.choice("interpolation", ("bicubic", "bilinear"), "bicubic"),
         images_per_s=None if random_init else speed,  # a demo's tiny arch runs at another speed than its base's
         published={} if random_init else {k: float(v) for k, v in published.items()},
+        published_protocol=t.choice("published_protocol", PROTOCOLS, "online"),
+        published_source=t.get("published_source", str, ""),
         description=t.get("description", str, ""),
         source=str(path),
     )
@@ -417,6 +421,14 @@ def _trial_setting(t: _Table, key: str, default: Any = ...) -> Any:
     return t.positive_int(key, default)
 
 
+def _margin(t: _Table) -> float:
+    """The claim's equivalence margin: a finite positive number (a negative one would swap its verdicts)."""
+    value = t.get("claim_margin", float, 0.5, accepted="a finite positive number of top-1 points")
+    if not (math.isfinite(value) and value > 0):
+        raise t.fail("claim_margin", f"is {value}", "a finite positive number of top-1 points, e.g. 0.5")
+    return value
+
+
 def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
     check_name(path, "grid", path.stem)
     t = _Table(path, data, "")
@@ -470,7 +482,7 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         cpus_per_trial=resources.get("cpus", float, 1.0),
         gpus_per_trial=resources.get("gpus", float, 0.0),
         max_retries=t.get("max_retries", int, 1, accepted=f"an integer from 0 to {RETRIES_MAX}"),
-        claim_margin=t.get("claim_margin", float, 0.5),
+        claim_margin=_margin(t),
         overrides=overrides,
         source=str(path),
     )
