@@ -19,6 +19,7 @@ from rich.text import Text
 
 from harness.config import setting
 from harness.errors import HarnessError
+from harness.heads import recipes
 from harness.registry import load_registry
 from harness.report.plain import printable
 
@@ -33,7 +34,7 @@ def _results_dir(args: argparse.Namespace) -> Path:
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
     reg = load_registry()
-    kinds = [args.kind] if args.kind else ["backbones", "aggregators", "datasets", "grids"]
+    kinds = [args.kind] if args.kind else ["backbones", "aggregators", "datasets", "recipes", "grids"]
     for kind in kinds:
         table = Table(title=kind, title_justify="left")
         if kind == "backbones":
@@ -54,6 +55,11 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
             for e in reg.datasets.values():
                 _row(table, e.name, e.source, str(e.num_classes), f"{e.val_fraction:g} (seed {e.split_seed})",
                               e.description)
+        elif kind == "recipes":
+            for col in ("name", "heads", "optimizer", "source"):
+                table.add_column(col)
+            for r in recipes.RECIPES.values():
+                _row(table, r.name, ", ".join(r.kinds), r.optimizer, r.source)
         else:
             for col in ("name", "description"):
                 table.add_column(col)
@@ -377,9 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--results-dir", metavar="DIR",
                        help="results folder (default: HARNESS_RESULTS_DIR, [paths] results_dir, or ./results)")
 
-    p = add("list", "list registry entries", "List the backbones, aggregators, datasets and grids in the registry.",
+    p = add("list", "list registry entries", "List the backbones, aggregators, datasets, training recipes and grids in the registry.",
             "example: harness list backbones")
-    p.add_argument("kind", nargs="?", choices=["backbones", "aggregators", "datasets", "grids"])
+    p.add_argument("kind", nargs="?", choices=["backbones", "aggregators", "datasets", "recipes", "grids"])
     p.set_defaults(func=cmd_list)
 
     p = add("sweep", "run a grid on Ray Tune", textwrap.dedent("""\

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.heads import recipes
 from harness.heads.kinds import kinds, resolve_options
 from harness.data.sources import source_kinds
 from harness.models.families import families
@@ -204,13 +205,16 @@ class DatasetEntry:
 
 @dataclass(frozen=True)
 class HeadGroup:
-    """One aggregator's part of a grid: its optimizer and its own learning-rate and weight-decay grids."""
+    """One aggregator's part of a grid: its optimizer and its own learning-rate and weight-decay grids, and the
+    named training recipe (harness/heads/recipes.py) when it has one."""
 
     aggregator: str
     optimizer: str
     lrs: tuple[float, ...]
     wds: tuple[float, ...]
     options: dict[str, Any] = field(default_factory=dict)  # overrides of the aggregator entry's options
+    recipe: str | None = None
+    recipe_options: dict[str, Any] = field(default_factory=dict)  # the recipe's named departures (recipes.OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -383,6 +387,24 @@ def _lr_grid(t: _Table, key: str) -> tuple[float, ...]:
     return tuple(float(f"{v:.6g}") for v in values)
 
 
+def _recipe(h: _Table, kind: str) -> tuple[Any, dict[str, Any]]:
+    """A head group's `recipe` and `recipe_options`, checked against harness/heads/recipes.py (torch-free)."""
+    name = h.get("recipe", str, None, accepted="the name of a recipe")
+    options = dict(h.get("recipe_options", dict, {}))
+    if name is None:
+        if options:
+            raise h.fail("recipe_options", "is set without a recipe", "a recipe field beside it")
+        return None, {}
+    try:
+        recipe = recipes.resolve(name, options)
+    except recipes.RecipeError as e:
+        raise h.fail("recipe_options" if name in recipes.RECIPES else "recipe", e.problem, e.accepted) from None
+    if kind not in recipe.kinds:
+        raise h.fail("recipe", f"is {name!r}, which trains {', '.join(recipe.kinds)} heads, not {kind!r}",
+                     ", ".join(sorted(n for n, r in recipes.RECIPES.items() if kind in r.kinds)) or "no recipe")
+    return recipe, options
+
+
 _SETTING_DEFAULTS = {"protocol": "cached", "warmup_epochs": 0}  # epochs and batch_size have none
 
 
@@ -404,13 +426,19 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         h = _Table(path, table, f"heads.{agg}")
         if agg not in reg.aggregators:
             raise t.fail(f"heads.{agg}", "is not a registered aggregator", _accepted_names(agg, reg.aggregators))
+        recipe, recipe_options = _recipe(h, reg.aggregators[agg].kind)
         heads.append(HeadGroup(
             aggregator=agg,
-            optimizer=h.choice("optimizer", OPTIMIZERS),
+            optimizer=h.choice("optimizer", OPTIMIZERS, recipe.optimizer if recipe else ...),
             lrs=_lr_grid(h, "lr"),
             wds=_lr_grid(h, "wd") if "wd" in h.table else (0.0,),
             options=dict(h.get("options", dict, {})),
+            recipe=recipe.name if recipe else None,
+            recipe_options=recipe_options,
         ))
+        if recipe and heads[-1].optimizer != recipe.optimizer:
+            raise h.fail("optimizer", f"is {heads[-1].optimizer!r}, but recipe {recipe.name!r} trains with "
+                         f"{recipe.optimizer!r}", f"{recipe.optimizer!r} or no optimizer field")
         h.used.add("wd")
         h.finish()
     if not heads:

@@ -12,9 +12,11 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from harness.heads import recipes
+from harness.heads.recipes import Recipe
 from harness.models.digests import cached_sha256
 from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_only
-from harness.registry import BackboneEntry, DatasetEntry, Grid, Registry
+from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, Registry
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,12 @@ class HeadPlan:
     lr: float
     wd: float
     seed: int
+    recipe: str | None = None  # harness/heads/recipes.py
+    recipe_options: dict = field(default_factory=dict)
+
+    def training(self) -> Recipe | None:
+        """The head's resolved recipe, None for the harness's own training."""
+        return recipes.resolve(self.recipe, self.recipe_options) if self.recipe else None
 
 
 @dataclass(frozen=True)
@@ -94,22 +102,31 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                       "dataset": _dataset_identity(dataset), **settings}
             heads = []
             for group in grid.heads:
-                agg = registry.aggregator(group.aggregator)
-                options = {**agg.options, **group.options}
+                recipe = recipes.resolve(group.recipe, group.recipe_options) if group.recipe else None
+                agg = trained_entry(registry.aggregator(group.aggregator), recipe)
+                options = {**agg.options, **(recipe.options_for(agg.kind) if recipe else {}), **group.options}
+                # a head without a recipe keeps the hash it had before recipes existed
+                training = {"recipe": recipe.describe()} if recipe else {}
                 for seed in grid.seeds:
                     for lr in group.lrs:
                         for wd in group.wds:
                             config = {**shared, "aggregator": {"name": agg.name, "kind": agg.kind, "tap": agg.tap,
                                                                "options": options},
-                                      "optimizer": group.optimizer, "lr": lr, "wd": wd, "seed": seed}
+                                      "optimizer": group.optimizer, "lr": lr, "wd": wd, "seed": seed, **training}
                             heads.append(HeadPlan(head_id(agg.name, lr, wd, seed), _digest(config), agg.name,
-                                                  options, group.optimizer, lr, wd, seed))
+                                                  options, group.optimizer, lr, wd, seed, group.recipe,
+                                                  dict(group.recipe_options)))
             trials.append(TrialPlan(
                 trial_id=_digest(shared)[:16], grid=grid.name, backbone=backbone_name, dataset=dataset_name,
                 **settings, claim_margin=grid.claim_margin, heads=tuple(heads),
                 weights=weights.get(backbone_name), weights_sha256=sha256, provenance=dict(provenance or {}),
             ))
     return trials
+
+
+def trained_entry(entry: AggregatorEntry, recipe: Recipe | None) -> AggregatorEntry:
+    """The aggregator entry as a recipe trains it: MAE's global pool reads the tokens before the final norm."""
+    return replace(entry, tap=recipe.tap_for(entry.kind, entry.tap)) if recipe else entry
 
 
 def without_done(trials: list[TrialPlan], done: set[str]) -> list[TrialPlan]:
@@ -161,7 +178,7 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
             passes = images + (trial.epochs - 1) * (sizes["train"] if sizes else images)
         tokens, width = token_shape(backbone)
         if trial.protocol == "cached" and width is not None:
-            aggregators = [registry.aggregator(h.aggregator) for h in trial.heads]
+            aggregators = [trained_entry(registry.aggregator(h.aggregator), h.training()) for h in trial.heads]
             if summary_only(a.kind for a in aggregators):
                 tokens = backbone.num_prefix_tokens + 1  # the prefix tokens and the patch mean
             taps = sorted({a.tap for a in aggregators})
