@@ -80,6 +80,15 @@ def test_bad_overrides_name_the_field(tmp_path, body, field):
         load_registry().grid(_grid_file(tmp_path, body))
 
 
+@pytest.mark.parametrize("margin", ["-0.5", "0", "inf", "nan"])
+def test_claim_margin_must_be_finite_and_positive(tmp_path, margin):
+    """A negative margin would turn "cls better" into "mean better": the grid is refused."""
+    path = tmp_path / "g.toml"
+    path.write_text(Path(_grid_file(tmp_path, "")).read_text().replace("seeds", f"claim_margin = {margin}\nseeds"))
+    with pytest.raises(HarnessError, match="'claim_margin' is .*finite positive"):
+        load_registry().grid(str(path))
+
+
 def test_cost_counts_online_epochs_and_cached_tokens(tmp_path):
     reg = load_registry()
     trials = expand(reg.grid(_grid_file(tmp_path, "[overrides.cifar10]\nprotocol = \"online\"\n")), reg)
@@ -372,7 +381,8 @@ def test_cls_and_mean_trials_cache_summaries_and_attention_trials_every_token(tm
     for body, tokens in (("", 2), ('[heads.ep]\noptimizer = "adamw"\nlr = [0.001]\n', 17)):
         grid = _grid_file(tmp_path, body.replace("[heads", "[overrides.digits]\nepochs = 1\n[heads", 1))
         plan = dataclasses.replace(expand(reg.grid(grid), reg)[0], cache_dir=str(tmp_path / f"cache{tokens}"))
-        rows, _ = run_trial(plan)
+        rows, _, predictions = run_trial(plan)
+        assert len(predictions) == len(rows)  # every ok head's test predictions
         assert {r["status"] for r in rows} == {"ok"}
         metas = [json.loads(p.read_text()) for p in (tmp_path / f"cache{tokens}").rglob("meta.json")]
         assert metas and {m["shape"][1] for m in metas} == {tokens}  # [cls] + patch mean, or [cls] + 16 patches

@@ -98,8 +98,8 @@ class _Table:
 
     def names(self, key: str, known: dict[str, Any] | None = None, default: Any = ...) -> tuple[str, ...]:
         value = self.get(key, list, default, accepted="a list of names")
-        if not value or not all(isinstance(v, str) for v in value):
-            raise self.fail(key, f"is {value!r}", "a non-empty list of names")
+        if not value or not all(isinstance(v, str) for v in value) or len(set(value)) != len(value):
+            raise self.fail(key, f"is {value!r}", "a non-empty list of distinct names")
         for v in value if known is not None else ():
             if v not in known:
                 raise self.fail(key, f"names {v!r}, which is not registered", _accepted_names(v, known))
@@ -133,6 +133,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise HarnessError(f"{path}: not valid TOML ({e}); fix the syntax of this registry file.") from None
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); accepted: a TOML file saved as "
+                           "UTF-8.") from None
     except OSError as e:
         raise HarnessError(f"{path}: cannot be read ({e.strerror}).") from None
 
@@ -163,6 +166,8 @@ class BackboneEntry:
     interpolation: str = "bicubic"
     images_per_s: float | None = None  # registered extraction throughput on one GPU, for --dry-run
     published: dict[str, float] = field(default_factory=dict)  # "dataset/aggregator" -> test top-1
+    published_protocol: str = "online"  # the protocol the published numbers were measured under
+    published_source: str = ""  # where they come from (paper table, README), shown beside them
     description: str = ""
     source: str = ""
 
@@ -307,6 +312,8 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         interpolation=t.choice("interpolation", ("bicubic", "bilinear"), "bicubic"),
         images_per_s=None if random_init else speed,  # a demo's tiny arch runs at another speed than its base's
         published={} if random_init else {k: float(v) for k, v in published.items()},
+        published_protocol=t.choice("published_protocol", PROTOCOLS, "online"),
+        published_source=t.get("published_source", str, ""),
         description=t.get("description", str, ""),
         source=str(path),
     )
@@ -370,8 +377,13 @@ def _parse_datasets(path: Path, data: dict[str, Any]) -> dict[str, DatasetEntry]
     return out
 
 
-def _lr_grid(t: _Table, key: str) -> tuple[float, ...]:
-    """A grid is a list of numbers or a log-spaced range `{min, max, num}`."""
+GRID_POINTS_MAX = 1000  # values of one lr or wd range; more is a typo, and would stall the dry run
+SEED_LIMIT = 2**32  # numpy's and torch's generators take seeds below this
+RETRIES_MAX = 100  # retries of one failing trial; a negative count means forever to Ray Tune
+
+
+def _lr_grid(t: _Table, key: str, *, positive: bool) -> tuple[float, ...]:
+    """A grid is a list of distinct numbers or a log-spaced range `{min, max, num}`; lrs must be positive."""
     value = t.get(key, (list, dict), accepted="a list of numbers or a table {min, max, num} (log-spaced)")
     if isinstance(value, list):
         values = t.floats(key)
@@ -379,12 +391,17 @@ def _lr_grid(t: _Table, key: str) -> tuple[float, ...]:
         r = _Table(t.path, value, t._name(key))
         lo, hi, num = r.get("min", float), r.get("max", float), r.positive_int("num")
         r.finish()
+        if num > GRID_POINTS_MAX:
+            raise r.fail("num", f"is {num}", f"a positive integer, at most {GRID_POINTS_MAX}")
         if not 0 < lo <= hi:
             raise r.fail("min", f"is {lo} with max {hi}", "0 < min <= max")
         values = tuple(lo * (hi / lo) ** (i / max(num - 1, 1)) for i in range(num))
-    if not values or any(v < 0 or not math.isfinite(v) for v in values):
-        raise t.fail(key, f"is {value!r}", "one or more finite, non-negative numbers")
-    return tuple(float(f"{v:.6g}") for v in values)
+    rounded = tuple(float(f"{v:.6g}") for v in values)
+    bad = not values or any((v <= 0 if positive else v < 0) or not math.isfinite(v) for v in values)
+    if bad or len(set(rounded)) != len(rounded) or len(rounded) > GRID_POINTS_MAX:
+        raise t.fail(key, f"is {value!r}", f"1 to {GRID_POINTS_MAX} distinct, finite, "
+                     f"{'positive' if positive else 'non-negative'} numbers")
+    return rounded
 
 
 def _recipe(h: _Table, kind: str) -> tuple[Any, dict[str, Any]]:
@@ -417,6 +434,14 @@ def _trial_setting(t: _Table, key: str, default: Any = ...) -> Any:
     return t.positive_int(key, default)
 
 
+def _margin(t: _Table) -> float:
+    """The claim's equivalence margin: a finite positive number (a negative one would swap its verdicts)."""
+    value = t.get("claim_margin", float, 0.5, accepted="a finite positive number of top-1 points")
+    if not (math.isfinite(value) and value > 0):
+        raise t.fail("claim_margin", f"is {value}", "a finite positive number of top-1 points, e.g. 0.5")
+    return value
+
+
 def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
     check_name(path, "grid", path.stem)
     t = _Table(path, data, "")
@@ -430,12 +455,16 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         heads.append(HeadGroup(
             aggregator=agg,
             optimizer=h.choice("optimizer", OPTIMIZERS, recipe.optimizer if recipe else ...),
-            lrs=_lr_grid(h, "lr"),
-            wds=_lr_grid(h, "wd") if "wd" in h.table else (0.0,),
+            lrs=_lr_grid(h, "lr", positive=True),
+            wds=_lr_grid(h, "wd", positive=False) if "wd" in h.table else (0.0,),
             options=dict(h.get("options", dict, {})),
             recipe=recipe.name if recipe else None,
             recipe_options=recipe_options,
         ))
+        try:
+            resolve_options(reg.aggregators[agg], heads[-1].options)
+        except HarnessError as e:
+            raise HarnessError(f"{path}: field 'heads.{agg}.options': {e}") from None
         if recipe and heads[-1].optimizer != recipe.optimizer:
             raise h.fail("optimizer", f"is {heads[-1].optimizer!r}, but recipe {recipe.name!r} trains with "
                          f"{recipe.optimizer!r}", f"{recipe.optimizer!r} or no optimizer field")
@@ -445,8 +474,8 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         raise t.fail("heads", "is empty", "at least one [heads.<aggregator>] table")
     seeds = t.get("seeds", list, accepted="a non-empty list of integers")
     integers = all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-    if not seeds or not integers or len(set(seeds)) != len(seeds):
-        raise t.fail("seeds", f"is {seeds!r}", "a non-empty list of distinct integers")
+    if not seeds or not integers or len(set(seeds)) != len(seeds) or not all(0 <= s < SEED_LIMIT for s in seeds):
+        raise t.fail("seeds", f"is {seeds!r}", "a non-empty list of distinct integers, 0 <= seed < 2**32")
     resources = _Table(path, t.get("resources", dict, {}), "resources")
     overrides = {}
     for dataset, table in t.get("overrides", dict, {}).items():
@@ -465,8 +494,8 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         **{key: _trial_setting(t, key, _SETTING_DEFAULTS.get(key, ...)) for key in TRIAL_SETTINGS},
         cpus_per_trial=resources.get("cpus", float, 1.0),
         gpus_per_trial=resources.get("gpus", float, 0.0),
-        max_retries=t.get("max_retries", int, 1),
-        claim_margin=t.get("claim_margin", float, 0.5),
+        max_retries=t.get("max_retries", int, 1, accepted=f"an integer from 0 to {RETRIES_MAX}"),
+        claim_margin=_margin(t),
         overrides=overrides,
         source=str(path),
     )
@@ -474,6 +503,8 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
     t.finish()
     if grid.cpus_per_trial <= 0 or grid.gpus_per_trial < 0:
         raise resources.fail("cpus", f"is {grid.cpus_per_trial} (gpus {grid.gpus_per_trial})", "cpus > 0 and gpus >= 0")
+    if not 0 <= grid.max_retries <= RETRIES_MAX:
+        raise t.fail("max_retries", f"is {grid.max_retries}", f"an integer from 0 to {RETRIES_MAX}")
     for dataset in (None, *overrides):
         s = grid.settings(dataset)
         if not 0 <= s["warmup_epochs"] < s["epochs"]:
