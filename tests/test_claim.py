@@ -237,7 +237,7 @@ def test_claim_grid(tmp_path):
     (root / "datasets_claimstub.toml").write_text("\n".join(stubs))
     grid = load_registry(root).grid("claim")
     assert set(grid.backbones) == {"mae-vit-b16", "simmim-vit-b16", "dino-vit-b16", "ibot-vit-b16",
-                                   "ijepa-vit-h14-in1k"}
+                                   "dinov2-vit-b14-reg4", "dinov3-vit-b16", "ijepa-vit-h14-in1k"}
     assert set(grid.datasets) == {"cifar100", "imagenet-1k"}
     heads = {h.aggregator: h for h in grid.heads}
     assert set(heads) == {"cls", "mean"} and heads["cls"].lrs == heads["mean"].lrs
