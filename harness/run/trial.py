@@ -44,8 +44,9 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[list[dict], list[dict]]:
-    """Extract tokens once per split, train the head bank, and return (result rows, curve rows)."""
+def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[list[dict], list[dict], list[dict]]:
+    """Extract tokens once per split, train the head bank, and return (result rows, curve rows, prediction
+    records: every ok head's top-1 class per test image)."""
     device = torch.device(device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -57,7 +58,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
     bank = make_bank(plan, backbone, splits, device)
     specs = bank.specs
     passes, extracted, extract_s = 0, 0, 0.0
-    outcomes = bank.outcomes
+    outcomes, test_labels = bank.outcomes, None
     if bank.live():
         # the protocol's batch size is the heads'; the backbone sees at most EXTRACT_BATCH images at once
         extract_batch = min(plan.batch_size, EXTRACT_BATCH)
@@ -75,7 +76,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
                                                      batch_size=extract_batch, device=device)
             extract_s += time.perf_counter() - t
             extracted += n
-        passes = extracted
+        passes, test_labels = extracted, token_sets["test"].labels.numpy()
         if plan.protocol == "online":
             augmented = load_splits(dataset, backbone.entry, augment=True, download=plan.download).train
             loader = online_loader(augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
@@ -101,7 +102,9 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
             for head, spec, outcome in zip(plan.heads, specs, outcomes)]
     curves = [{"config_hash": head.config_hash, **point, "schema_version": store.SCHEMA_VERSION}
               for head, outcome in zip(plan.heads, outcomes) for point in outcome.curves]
-    return rows, curves
+    predictions = [store.prediction_record(head.config_hash, outcome.test_predicted.numpy(), test_labels)
+                   for head, outcome in zip(plan.heads, outcomes) if outcome.test_predicted is not None]
+    return rows, curves, predictions
 
 
 def make_bank(plan: TrialPlan, backbone: Backbone, splits: Splits, device: torch.device) -> HeadBank:
@@ -134,7 +137,8 @@ def trial_columns(plan: TrialPlan, entry: BackboneEntry, started: datetime) -> d
     return {
         "trial_id": plan.trial_id, "grid": plan.grid, "backbone": plan.backbone, "family": entry.family,
         "random_init": entry.random_init, "dataset": plan.dataset, "protocol": plan.protocol,
-        "epochs": plan.epochs, "batch_size": plan.batch_size, "claim_margin": plan.claim_margin,
+        "epochs": plan.epochs, "batch_size": plan.batch_size, "warmup_epochs": plan.warmup_epochs,
+        "claim_margin": plan.claim_margin,
         "git_commit": plan.provenance.get("git_commit", ""), **versions(), "started_at": started,
         "ended_at": datetime.now(timezone.utc), "schema_version": store.SCHEMA_VERSION,
     }
