@@ -124,7 +124,7 @@ def test_passes_do_not_grow_with_the_number_of_layers(tmp_path, monkeypatch):
                         f'seeds = [0]\n{heads}')
         plan = dataclasses.replace(expand(reg.grid(str(path)), reg)[0], cache_dir=str(tmp_path / f"c{len(counts)}"))
         forwards.clear()
-        rows, _ = run_trial(plan)
+        rows, _, _ = run_trial(plan)
         assert {r["status"] for r in rows} == {"ok"}
         counts[len({r["token_tap"] for r in rows})] = (sum(forwards), len(forwards), {r["backbone_passes"]
                                                                                       for r in rows})
@@ -264,13 +264,14 @@ def test_knn_heads_run_in_a_trial_from_the_cache(tmp_path):
     dino, ijepa = (dataclasses.replace(t, cache_dir=str(tmp_path / "c")) for t in expand(reg.grid(str(path)), reg))
     knn = [h for h in dino.heads if h.aggregator == "knn"]
     assert len(knn) == 2 * 4 * 3 and {h.seed for h in knn} == {0}  # deterministic: one seed
-    rows, curves = run_trial(dino)
+    rows, curves, predictions = run_trial(dino)
+    assert len(predictions) == len(rows)  # k-NN heads store their test predictions too
     by = {r["head_id"]: r for r in rows}
     assert {r["status"] for r in rows} == {"ok"} and by["knn/k=20/T=0.07/seed=0"]["optimizer"] == "none"
     assert by["knn/layer=last2/k=20/T=0.07/seed=0"]["token_tap"] == "norm@last2"
     assert all(20 < r["test_top1"] <= 100 for r in rows if r["aggregator"] == "knn")  # chance: 10
     assert json.loads(by["knn/k=10/T=0.1/seed=0"]["aggregator_options"]) == {"k": 10, "T": 0.1, "source": "cls_mean"}
-    rows, _ = run_trial(ijepa)
+    rows, _, _ = run_trial(ijepa)
     assert {r["status"] for r in rows if r["aggregator"] == "knn"} == {"not-applicable"}  # no [cls] for cls_mean
 
 

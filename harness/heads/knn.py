@@ -91,11 +91,11 @@ def knn_rankings(train: Tensor, train_labels: Tensor, queries: Tensor, num_class
     return {key: torch.cat(parts) for key, parts in out.items()}
 
 
-def accuracy(ranking: Tensor, labels: Tensor) -> tuple[float, float]:
-    """Top-1 and top-5 accuracy (percent) of class rankings."""
+def accuracy(ranking: Tensor, labels: Tensor, num_classes: int) -> tuple[float, float | None]:
+    """Top-1 and top-5 accuracy (percent) of class rankings; top-5 None with 5 classes or fewer, as the bank's."""
     hits = ranking == labels.to(ranking.device)[:, None]
     n = max(len(labels), 1)
-    return 100.0 * hits[:, 0].sum().item() / n, 100.0 * hits.any(1).sum().item() / n
+    return 100.0 * hits[:, 0].sum().item() / n, 100.0 * hits.any(1).sum().item() / n if num_classes > 5 else None
 
 
 def knn_taps(specs: Sequence[HeadSpec], depth: int) -> list[tuple[str, str]]:
@@ -125,12 +125,14 @@ def evaluate_knn(specs: Sequence[HeadSpec], train: TokenSet, val: TokenSet, test
         labels = train.labels.to(device)
         heads = [(i, resolve_options(specs[i].aggregator, specs[i].options)) for i in members]
         ks, temperatures = {o["k"] for _, o in heads}, {o["T"] for _, o in heads}
-        scores = []
+        scores, rankings = [], {}
         for split in (val, test):
             rankings = knn_rankings(bank, labels, pooled_features(split.tokens, taps, pool, device), num_classes,
                                     ks, temperatures)
-            scores.append({key: accuracy(r, split.labels) for key, r in rankings.items()})
+            scores.append({key: accuracy(r, split.labels, num_classes) for key, r in rankings.items()})
         for i, o in heads:
-            (v1, v5), (t1, t5) = scores[0][(o["k"], o["T"])], scores[1][(o["k"], o["T"])]
-            outcomes[i] = HeadOutcome(val_top1=v1, val_top5=v5, test_top1=t1, test_top5=t5)
+            key = (o["k"], o["T"])
+            (v1, v5), (t1, t5) = scores[0][key], scores[1][key]
+            outcomes[i] = HeadOutcome(val_top1=v1, val_top5=v5, test_top1=t1, test_top5=t5,
+                                      test_predicted=rankings[key][:, 0].cpu())
     return outcomes

@@ -18,6 +18,8 @@ from harness.models.backbones import Backbone, load_backbone
 from harness.tokens.layers import tap_label
 from harness.tokens.space import summary_taps
 from harness.data.splits import Splits, load_splits
+from harness.data.device_feed import on_device
+from harness.heads.precision import head_matmuls
 from harness.heads.bank import HeadBank, HeadOutcome, HeadSpec
 from harness.heads.head import head_dims
 from harness.heads.kinds import kinds
@@ -46,8 +48,9 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[list[dict], list[dict]]:
-    """Extract tokens once per split, train the head bank, and return (result rows, curve rows)."""
+def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[list[dict], list[dict], list[dict]]:
+    """Extract tokens once per split, train the head bank, and return (result rows, curve rows, prediction
+    records: every ok head's top-1 class per test image)."""
     device = torch.device(device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -62,7 +65,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
     bank = make_bank(plan, [specs[i] for i in trained], backbone, splits, device)
     knn_specs = [specs[i] for i in untrained]
     passes, extracted, extract_s = 0, 0, 0.0
-    outcomes = [HeadOutcome() for _ in specs]
+    outcomes, test_labels = [HeadOutcome() for _ in specs], None
     for i, outcome in zip(trained, bank.outcomes):
         outcomes[i] = outcome
     reads = bank.reads + knn_taps(knn_specs, backbone.depth)
@@ -88,19 +91,22 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
                                                      batch_size=extract_batch, device=device)
             extract_s += time.perf_counter() - t
             extracted += n
-        passes = extracted
+        passes, test_labels = extracted, token_sets["test"].labels.numpy()
+        trained_outcomes = bank.outcomes
         if bank.live() and plan.protocol == "online":
             augmented = load_splits(dataset, backbone.entry, augment=True, download=plan.download).train
             loader = online_loader(augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
                                    num_workers=loader_workers(device), pin_memory=device.type == "cuda")
-            trained_outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
-                                               epochs=plan.epochs, device=device, forward_chunk=extract_batch)
+            if device.type == "cuda":  # JPEG decode and augmentation on the GPU, where the dataset has files
+                loader = on_device(loader, augmented, backbone.entry, device) or loader
+            with head_matmuls(device):
+                trained_outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
+                                                   epochs=plan.epochs, device=device, forward_chunk=extract_batch)
             passes += n
         elif bank.live():
-            trained_outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
-                                            epochs=plan.epochs, batch_size=plan.batch_size, device=device)
-        else:
-            trained_outcomes = bank.outcomes
+            with head_matmuls(device):
+                trained_outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
+                                                epochs=plan.epochs, batch_size=plan.batch_size, device=device)
         for i, outcome in zip(trained, trained_outcomes):
             outcomes[i] = outcome
         if knn_specs:
@@ -121,7 +127,9 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
             for head, spec, outcome in zip(plan.heads, specs, outcomes)]
     curves = [{"config_hash": head.config_hash, **point, "schema_version": store.SCHEMA_VERSION}
               for head, outcome in zip(plan.heads, outcomes) for point in outcome.curves]
-    return rows, curves
+    predictions = [store.prediction_record(head.config_hash, outcome.test_predicted.numpy(), test_labels)
+                   for head, outcome in zip(plan.heads, outcomes) if outcome.test_predicted is not None]
+    return rows, curves, predictions
 
 
 def head_specs(plan: TrialPlan) -> list[HeadSpec]:
@@ -160,7 +168,8 @@ def trial_columns(plan: TrialPlan, entry: BackboneEntry, started: datetime) -> d
     return {
         "trial_id": plan.trial_id, "grid": plan.grid, "backbone": plan.backbone, "family": entry.family,
         "random_init": entry.random_init, "dataset": plan.dataset, "protocol": plan.protocol,
-        "epochs": plan.epochs, "batch_size": plan.batch_size, "claim_margin": plan.claim_margin,
+        "epochs": plan.epochs, "batch_size": plan.batch_size, "warmup_epochs": plan.warmup_epochs,
+        "claim_margin": plan.claim_margin,
         "git_commit": plan.provenance.get("git_commit", ""), **versions(), "started_at": started,
         "ended_at": datetime.now(timezone.utc), "schema_version": store.SCHEMA_VERSION,
     }
