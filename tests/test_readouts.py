@@ -39,7 +39,7 @@ def train_heads(specs: list[HeadSpec], sets: list[TokenSet], *, prefix: int = 1,
     bank = HeadBank(specs, embed_dim=D, num_heads=2, num_prefix_tokens=prefix, num_classes=C, batch_size=32,
                     total_steps=epochs * (len(sets[0]) // 32), warmup_steps=0, depth=depth, num_registers=registers)
     outcomes = train_cached(bank, *sets, epochs=epochs, batch_size=32)
-    return pd.DataFrame([{"backbone": "b", "dataset": "d", "protocol": "cached", "aggregator": s.aggregator.name,
+    return pd.DataFrame([{"grid": "g", "backbone": "b", "dataset": "d", "protocol": "cached", "aggregator": s.aggregator.name,
                           "seed": s.seed, "layer": s.layer, "lr": s.lr, "wd": s.wd, "status": o.status,
                           "val_top1": o.val_top1, "test_top1": o.test_top1} for s, o in zip(specs, outcomes)])
 
