@@ -126,6 +126,17 @@ def test_dry_run_prints_trials_passes_cache_and_gpu_hours(capsys, tmp_path):
     assert code == 0
     assert "45 trials = 45 backbone passes" in out and "6345 heads, 6345 without a result yet" in out
     assert "Token cache:" in out and "GiB" in out and "GPU-hours" in out and "unknown for" not in out
+    assert "Test predictions:" in out and "MiB added to the results folder" in out
+
+
+def test_claim_grid_predictions_on_imagenet_stay_well_under_a_gigabyte():
+    """Every head of the claim grid keeps its 50,000 ImageNet test predictions: the dry run says what that costs."""
+    reg = load_registry()
+    trials = [t for t in expand(reg.grid("claim"), reg) if t.dataset == "imagenet-1k"]
+    costs = [trial_cost(t, reg, measured_speed={}, measured_images={}) for t in trials]
+    heads = sum(len(t.heads) for t in trials)
+    assert sum(c.predictions_bytes for c in costs) == pytest.approx(heads * 50_000 * 2.125, abs=len(trials))
+    assert sum(c.predictions_bytes for c in costs) < 0.25e9
 
 
 def test_bad_backbone_name_is_a_user_error(capsys, tmp_path):

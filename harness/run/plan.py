@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from harness.heads import recipes
 from harness.heads.recipes import Recipe
 from harness.models.digests import cached_sha256
+from harness.results.store import predictions_bytes
 from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_only
 from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, Registry
 
@@ -154,6 +155,7 @@ class TrialCost:
     cache_bytes: int | None  # token cache of a cached-protocol trial, every split and tap
     hours: float | None  # passes / throughput
     throughput: str  # where the images/s came from
+    predictions_bytes: int | None = None  # every head's stored test predictions (results store)
 
 
 def token_shape(entry: BackboneEntry) -> tuple[int, int | None]:
@@ -187,4 +189,5 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
     if speed is None and trial.backbone in measured_speed:
         speed, source = measured_speed[trial.backbone], "measured (earlier results)"
     hours = passes / speed / 3600 if passes is not None and speed else None
-    return TrialCost(images, passes, cache, hours, source if speed else "unknown")
+    predictions = predictions_bytes(len(trial.heads), sizes["test"]) if sizes else None
+    return TrialCost(images, passes, cache, hours, source if speed else "unknown", predictions)
