@@ -16,7 +16,8 @@ from harness.heads import recipes
 from harness.heads.recipes import Recipe
 from harness.models.digests import cached_sha256
 from harness.results.store import predictions_bytes
-from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_only
+from harness.tokens.space import (SUMMARY_TOKEN_BYTES, TOKEN_BYTES, planned_split_sizes, predict_cache_bytes,
+                                  summary_only)
 from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, Registry
 
 
@@ -181,10 +182,13 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
         tokens, width = token_shape(backbone)
         if trial.protocol == "cached" and width is not None:
             aggregators = [trained_entry(registry.aggregator(h.aggregator), h.training()) for h in trial.heads]
-            if summary_only(a.kind for a in aggregators):
+            summary = summary_only(a.kind for a in aggregators)
+            if summary:
                 tokens = backbone.num_prefix_tokens + 1  # the prefix tokens and the patch mean
             taps = sorted({a.tap for a in aggregators})
-            cache = sum(predict_cache_bytes(n, tokens, width, taps) for n in (sizes.values() if sizes else [images]))
+            token_bytes = SUMMARY_TOKEN_BYTES if summary else TOKEN_BYTES
+            cache = sum(predict_cache_bytes(n, tokens, width, taps, token_bytes)
+                        for n in (sizes.values() if sizes else [images]))
     speed, source = backbone.images_per_s, "registered 1-GPU"
     if speed is None and trial.backbone in measured_speed:
         speed, source = measured_speed[trial.backbone], "measured (earlier results)"
