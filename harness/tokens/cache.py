@@ -100,8 +100,8 @@ def summary_tokens(tokens: torch.Tensor, num_prefix: int) -> torch.Tensor:
 
 
 class _Writer:
-    """Copies each batch's stored tokens (`store_dtype`) out of the device one batch late, so the host never waits on a batch it
-    just launched: the copy into pinned memory and the non-finite check of batch k run while batch k+1 computes.
+    """Copies each batch's stored tokens (`store_dtype`) out of the device one batch late, so the host never waits on
+    a batch it just launched: the copy into pinned memory and the non-finite check of batch k run while batch k+1 computes.
     With `summary_prefix` set it stores `summary_tokens` instead of every token."""
 
     def __init__(self, backbone: TokenBackbone, taps: tuple[str, ...], n: int, allocate: Allocate,
