@@ -40,8 +40,7 @@ def generate(cls_peak: float = 80.0, mean_peak: float = 80.0, noise: float = 0.0
             for lr in lrs:
                 acc = peak - 4.0 * (math.log10(lr) - math.log10(opt)) ** 2 + shift
                 rows.append(dict(backbone=backbone, random_init=random_init, dataset="ds", protocol=protocol,
-                                 grid=grid, recipe="", optimizer=optimizer, epochs=90, batch_size=1024,
-                                 warmup_epochs=10,
+                                 grid=grid, optimizer=optimizer, recipe="", epochs=90, batch_size=1024, warmup_epochs=10,
                                  token_tap="norm", aggregator_options="{}", aggregator=agg, aggregator_kind=agg,
                                  seed=s, lr=lr, wd=0.0, status="ok", val_top1=acc + rng.normal(0.0, 1e-3),
                                  test_top1=acc, claim_margin=margin,
@@ -238,7 +237,7 @@ def test_claim_grid(tmp_path):
     (root / "datasets_claimstub.toml").write_text("\n".join(stubs))
     grid = load_registry(root).grid("claim")
     assert set(grid.backbones) == {"mae-vit-b16", "simmim-vit-b16", "dino-vit-b16", "ibot-vit-b16",
-                                   "ijepa-vit-h14-in1k"}
+                                   "dinov2-vit-b14-reg4", "dinov3-vit-b16", "ijepa-vit-h14-in1k"}
     assert set(grid.datasets) == {"cifar100", "imagenet-1k"}
     heads = {h.aggregator: h for h in grid.heads}
     assert set(heads) == {"cls", "mean"} and heads["cls"].lrs == heads["mean"].lrs

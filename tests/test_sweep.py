@@ -48,7 +48,8 @@ def test_full_grid_runs_imagenet_online_and_transfer_sets_cached():
     reg = load_registry()
     grid = reg.grid("full")
     trials = expand(grid, reg)
-    assert len(trials) == 5 * 9 and {t.backbone for t in trials} >= {"mae-vit-b16", "ijepa-vit-h14-in1k"}
+    assert len(trials) == 7 * 9 and {t.backbone for t in trials} >= {"mae-vit-b16", "ijepa-vit-h14-in1k",
+                                                                    "dinov2-vit-b14-reg4", "dinov3-vit-b16"}
     assert {a.aggregator for a in grid.heads} == set(reg.aggregators) and grid.seeds == (0, 1, 2)
     for t in trials:
         expected = ("online", 90, 16384, 10) if t.dataset == "imagenet-1k" else ("cached", 100, 256, 10)
@@ -124,8 +125,9 @@ def _run(capsys, *argv: str) -> tuple[int, str]:
 def test_dry_run_prints_trials_passes_cache_and_gpu_hours(capsys, tmp_path):
     code, out = _run(capsys, "sweep", "--grid", "full", "--dry-run", "--results-dir", str(tmp_path))
     assert code == 0
-    assert "45 trials = 45 backbone passes" in out and "6345 heads, 6345 without a result yet" in out
-    assert "Token cache:" in out and "GiB" in out and "GPU-hours" in out and "unknown for" not in out
+    assert "63 trials = 63 backbone passes" in out and "8883 heads, 8883 without a result yet" in out
+    assert "Token cache:" in out and "GiB" in out and "GPU-hours" in out
+    assert "unknown for dinov2-vit-b14-reg4, dinov3-vit-b16 (no registered" in " ".join(out.split())  # not measured yet
     assert "Test predictions:" in out and "MiB added to the results folder" in out
 
 

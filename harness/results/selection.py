@@ -14,8 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-RECIPE_KEYS = ("grid", "recipe", "optimizer", "epochs", "batch_size", "warmup_epochs", "token_tap",
-               "aggregator_options")
+RECIPE_KEYS = ("grid", "optimizer", "recipe", "epochs", "batch_size", "warmup_epochs", "token_tap", "aggregator_options")
 SELECTION_KEYS = ("backbone", "dataset", "protocol", *RECIPE_KEYS, "aggregator", "seed")
 
 

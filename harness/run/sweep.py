@@ -297,6 +297,8 @@ def submit_job(sweep_args: list[str], *, address: str | None, project_dir: Path)
     env = {"RAY_AIR_NEW_OUTPUT": "0"}
     if "--results-dir" not in sweep_args and not os.environ.get("HARNESS_RESULTS_DIR"):
         env["HARNESS_RESULTS_DIR"] = JOB_RESULTS_DIR  # a relative default would land in the job's temporary copy
+    if os.environ.get("HARNESS_USER_REGISTRY"):
+        env["HARNESS_USER_REGISTRY"] = os.environ["HARNESS_USER_REGISTRY"]  # its folders must exist on the nodes
     runtime_env = {"working_dir": str(project_dir), "excludes": _UPLOAD_EXCLUDES, "env_vars": env}
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
