@@ -215,6 +215,10 @@ def _print_plan(console: Console, reg, trials, todo, results) -> None:
     if knn:
         console.print(f"k-NN heads: {sum(knn):,.1f} GFLOP of similarity products in {len(knn)} trials (val and "
                       "test against train, every (k, T) from one search per layer and source), no training.")
+    predictions = [c.predictions_bytes for c in costs]
+    console.print(f"Test predictions: {human_bytes(sum(p or 0 for p in predictions))} added to the results folder "
+                  f"(the top-1 class and correctness of every test image, per head)"
+                  + (" (some test sizes unknown)" if None in predictions else "") + ".")
     hours = [c.hours for c in costs if c.hours is not None]
     unknown = sorted({t.backbone for t, c in zip(trials, costs) if c.hours is None})
     sources: dict[str, set[str]] = {}

@@ -95,11 +95,12 @@ def test_cost_counts_online_epochs_and_cached_tokens(tmp_path):
     digits, cifar = (trial_cost(t, reg, measured_speed={"demo-mae-tiny": 100.0}, measured_images={})
                      for t in trials[:2])
     assert digits.passes == digits.images == 1797 and digits.hours == pytest.approx(1797 / 100 / 3600)
-    assert 1797 * 2 * 64 * 2 < digits.cache_bytes < 1797 * 3 * 64 * 2  # [cls] heads: [cls] + patch mean, float16
+    assert 1797 * 2 * 64 * 4 < digits.cache_bytes < 1797 * 3 * 64 * 4  # [cls] heads: [cls] + patch mean, float32
     attention = expand(reg.grid(_grid_file(tmp_path, '[heads.abmilp]\noptimizer = "lars"\nlr = [0.1]\n')), reg)[0]
     every_token = trial_cost(attention, reg, measured_speed={}, measured_images={})
     # abmilp reads "prenorm" (16 patches + [cls], width 64, float16); "norm", read by cls and mean only, is summarised
-    assert every_token.cache_by_tap["prenorm"] > 1797 * 17 * 64 * 2 > 1797 * 3 * 64 * 2 > every_token.cache_by_tap["norm"]
+    # ([cls] + patch mean, float32)
+    assert every_token.cache_by_tap["prenorm"] > 1797 * 17 * 64 * 2 > 1797 * 3 * 64 * 4 > every_token.cache_by_tap["norm"]
     assert cifar.cache_bytes is None and cifar.passes == 60000 + 4 * 45000  # train split again every later epoch
     ijepa = trial_cost(expand(reg.grid("full"), reg)[-1], reg, measured_speed={}, measured_images={})
     assert ijepa.throughput == "registered 1-GPU" and ijepa.hours > 0
@@ -132,6 +133,7 @@ def test_dry_run_prints_trials_passes_cache_and_gpu_hours(capsys, tmp_path):
     flat = " ".join(out.split())
     assert "unknown for dinov2-vit-b14-reg4, dinov3-vit-b16 (no registered" in flat  # not measured yet
     assert "mae-vit-b16 / cifar10 per tap: block8.norm" in flat and "k-NN heads:" in flat  # DINOv2's last 4
+    assert "Test predictions:" in out and "MiB added to the results folder" in out
 
 
 def test_bad_backbone_name_is_a_user_error(capsys, tmp_path):

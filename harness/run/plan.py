@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, field, replace
 from harness.heads import recipes
 from harness.heads.recipes import Recipe
 from harness.models.digests import cached_sha256
+from harness.results.store import predictions_bytes
 from harness.tokens.layers import DEFAULT_LAYER, layer_taps, parse_tap
-from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_taps
+from harness.tokens.space import (SUMMARY_TOKEN_BYTES, TOKEN_BYTES, planned_split_sizes, predict_cache_bytes,
+                                  summary_taps)
 from harness.heads.kinds import kinds, resolve_options
 from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, HeadGroup, Registry, load_registry
 
@@ -34,6 +36,13 @@ class HeadPlan:
     recipe: str | None = None  # harness/heads/recipes.py
     recipe_options: dict = field(default_factory=dict)
     layer: str = DEFAULT_LAYER  # harness.tokens.layers label: which blocks the head reads
+
+    def recipe_label(self) -> str:
+        """The results column: the recipe's name and its options (JSON), "" for the harness's own training."""
+        if not self.recipe:
+            return ""
+        options = f" {json.dumps(self.recipe_options, sort_keys=True)}" if self.recipe_options else ""
+        return f"{self.recipe}{options}"
 
     def training(self) -> Recipe | None:
         """The head's resolved recipe, None for the harness's own training."""
@@ -200,6 +209,7 @@ class TrialCost:
     knn_gflop: float | None  # the k-NN heads' similarity products (val + test against train), 0 without k-NN
     hours: float | None  # passes / throughput
     throughput: str  # where the images/s came from
+    predictions_bytes: int | None = None  # every head's stored test predictions (results store)
 
 
 def token_shape(entry: BackboneEntry) -> tuple[int, int | None]:
@@ -231,7 +241,8 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
             for tap in sorted(layouts, key=lambda t: parse_tap(t, depth)):  # block order, each without then with norm
                 summary = layouts[tap]
                 stored = backbone.num_prefix_tokens + 1 if summary else tokens  # the prefix tokens and the patch mean
-                by_tap[tap] = sum(predict_cache_bytes(n, stored, width, [tap])
+                by_tap[tap] = sum(predict_cache_bytes(n, stored, width, [tap],
+                                                      SUMMARY_TOKEN_BYTES if summary else TOKEN_BYTES)
                                   for n in (sizes.values() if sizes else [images]))
             cache = sum(by_tap.values())
         if sizes and width is not None and depth is not None:
@@ -242,4 +253,5 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
     if speed is None and trial.backbone in measured_speed:
         speed, source = measured_speed[trial.backbone], "measured (earlier results)"
     hours = passes / speed / 3600 if passes is not None and speed else None
-    return TrialCost(images, passes, cache, by_tap, knn, hours, source if speed else "unknown")
+    predictions = predictions_bytes(len(trial.heads), sizes["test"]) if sizes else None
+    return TrialCost(images, passes, cache, by_tap, knn, hours, source if speed else "unknown", predictions)
