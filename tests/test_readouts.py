@@ -16,6 +16,7 @@ import torch
 
 import harness
 from conftest import fixtures_root
+from results_factory import make_row
 from harness.errors import HarnessError
 from harness.heads.bank import HeadBank, HeadSpec
 from harness.heads.knn import knn_rankings, neighbours
@@ -39,9 +40,9 @@ def train_heads(specs: list[HeadSpec], sets: list[TokenSet], *, prefix: int = 1,
     bank = HeadBank(specs, embed_dim=D, num_heads=2, num_prefix_tokens=prefix, num_classes=C, batch_size=32,
                     total_steps=epochs * (len(sets[0]) // 32), warmup_steps=0, depth=depth, num_registers=registers)
     outcomes = train_cached(bank, *sets, epochs=epochs, batch_size=32)
-    return pd.DataFrame([{"grid": "g", "backbone": "b", "dataset": "d", "protocol": "cached", "aggregator": s.aggregator.name,
-                          "seed": s.seed, "layer": s.layer, "lr": s.lr, "wd": s.wd, "status": o.status,
-                          "val_top1": o.val_top1, "test_top1": o.test_top1} for s, o in zip(specs, outcomes)])
+    rows = [{**make_row(aggregator=s.aggregator.name, aggregator_kind=s.aggregator.kind, seed=s.seed, layer=s.layer,
+                        lr=s.lr, status=o.status, val_top1=o.val_top1, test_top1=o.test_top1)} for s, o in zip(specs, outcomes)]
+    return pd.DataFrame(rows)
 
 
 def spec(agg: AggregatorEntry, lr: float, layer: str = "-1") -> HeadSpec:
@@ -126,8 +127,8 @@ def test_passes_do_not_grow_with_the_number_of_layers(tmp_path, monkeypatch):
         forwards.clear()
         rows, _, _ = run_trial(plan)
         assert {r["status"] for r in rows} == {"ok"}
-        counts[len({r["token_tap"] for r in rows})] = (sum(forwards), len(forwards), {r["backbone_passes"]
-                                                                                      for r in rows})
+        counts[len({(r["token_tap"], r["layer"]) for r in rows})] = (sum(forwards), len(forwards),
+                                                                     {r["backbone_passes"] for r in rows})
     (one, many) = counts.values()
     assert list(counts) == [1, 5] and one == many == (1797, many[1], {1797})
 
@@ -268,9 +269,13 @@ def test_knn_heads_run_in_a_trial_from_the_cache(tmp_path):
     assert len(predictions) == len(rows)  # k-NN heads store their test predictions too
     by = {r["head_id"]: r for r in rows}
     assert {r["status"] for r in rows} == {"ok"} and by["knn/k=20/T=0.07/seed=0"]["optimizer"] == "none"
-    assert by["knn/layer=last2/k=20/T=0.07/seed=0"]["token_tap"] == "norm@last2"
+    assert (by["knn/layer=last2/k=20/T=0.07/seed=0"]["token_tap"], by["knn/layer=last2/k=20/T=0.07/seed=0"]["layer"]) \
+        == ("norm", "last2")
     assert all(20 < r["test_top1"] <= 100 for r in rows if r["aggregator"] == "knn")  # chance: 10
-    assert json.loads(by["knn/k=10/T=0.1/seed=0"]["aggregator_options"]) == {"k": 10, "T": 0.1, "source": "cls_mean"}
+    assert json.loads(by["knn/k=10/T=0.1/seed=0"]["aggregator_options"]) == {"source": "cls_mean"}
+    assert json.loads(by["knn/k=10/T=0.1/seed=0"]["swept_options"]) == {"k": 10, "T": 0.1}
+    best = select_best(pd.DataFrame(rows))  # k, T and the layer are selected on val, like an lr
+    assert best.groupby("aggregator").size().to_dict() == {"knn": 1, "mean": 2}
     rows, _, _ = run_trial(ijepa)
     assert {r["status"] for r in rows if r["aggregator"] == "knn"} == {"not-applicable"}  # no [cls] for cls_mean
 

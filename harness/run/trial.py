@@ -15,7 +15,6 @@ import torch
 import harness
 from harness.results import store
 from harness.models.backbones import Backbone, load_backbone
-from harness.tokens.layers import tap_label
 from harness.tokens.space import summary_taps
 from harness.data.splits import Splits, load_splits
 from harness.data.device_feed import on_device
@@ -24,7 +23,7 @@ from harness.heads.bank import HeadBank, HeadOutcome, HeadSpec
 from harness.heads.head import head_dims
 from harness.heads.kinds import kinds
 from harness.heads.knn import evaluate_knn, knn_taps
-from harness.run.plan import HeadPlan, TrialPlan, trained_entry
+from harness.run.plan import SWEPT_OPTIONS, HeadPlan, TrialPlan, trained_entry
 from harness.registry import AggregatorEntry, BackboneEntry, load_registry
 from harness.tokens.cache import cached_tokens, extract_tokens, loader_workers
 from harness.heads.train import online_loader, total_steps, train_cached, train_online, warmup_steps
@@ -153,10 +152,14 @@ def make_bank(plan: TrialPlan, specs: list[HeadSpec], backbone: Backbone, splits
 
 def head_row(shared: dict, head: HeadPlan, aggregator: AggregatorEntry, outcome: HeadOutcome) -> dict:
     """One results-store row: the trial's shared columns plus this head's configuration and outcome."""
+    swept = () if kinds()[aggregator.kind].trained else SWEPT_OPTIONS
     return {
         **shared, "config_hash": head.config_hash, "head_id": head.head_id, "aggregator": head.aggregator,
-        "aggregator_kind": aggregator.kind, "aggregator_options": json.dumps(head.options, sort_keys=True),
-        "token_tap": tap_label(aggregator.tap, head.layer), "optimizer": head.optimizer,
+        "aggregator_kind": aggregator.kind, "token_tap": aggregator.tap, "layer": head.layer,
+        # options swept like an lr (k-NN's k and T) stay out of aggregator_options, which selection keeps apart
+        "aggregator_options": json.dumps({k: v for k, v in head.options.items() if k not in swept}, sort_keys=True),
+        "swept_options": json.dumps({k: v for k, v in head.options.items() if k in swept}, sort_keys=True),
+        "optimizer": head.optimizer,
         "recipe": head.recipe_label(), "lr": head.lr, "wd": head.wd, "seed": head.seed, "status": outcome.status,
         "error": outcome.error,
         "diverged_step": outcome.diverged_step, "val_top1": outcome.val_top1, "val_top5": outcome.val_top5,

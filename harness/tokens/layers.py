@@ -75,12 +75,3 @@ def parse_tap(name: str, depth: int) -> tuple[int, bool]:
                            f"prenorm, block<i> or block<i>.norm with i from 0 to {depth - 1}.")
     return int(match.group(1)), match.group(2) is not None
 
-
-def tap_label(tap: str, layer: str) -> str:
-    """The results' `token_tap` of a head: its aggregator's tap, then "@<layer>" unless it reads the last block."""
-    return tap if layer == DEFAULT_LAYER else f"{tap}@{layer}"
-
-
-def layer_of(token_tap: str) -> str:
-    """The layer label of a results row's `token_tap` (the inverse of `tap_label`)."""
-    return token_tap.partition("@")[2] or DEFAULT_LAYER
