@@ -150,6 +150,9 @@ class BackboneEntry:
     images_per_s: float | None = None  # registered extraction throughput on one GPU, for --dry-run
     published: dict[str, float] = field(default_factory=dict)  # "dataset/aggregator" -> test top-1
     description: str = ""
+    licence: str = ""  # of the released weights, as their repository states it
+    paper: str = ""  # the paper's address
+    origin: str = ""  # the repository that released the weights
     source: str = ""
 
     @property
@@ -285,6 +288,9 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         images_per_s=None if random_init else speed,  # a demo's tiny arch runs at another speed than its base's
         published={} if random_init else {k: float(v) for k, v in published.items()},
         description=t.get("description", str, ""),
+        licence=(t.get("licence", str, ""), "")[random_init],  # a demo inherits its family's, but has no weights
+        paper=t.get("paper", str, ""),
+        origin=t.get("origin", str, ""),
         source=str(path),
     )
     t.finish()

@@ -14,6 +14,7 @@ import pandas as pd
 
 from harness.registry import Registry, load_registry
 from harness.results.selection import SELECTION_KEYS, select_best
+from harness.results.store import HASH_PREFIX
 
 BOARD_KEYS = ("dataset", "protocol")
 CELL_KEYS = ("dataset", "protocol", "backbone", "aggregator")
@@ -41,7 +42,7 @@ class Pick:
 
     def text(self) -> str:
         return (f"seed {self.seed}: lr {self.lr:g}, wd {self.wd:g}, val {self.val_top1:.2f}, "
-                f"test {self.test_top1:.2f}, {self.config_hash[:12]}")
+                f"test {self.test_top1:.2f}, {self.config_hash[:HASH_PREFIX]}")
 
 
 @dataclass(frozen=True)

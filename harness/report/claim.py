@@ -34,13 +34,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 from scipy import special
 
 from harness.report.boards import Curve
 from harness.report.svg import lr_plot
 from harness.report.markdown import md_escape, md_table
+from harness.report.terminal import print_table
 from harness.results.selection import SELECTION_KEYS, select_best
 
 CLS, MEAN = "cls", "mean"
@@ -337,7 +336,6 @@ def claim_analysis(results: pd.DataFrame) -> ClaimAnalysis:
 
 TITLE = "Mean pooling vs [cls]"
 EMPTY = "No results have both cls and mean heads for a backbone, dataset and protocol."
-WIDE_TERMINAL = 160  # columns below which the verdict table is printed as one record per row
 VERDICT_HEADERS = ["Backbone", "Dataset", "Protocol", "Seeds", "cls lr*", "mean lr*", "cls top-1", "mean top-1",
                    "Δ tuned [95% CI]", "TOST p", "Verdict (tuned)", "Δ at cls lr [95% CI]", "Verdict (cls lr)"]
 METHOD = (
@@ -450,23 +448,8 @@ def claim_terminal(table: pd.DataFrame, console: Console) -> None:
         console.print(f"{TITLE}: {EMPTY}", markup=False, highlight=False)
         return
     caption = "d = mean - cls, top-1 points; TOST at the grid's margin, alpha 0.05"
-    if console.width >= WIDE_TERMINAL:
-        out = Table(title=escape(TITLE), caption=caption)
-        for header in VERDICT_HEADERS:
-            out.add_column(escape(header), overflow="fold")
-        for row in _display_rows(table):
-            out.add_row(*(escape(cell) for cell in row))
-        console.print(out)
-    else:  # thirteen columns do not fit: one two-column record per backbone, dataset and protocol
-        console.print(escape(TITLE), style="bold", highlight=False)
-        for row in _display_rows(table):
-            record = Table(title=escape(" · ".join(row[:3])), show_header=False, title_justify="left")
-            record.add_column(style="bold")
-            record.add_column(overflow="fold")
-            for header, cell in zip(VERDICT_HEADERS[3:], row[3:]):
-                record.add_row(escape(header), escape(cell))
-            console.print(record)
-        console.print(caption, markup=False, highlight=False)
+    # thirteen columns rarely fit: then one short record per backbone, dataset and protocol (names never cut)
+    print_table(console, VERDICT_HEADERS, _display_rows(table), ids=(0, 1, 2), title=TITLE, caption=caption)
     for note in _notes(table):
         console.print(note, markup=False, highlight=False)
 

@@ -94,16 +94,19 @@ def _section(board: Board) -> str:
             f"{_picks(board)}{_plots(board)}</section>")
 
 
-def html_page(boards: list[Board], claim_fragment: str) -> str:
-    """The whole page: a section per board (table, picks, plots), then the claim section (escaped by claim.py)."""
+def html_page(boards: list[Board], claim_fragment: str, footer: str = "") -> str:
+    """The whole page: a section per board (table, picks, plots), the claim section (escaped by claim.py), then
+    where it came from."""
     sections = "".join(_section(b) for b in boards) or "<p>No results yet.</p>"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Leaderboard</title>"
             f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1><p>{_e(EXPLANATION)}</p>{sections}"
-            f"{claim_fragment}<script>{_JS}</script></body></html>\n")
+            f"{claim_fragment}<footer>{_e(footer)}</footer><script>{_JS}</script></body></html>\n")
 
 
 def render_html(results: pd.DataFrame, registry: Registry | None = None) -> str:
     """The HTML page of a results frame, claim section included."""
     from harness.report.claim import claim_analysis, claim_html
 
-    return html_page(build_boards(results, registry), claim_html(claim_analysis(results)))
+    from harness.report.provenance import provenance_text
+
+    return html_page(build_boards(results, registry), claim_html(claim_analysis(results)), provenance_text(results))

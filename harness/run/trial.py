@@ -21,7 +21,8 @@ from harness.heads.bank import HeadBank, HeadOutcome, HeadSpec
 from harness.run.plan import HeadPlan, TrialPlan
 from harness.registry import AggregatorEntry, BackboneEntry, load_registry
 from harness.tokens.cache import cached_tokens, extract_tokens, loader_workers
-from harness.heads.train import online_loader, total_steps, train_cached, train_online, warmup_steps
+from harness.heads.train import (EpochHook, online_loader, total_steps, train_cached, train_online,
+                                 warmup_steps)
 
 
 EXTRACT_BATCH = 512
@@ -42,8 +43,10 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[list[dict], list[dict]]:
-    """Extract tokens once per split, train the head bank, and return (result rows, curve rows)."""
+def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
+              on_epoch: EpochHook | None = None) -> tuple[list[dict], list[dict]]:
+    """Extract tokens once per split, train the head bank, and return (result rows, curve rows); `on_epoch` hears
+    each epoch's progress (the sweep's live display)."""
     device = torch.device(device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -79,11 +82,13 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
             loader = online_loader(augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
                                    num_workers=loader_workers(device), pin_memory=device.type == "cuda")
             outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
-                                       epochs=plan.epochs, device=device, forward_chunk=extract_batch)
+                                       epochs=plan.epochs, device=device, forward_chunk=extract_batch,
+                                       on_epoch=on_epoch)
             passes += n
         else:
             outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
-                                    epochs=plan.epochs, batch_size=plan.batch_size, device=device)
+                                    epochs=plan.epochs, batch_size=plan.batch_size, device=device,
+                                    on_epoch=on_epoch)
     shared = {
         **trial_columns(plan, backbone.entry, started), "weights_sha256": backbone.weights_sha256,
         "num_classes": splits.num_classes, "train_size": sizes["train"], "val_size": sizes["val"],

@@ -1,0 +1,46 @@
+"""A registered grid changed for one run without writing a grid file: the CLI's --backbones, --datasets,
+--epochs, --seeds and --lrs, and the same keywords of `harness.sweep`. Every change is checked against the
+registry, and what ran is in the rows (backbone, dataset, epochs, seed and lr columns, and the config hash)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from harness.errors import HarnessError
+from harness.registry import Grid, Registry
+
+
+def _numbers(flag: str, values: Sequence, kind: type, accepted: str, *, zero: bool) -> tuple:
+    try:
+        out = tuple(kind(v) for v in values)
+    except (TypeError, ValueError):
+        out = ()
+    if not out or any(v != v or v < 0 or (v == 0 and not zero) for v in out):
+        raise HarnessError(f"{flag} {','.join(map(str, values))!r} is not {accepted}.")
+    return out
+
+
+def customise(grid: Grid, reg: Registry, *, backbones: Sequence[str] | None = None,
+              datasets: Sequence[str] | None = None, epochs: int | None = None, seeds: Sequence | None = None,
+              lrs: Sequence | None = None) -> Grid:
+    """`grid` with the given parts replaced; None keeps the grid's. `lrs` replaces every head group's lr grid;
+    `epochs` also replaces the grid's per-dataset epoch overrides."""
+    changes: dict = {}
+    if backbones:
+        changes["backbones"] = tuple(reg.backbone(b).name for b in backbones)
+    if datasets:
+        changes["datasets"] = tuple(reg.dataset(d).name for d in datasets)
+    if epochs is not None:
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise HarnessError(f"--epochs {epochs} is not a positive number of epochs.")
+        changes["epochs"] = epochs
+        changes["overrides"] = {d: {k: v for k, v in o.items() if k != "epochs"} for d, o in grid.overrides.items()}
+    if seeds:
+        changes["seeds"] = _numbers("--seeds", seeds, int, "comma-separated seeds such as 0,1,2", zero=True)
+        if len(set(changes["seeds"])) != len(changes["seeds"]):
+            raise HarnessError(f"--seeds {','.join(map(str, seeds))!r} repeats a seed; accepted: distinct seeds.")
+    if lrs:
+        rates = _numbers("--lrs", lrs, float, "comma-separated positive learning rates such as 0.1,0.3,1", zero=False)
+        changes["heads"] = tuple(dataclasses.replace(h, lrs=rates) for h in grid.heads)
+    return dataclasses.replace(grid, **changes) if changes else grid
