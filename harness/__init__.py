@@ -26,7 +26,7 @@ def _results_dir(results_dir: str | Path | None) -> Path:
 
 def sweep(grid: str | Path = "demo", *, backbones: Sequence[str] | None = None,
           datasets: Sequence[str] | None = None, epochs: int | None = None, seeds: Sequence[int] | None = None,
-          lrs: Sequence[float] | None = None, results_dir: str | Path | None = None,
+          lrs: Sequence[float] | None = None, limit_train: int | None = None, results_dir: str | Path | None = None,
           cache_dir: str | Path | None = None, force: bool = False, address: str | None = None,
           num_cpus: int | None = None, write_leaderboard: bool = True):
     """Run the heads of `grid` that have no result yet (all with `force`) and return the `SweepSummary`; the
@@ -42,7 +42,7 @@ def sweep(grid: str | Path = "demo", *, backbones: Sequence[str] | None = None,
 
     reg = load_registry()
     plan = customise(reg.grid(str(grid)), reg, backbones=backbones, datasets=datasets, epochs=epochs, seeds=seeds,
-                     lrs=lrs)
+                     lrs=lrs, limit_train=limit_train)
     root = _results_dir(results_dir)
     trials = expand(plan, reg)
     todo = trials if force else without_done(trials, store.completed_hashes(root))

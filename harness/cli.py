@@ -123,14 +123,14 @@ def _parse_weights(pairs: list[str]) -> dict[str, str]:
 
 
 def _sweep_grid(args: argparse.Namespace, reg):
-    """The grid named by --grid with --backbones, --datasets, --epochs, --seeds and --lrs applied."""
+    """The grid named by --grid with --backbones, --datasets, --epochs, --seeds, --lrs and --limit-train applied."""
     from harness.run.quick import customise
 
     def split(text: str | None) -> list[str] | None:
         return text.split(",") if text else None
 
     return customise(reg.grid(args.grid), reg, backbones=split(args.backbones), datasets=split(args.datasets),
-                     epochs=args.epochs, seeds=split(args.seeds), lrs=split(args.lrs))
+                     epochs=args.epochs, seeds=split(args.seeds), lrs=split(args.lrs), limit_train=args.limit_train)
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
@@ -267,7 +267,7 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
     sweep = ["--grid", args.grid if args.grid in reg.grid_files else _in_project(Path(args.grid), project),
              "--no-progress"]
     for flag, value in (("--backbones", args.backbones), ("--datasets", args.datasets), ("--epochs", args.epochs),
-                        ("--seeds", args.seeds), ("--lrs", args.lrs),
+                        ("--seeds", args.seeds), ("--lrs", args.lrs), ("--limit-train", args.limit_train),
                         ("--max-retries", args.max_retries), ("--results-dir", args.results_dir),
                         ("--cache-dir", args.cache_dir), ("--cpus-per-trial", args.cpus_per_trial),
                         ("--gpus-per-trial", args.gpus_per_trial)):
@@ -404,6 +404,8 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, metavar="N", help="train every head for N epochs instead of the grid's")
     p.add_argument("--seeds", metavar="S,T", help="replace the grid's seeds, e.g. 0,1,2")
     p.add_argument("--lrs", metavar="A,B", help="replace every head group's learning rates, e.g. 0.1,1")
+    p.add_argument("--limit-train", type=int, metavar="N",
+                   help="train on the first N training images per class (smoke tests; val and test stay whole)")
     p.add_argument("--force", action="store_true", help="rerun heads that already have results")
     p.add_argument("--max-retries", type=int, help="retries of a failing trial (default: the grid's max_retries)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")

@@ -124,3 +124,20 @@ def test_quick_flags_replace_epochs_seeds_and_lrs(capsys, monkeypatch, tmp_path)
         assert code == 2 and flag in err and "Traceback" not in err, (flag, value)
     args = build_parser().parse_args(["submit", "--grid", "demo", "--epochs", "2", "--seeds", "0,1"])
     assert args.epochs == 2 and args.seeds == "0,1"
+
+
+def test_limit_train_keeps_the_first_images_per_class_and_is_recorded(tmp_path, monkeypatch):
+    from harness.run.plan import expand
+    from harness.run.quick import customise
+    from harness.run.trial import run_trial
+
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    reg = load_registry()
+    grid = customise(reg.grid("demo"), reg, backbones=["demo-mae-tiny"], epochs=1, seeds=[0], lrs=[1.0])
+    (full,) = expand(grid, reg)
+    (small,) = expand(customise(grid, reg, limit_train=3), reg)
+    assert {h.config_hash for h in small.heads}.isdisjoint(h.config_hash for h in full.heads)
+    assert [h.head_id for h in small.heads] == [h.head_id for h in full.heads]
+    rows, _ = run_trial(small)
+    num_classes = reg.dataset("digits").num_classes
+    assert {r["train_size"] for r in rows} == {3 * num_classes} and {r["status"] for r in rows} == {"ok"}

@@ -216,6 +216,7 @@ class Grid:
     gpus_per_trial: float = 0.0
     max_retries: int = 1
     claim_margin: float = 0.5  # equivalence margin of the mean-vs-cls test, in top-1 points
+    limit_train: int | None = None  # train on the first N training images per class (smoke tests; never in a file)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> some of TRIAL_SETTINGS
     source: str = ""
 

@@ -19,7 +19,7 @@ from harness.results.store import HASH_PREFIX
 BOARD_KEYS = ("dataset", "protocol")
 CELL_KEYS = ("dataset", "protocol", "backbone", "aggregator")
 BOARD_COLUMNS = (*CELL_KEYS, "seed", "lr", "wd", "status", "val_top1", "test_top1", "config_hash", "grid",
-                 "random_init")  # the results columns build_boards reads
+                 "random_init", "optimizer")  # the results columns build_boards reads
 BASELINE = "cls"
 RANDOM_INIT_NOTE = ("(random-init) backbones are untrained pipeline checks: their numbers carry no scientific "
                     "meaning.")
@@ -123,6 +123,9 @@ class Curve:
     lrs: tuple[float, ...]
     val_top1: tuple[float, ...]
     test_top1: tuple[float, ...]
+    optimizer: str = ""  # its heads' optimizer(s): lrs of different optimizers are not on one scale
+    test_low: tuple[float, ...] = ()  # lowest and highest test top-1 over seeds at each lr
+    test_high: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,15 +170,22 @@ def _picks(selected: pd.DataFrame) -> dict[tuple, list[Pick]]:
 
 
 def _curves(per_lr: pd.DataFrame) -> dict[tuple, list[Curve]]:
-    """Per board, one curve per backbone x aggregator from the val-selected head of each seed and lr."""
-    means = per_lr.groupby([*CELL_KEYS, "lr"], sort=True)[["val_top1", "test_top1"]].mean().reset_index()
-    points: dict[tuple, list[tuple[float, float, float]]] = {}
-    for *key, lr, val, test in _columns(means, [*CELL_KEYS, "lr", "val_top1", "test_top1"]):
-        points.setdefault(tuple(key), []).append((float(lr), float(val), float(test)))  # sorted by key, then lr
+    """Per board, one curve per backbone x aggregator from the val-selected head of each seed and lr: the mean
+    over seeds, and the seeds' range of test top-1."""
+    stats = per_lr.groupby([*CELL_KEYS, "lr"], sort=True).agg(
+        val=("val_top1", "mean"), test=("test_top1", "mean"), low=("test_top1", "min"),
+        high=("test_top1", "max")).reset_index()
+    optimizers = per_lr.groupby(list(CELL_KEYS))["optimizer"].agg(lambda o: ", ".join(sorted(set(map(str, o))))) \
+        if "optimizer" in per_lr else {}
+    points: dict[tuple, list[tuple[float, ...]]] = {}
+    for *key, lr, val, test, low, high in _columns(stats, [*CELL_KEYS, "lr", "val", "test", "low", "high"]):
+        points.setdefault(tuple(key), []).append(tuple(map(float, (lr, val, test, low, high))))  # sorted by lr
     out: dict[tuple, list[Curve]] = {}
     for (dataset, protocol, backbone, aggregator), line in points.items():
-        lrs, val, test = zip(*line)
-        out.setdefault((dataset, protocol), []).append(Curve(backbone, aggregator, lrs, val, test))
+        lrs, val, test, low, high = zip(*line)
+        out.setdefault((dataset, protocol), []).append(Curve(
+            backbone, aggregator, lrs, val, test, optimizers.get((dataset, protocol, backbone, aggregator), ""), low,
+            high))
     return out
 
 
@@ -203,7 +213,8 @@ def build_boards(results: pd.DataFrame, registry: Registry | None = None) -> lis
     if results.empty:
         return []
     registry = registry if registry is not None else load_registry()
-    slim = results[[*CELL_KEYS, "seed", "lr", "wd", "status", "val_top1", "test_top1", "config_hash"]]
+    slim = results[[*CELL_KEYS, "seed", "lr", "wd", "status", "val_top1", "test_top1", "config_hash",
+                    *(["optimizer"] if "optimizer" in results else [])]]
     per_lr = select_best(slim, by=SELECTION_KEYS + ("lr",))
     # The val-best head of each lr, then the val-best of those, is the rule's pick (ties: lowest lr, then wd).
     picks = _picks(select_best(per_lr))

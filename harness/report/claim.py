@@ -36,8 +36,6 @@ import pandas as pd
 from rich.console import Console
 from scipy import special
 
-from harness.report.boards import Curve
-from harness.report.svg import lr_plot
 from harness.report.markdown import md_escape, md_table
 from harness.report.terminal import print_table
 from harness.results.selection import SELECTION_KEYS, select_best
@@ -456,32 +454,21 @@ def claim_terminal(table: pd.DataFrame, console: Console) -> None:
 
 # ------------------------------------------------------------------------------------------------ HTML
 
-def _svg(points: list[Point], optimum: dict[str, float], title: str) -> str:
-    """Top-1 of cls and mean against lr, drawn by the leaderboard's `lr_plot` with each optimum enlarged."""
-    ok = [p for p in points if not (math.isnan(p[2]) or math.isnan(p[3]))]  # not-applicable cls has no curve
-    curves = [Curve(title, agg, tuple(p[1] for p in line), tuple(p[2] for p in line), tuple(p[3] for p in line))
-              for agg in (CLS, MEAN) if (line := [p for p in ok if p[0] == agg])]
-    return lr_plot(title, curves, (CLS, MEAN), optimum, css_class="claim-plot") or \
-        f'<p class="claim-nocurve">No curve: {html.escape(title)} has no ok heads at a positive lr.</p>'
-
-
 def claim_html(claim: ClaimAnalysis) -> str:
-    """An escaped HTML fragment: verdict table, method, and an inline SVG of top-1 against lr per backbone."""
+    """An escaped HTML fragment: verdict table, method and notes (the lr plots are the boards', not repeated)."""
     table = claim.table
     out = [f'<section class="claim" id="claim"><h2>{html.escape(TITLE)}</h2>', f"<p>{html.escape(METHOD)}</p>"]
     if table.empty:
         return "\n".join(out + [f"<p>{html.escape(EMPTY)}</p></section>"])
-    out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in VERDICT_HEADERS)
-               + "</tr></thead><tbody>")
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in VERDICT_HEADERS)
+    out.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>')
     for row, verdict in zip(_display_rows(table), table["verdict"]):
         out.append(f'<tr class="verdict-{verdict.replace(" ", "-")}">'
                    + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     notes = _notes(table)
     if notes:
         out.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
-    out.append("<h3>Top-1 against learning rate (mean over seeds; large dot = selected optimum)</h3>")
-    for title, points, optimum, _ in _curve_groups(claim):
-        out.append(f"<figure>{_svg(points, optimum, title)}<figcaption>{html.escape(title)}</figcaption></figure>")
+    out.append("<p>Top-1 against learning rate: each board's plots above (lr* is in the table).</p>")
     out.append("</section>")
     return "\n".join(out)

@@ -20,7 +20,7 @@ from harness.report.markdown import md_escape, md_table
 from harness.report.provenance import PROVENANCE_COLUMNS, provenance_text
 from harness.report.terminal import print_table
 from harness.registry import Registry
-from harness.results.store import read_results
+from harness.results.store import read_curves, read_results
 
 # The store columns a regeneration reads (boards and claim section): far faster than all of them on large stores.
 COLUMNS = tuple(dict.fromkeys((*BOARD_COLUMNS, *INPUT_COLUMNS, *PROVENANCE_COLUMNS)))
@@ -114,7 +114,7 @@ def write_leaderboards(root: Path, registry: Registry | None = None, *, results:
     root.mkdir(parents=True, exist_ok=True)
     footer = provenance_text(results)
     pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(claim), footer),
-             root / "leaderboard.html": html_page(boards, claim_html(claim), footer)}
+             root / "leaderboard.html": html_page(boards, claim_html(claim), footer, read_curves(root))}
     for path, text in pages.items():
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")

@@ -1,5 +1,5 @@
 """A registered grid changed for one run without writing a grid file: the CLI's --backbones, --datasets,
---epochs, --seeds and --lrs, and the same keywords of `harness.sweep`. Every change is checked against the
+--epochs, --seeds, --lrs and --limit-train, and the same keywords of `harness.sweep`. Every change is checked against the
 registry, and what ran is in the rows (backbone, dataset, epochs, seed and lr columns, and the config hash)."""
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ def _numbers(flag: str, values: Sequence, kind: type, accepted: str, *, zero: bo
 
 def customise(grid: Grid, reg: Registry, *, backbones: Sequence[str] | None = None,
               datasets: Sequence[str] | None = None, epochs: int | None = None, seeds: Sequence | None = None,
-              lrs: Sequence | None = None) -> Grid:
+              lrs: Sequence | None = None, limit_train: int | None = None) -> Grid:
     """`grid` with the given parts replaced; None keeps the grid's. `lrs` replaces every head group's lr grid;
-    `epochs` also replaces the grid's per-dataset epoch overrides."""
+    `epochs` also replaces the grid's per-dataset epoch overrides; `limit_train` keeps the first N training images per
+    class (part of the config hash; `train_size` in the rows says how many were used)."""
     changes: dict = {}
     if backbones:
         changes["backbones"] = tuple(reg.backbone(b).name for b in backbones)
@@ -43,4 +44,8 @@ def customise(grid: Grid, reg: Registry, *, backbones: Sequence[str] | None = No
     if lrs:
         rates = _numbers("--lrs", lrs, float, "comma-separated positive learning rates such as 0.1,0.3,1", zero=False)
         changes["heads"] = tuple(dataclasses.replace(h, lrs=rates) for h in grid.heads)
+    if limit_train is not None:
+        if isinstance(limit_train, bool) or not isinstance(limit_train, int) or limit_train < 1:
+            raise HarnessError(f"--limit-train {limit_train} is not a positive number of training images per class.")
+        changes["limit_train"] = limit_train
     return dataclasses.replace(grid, **changes) if changes else grid

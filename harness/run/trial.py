@@ -53,7 +53,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
     registry = load_registry()
     backbone = load_backbone(plan.backbone, plan.weights, device=device, expected_sha256=plan.weights_sha256)
     dataset = registry.dataset(plan.dataset)
-    splits = load_splits(dataset, backbone.entry, download=plan.download)
+    splits = load_splits(dataset, backbone.entry, download=plan.download, limit_train=plan.limit_train)
     sizes = splits.sizes()
     bank = make_bank(plan, backbone, splits, device)
     specs = bank.specs
@@ -68,7 +68,8 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
         for name in ("train", "val", "test") if plan.protocol == "cached" else ("val", "test"):
             t = time.perf_counter()
             if plan.protocol == "cached":  # written once to the token cache, reused by later sweeps
-                token_sets[name], n = cached_tokens(backbone, dataset, name, getattr(splits, name), bank.taps,
+                split = f"train-first{plan.limit_train}" if name == "train" and plan.limit_train else name
+                token_sets[name], n = cached_tokens(backbone, dataset, split, getattr(splits, name), bank.taps,
                                                     cache_dir=plan.cache_dir, batch_size=extract_batch,
                                                     device=device, summary_prefix=summary_prefix)
             else:
@@ -78,7 +79,8 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
             extracted += n
         passes = extracted
         if plan.protocol == "online":
-            augmented = load_splits(dataset, backbone.entry, augment=True, download=plan.download).train
+            augmented = load_splits(dataset, backbone.entry, augment=True, download=plan.download,
+                                    limit_train=plan.limit_train).train
             loader = online_loader(augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
                                    num_workers=loader_workers(device), pin_memory=device.type == "cuda")
             outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
