@@ -141,3 +141,28 @@ def test_limit_train_keeps_the_first_images_per_class_and_is_recorded(tmp_path, 
     rows, _ = run_trial(small)
     num_classes = reg.dataset("digits").num_classes
     assert {r["train_size"] for r in rows} == {3 * num_classes} and {r["status"] for r in rows} == {"ok"}
+
+
+def test_pages_end_with_where_they_came_from(results):
+    from harness.report.leaderboard import write_leaderboards
+
+    md, page = write_leaderboards(results)
+    last = md.read_text().rstrip().splitlines()[-1]
+    assert last.startswith("Made from 40 result rows by harness 0.1.0 at commit abc") and "on cpu." in last
+    assert "2026-01-01 00:00 UTC" in last  # the last row's date: regenerations stay byte-identical
+    assert "<footer>Made from 40 result rows" in page.read_text()
+    assert '<meta name="viewport"' in page.read_text()
+
+
+def test_commit_comes_from_the_submitting_checkout_with_a_dirty_flag(monkeypatch, tmp_path):
+    import subprocess
+
+    from harness.run import sweep
+
+    monkeypatch.setenv(sweep.COMMIT_ENV, "0123abc-dirty")  # what `harness submit` hands a job
+    assert sweep.git_commit() == "0123abc-dirty"
+    monkeypatch.delenv(sweep.COMMIT_ENV)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True).stdout.strip()
+    assert sweep.git_commit() == head + ("-dirty" if dirty else "")

@@ -344,7 +344,8 @@ METHOD = (
     "Inconclusive otherwise (or fewer than 2 seeds), with the seeds needed for 80% power at the observed mean and "
     "sd of d (TOST when |mean d| < margin, else the beyond-the-margin test). Grid too narrow: an aggregator's lr* (its "
     "most frequent selected lr over seeds) is the lowest or highest lr of its grid, so nothing is said about "
-    "pooling; (edge) marks such an lr*. \"At cls lr\" repeats the test with the mean head at the lr each seed's cls head selected: "
+    "pooling; (edge) marks such an lr*. \"At cls lr\" repeats the test with the mean head at the lr each seed's cls head "
+    "selected: "
     "the untuned comparison public leaderboards make. Random-init demo backbones carry no scientific meaning."
 )
 

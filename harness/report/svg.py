@@ -110,7 +110,8 @@ def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...], css_c
         band = [(px(lr), py(lo), py(hi)) for lr, lo, hi in zip(curve.lrs, curve.test_low, curve.test_high)
                 if lr > 0 and not (math.isnan(lo) or math.isnan(hi))]
         if len(band) > 1:
-            outline = [f"{_n(x)},{_n(top)}" for x, _, top in band] + [f"{_n(x)},{_n(bottom)}" for x, bottom, _ in band[::-1]]
+            outline = [f"{_n(x)},{_n(top)}" for x, _, top in band] + \
+                      [f"{_n(x)},{_n(bottom)}" for x, bottom, _ in band[::-1]]
             parts.append(f'<polygon class="spread" points="{" ".join(outline)}" fill="{colour}" fill-opacity="0.15" '
                          'stroke="none"/>')
         for split, values, dash in (("test", curve.test_top1, ""), ("val", curve.val_top1, _DASHED)):

@@ -3,7 +3,8 @@
 rich shrinks a too-wide table by cutting long words with an ellipsis, which made two backbones look alike.
 Here identifier columns are at least as wide as their longest word, so they wrap only at spaces; the other
 columns fold. When the identifiers alone leave the others too little room, each row becomes a short record:
-its identifiers on one line, its other fields ("header value; ...") wrapped below. Every cell is Text: registry names are data, never rich markup.
+its identifiers on one line, its other fields ("header value; ...") wrapped below. Every cell is Text: registry
+names are data, never rich markup.
 """
 
 from __future__ import annotations

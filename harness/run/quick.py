@@ -1,6 +1,7 @@
 """A registered grid changed for one run without writing a grid file: the CLI's --backbones, --datasets,
---epochs, --seeds, --lrs and --limit-train, and the same keywords of `harness.sweep`. Every change is checked against the
-registry, and what ran is in the rows (backbone, dataset, epochs, seed and lr columns, and the config hash)."""
+--epochs, --seeds, --lrs and --limit-train, and the same keywords of `harness.sweep`. Every change is checked
+against the registry, and what ran is in the rows (backbone, dataset, epochs, seed, lr and train_size columns, and
+the config hash)."""
 
 from __future__ import annotations
 
