@@ -18,7 +18,9 @@ from rich.text import Text
 
 from harness.config import setting
 from harness.errors import HarnessError
+from harness.heads import recipes
 from harness.registry import load_registry
+from harness.report.plain import printable
 
 EXIT_USER_ERROR = 2
 EXIT_FAILED_TRIALS = 1
@@ -48,6 +50,9 @@ def _list_rows(kind: str, reg) -> tuple[list[str], list[list[str]]]:
         return ["name", "source", "classes", "val hold-out", "description"], [
             [e.name, e.source, str(e.num_classes), f"{e.val_fraction:g} (seed {e.split_seed})", e.description]
             for e in reg.datasets.values()]
+    if kind == "recipes":
+        return ["name", "heads", "optimizer", "source"], [
+            [r.name, ", ".join(r.kinds), r.optimizer, r.source] for r in recipes.RECIPES.values()]
     return ["name", "description"], [[name, reg.grid(name).description] for name in reg.grid_files]
 
 
@@ -129,8 +134,10 @@ def _sweep_grid(args: argparse.Namespace, reg):
     def split(text: str | None) -> list[str] | None:
         return text.split(",") if text else None
 
+    quick = {k: getattr(args, k, None) for k in ("epochs", "seeds", "lrs", "limit_train")}  # `attention` has none
     return customise(reg.grid(args.grid), reg, backbones=split(args.backbones), datasets=split(args.datasets),
-                     epochs=args.epochs, seeds=split(args.seeds), lrs=split(args.lrs), limit_train=args.limit_train)
+                     epochs=quick["epochs"], seeds=split(quick["seeds"]), lrs=split(quick["lrs"]),
+                     limit_train=quick["limit_train"])
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
@@ -186,7 +193,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[red]{len(summary.failed)} trials failed after {summary.retries} retries each; their heads "
                       "are recorded in the results with status 'failed' and rerun by the next sweep:[/red]")
         for name, error in summary.failed.items():
-            console.print(Text(f"  {name}: {error}"))
+            console.print(Text(printable(f"  {name}: {error}")))
         return EXIT_FAILED_TRIALS
     return 0
 
@@ -358,6 +365,7 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
         raise HarnessError(f"--limit {args.limit} is negative; accepted: 0 (every row) or a positive number of rows.")
     columns = None if args.columns == "all" else args.columns.split(",") if args.columns else list(QUERY_COLUMNS)
     frame = store.query(results_dir, args.where, columns)
+    frame = frame.map(lambda v: printable(v) if isinstance(v, str) else v)  # results files can hold anything
     if frame.empty and store.read_results(results_dir, ["config_hash"]).empty:
         raise HarnessError(f"no results yet under {results_dir}; run `harness sweep --grid demo` first "
                            "(or pass --results-dir).")
@@ -393,6 +401,29 @@ def _cell(column: str, value) -> str:
 
         return value[:HASH_PREFIX]
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def cmd_attention(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from harness.diagnostics.attention import diagnose
+    from harness.report.attention import terminal_summary
+
+    if args.images < 1:
+        raise HarnessError(f"--images {args.images}; accepted: a positive number of validation images.")
+    grid = _sweep_grid(args, load_registry())
+    quiet = args.format == "json"
+
+    def done(path: Path, rows: list[dict]) -> None:
+        if not quiet:
+            terminal_summary(rows, console)
+            console.print(Text(f"Wrote {path}"))
+
+    rows = diagnose(grid.backbones, grid.datasets, results_dir=_results_dir(args), images=args.images,
+                    seed=args.seed, weights=_parse_weights(args.weights), download=args.download, on_done=done)
+    if quiet:
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
+    return 0
 
 
 def _grid_args(p: argparse.ArgumentParser) -> None:
@@ -463,14 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--format", choices=["table", "json"], default="table",
                        help=f"table (default) or json: {what} (schema in the README)")
 
-    p = add("list", "list registry entries", "List the backbones, aggregators, datasets and grids in the registry.",
+    p = add("list", "list registry entries",
+            "List the backbones, aggregators, datasets, training recipes and grids in the registry.",
             "examples:\n  harness list backbones\n  harness list grids --format json")
-    p.add_argument("kind", nargs="?", choices=["backbones", "aggregators", "datasets", "grids"])
+    p.add_argument("kind", nargs="?", choices=["backbones", "aggregators", "datasets", "recipes", "grids"])
     format_arg(p, "an object of kind -> list of entries")
     p.set_defaults(func=cmd_list)
 
     p = add("show", "everything the registry says about one entry",
-            "Show one backbone, aggregator, dataset or grid: for a backbone its family, architecture, input "
+            "Show one backbone, aggregator, dataset, recipe or grid: for a backbone its family, architecture, input "
             "transform, prefix tokens, weight file, URL, checksum status, licence, paper, origin and published "
             "numbers.", "examples:\n  harness show ijepa-vit-h14-in1k\n  harness show demo --format json")
     p.add_argument("name", help="a name that `harness list` prints")
@@ -536,6 +568,29 @@ def build_parser() -> argparse.ArgumentParser:
     results_dir_arg(p)
     p.set_defaults(func=cmd_claim)
 
+    p = add("attention", "measure where each block's tokens attend", textwrap.dedent("""\
+        The attention analysis of "Beyond [cls]" as a diagnostic: one frozen pass per backbone x dataset over
+        seeded validation images, with every block's attention computed explicitly and reduced per block and
+        head ([cls] to itself and to the patches, patches to themselves, to each other, to the prefix tokens,
+        mean attention distance). Rows go to <results>/attention/; the leaderboard pages show them."""),
+            "examples:\n  harness attention --grid demo\n"
+            "  harness attention --grid claim --backbones mae-vit-b16 --datasets cifar100 --images 2000\n"
+            "  harness attention --grid demo --format json")
+    p.add_argument("--grid", required=True,
+                   help="grid whose backbones and datasets to measure (see `harness list grids`) or a .toml path")
+    p.add_argument("--backbones", metavar="A,B", help="replace the grid's backbones (comma-separated names)")
+    p.add_argument("--datasets", metavar="X,Y", help="replace the grid's datasets (comma-separated names)")
+    p.add_argument("--images", type=int, default=1000, metavar="N",
+                   help="validation images per backbone and dataset (default 1000; all if fewer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image sample (default 0)")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="use this checkpoint file for backbone NAME (repeatable)")
+    p.add_argument("--download", action="store_true", help="download missing torchvision datasets")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table (default): a summary per backbone; json: every row on stdout")
+    results_dir_arg(p)
+    p.set_defaults(func=cmd_attention)
+
     p = add("results", "export or query raw results", "Export or query the raw result rows.",
             "examples:\n  harness results export --format csv --out results.csv\n"
             "  harness results query --where aggregator=mean --where 'lr>=0.01' \\\n"
@@ -572,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except HarnessError as e:
-        Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), str(e)))
+        Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), printable(str(e))))
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted; results of finished trials are kept, rerun to resume.")

@@ -60,7 +60,7 @@ def test_list_never_cuts_a_name_at_80_columns(capsys, monkeypatch):
 def test_list_and_show_as_json_carry_licence_paper_and_origin(capsys, monkeypatch):
     code, out, _ = run(capsys, monkeypatch, "list", "--format", "json")
     listed = json.loads(out)
-    assert code == 0 and set(listed) == {"backbones", "aggregators", "datasets", "grids"}
+    assert code == 0 and set(listed) == {"backbones", "aggregators", "datasets", "recipes", "grids"}
     released = [b for b in listed["backbones"] if not b["random_init"]]
     assert released and all(b["licence"] and b["paper"].startswith("https://") and b["origin"] for b in released)
     _, out, _ = run(capsys, monkeypatch, "show", "mae-vit-b16", "--format", "json")

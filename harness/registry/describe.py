@@ -13,7 +13,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.registry import BackboneEntry, Registry
 
-KINDS = ("backbones", "aggregators", "datasets", "grids")
+KINDS = ("backbones", "aggregators", "datasets", "recipes", "grids")
 
 
 def checksum_status(entry: BackboneEntry, lock: dict) -> str:
@@ -39,6 +39,10 @@ def plain(value: Any) -> Any:
 
 def record(kind: str, reg: Registry, name: str, lock: dict | None = None) -> dict[str, Any]:
     """The entry `name` of `kind` as a JSON-ready dict (a backbone's checksum status needs the weights lock)."""
+    if kind == "recipes":
+        from harness.heads.recipes import RECIPES
+
+        return plain(dataclasses.asdict(RECIPES[name]))
     if kind == "grids":
         grid = reg.grid(name)
         return {**plain(dataclasses.asdict(grid)), "num_heads": grid.num_heads}
@@ -50,16 +54,21 @@ def record(kind: str, reg: Registry, name: str, lock: dict | None = None) -> dic
     return out
 
 
+def _names(reg: Registry) -> dict[str, Any]:
+    from harness.heads.recipes import RECIPES
+
+    return {"backbones": reg.backbones, "aggregators": reg.aggregators, "datasets": reg.datasets,
+            "recipes": RECIPES, "grids": reg.grid_files}
+
+
 def records(kind: str, reg: Registry, lock: dict | None = None) -> list[dict[str, Any]]:
-    names = {"backbones": reg.backbones, "aggregators": reg.aggregators, "datasets": reg.datasets,
-             "grids": reg.grid_files}[kind]
-    return [record(kind, reg, name, lock) for name in names]
+    return [record(kind, reg, name, lock) for name in _names(reg)[kind]]
 
 
 def find(reg: Registry, name: str) -> str:
     """The kind of the entry called `name` (backbones first: names are unique within a kind only)."""
-    for kind, known in zip(KINDS, (reg.backbones, reg.aggregators, reg.datasets, reg.grid_files)):
+    for kind, known in _names(reg).items():
         if name in known:
             return kind
-    raise HarnessError(f"no backbone, aggregator, dataset or grid is called {name!r}; accepted: a name that "
-                       "`harness list` prints.")
+    raise HarnessError(f"no backbone, aggregator, dataset, recipe or grid is called {name!r}; accepted: a name "
+                       "that `harness list` prints.")

@@ -27,7 +27,6 @@ Random-init demo backbones are labelled "(random-init)" in every output: their n
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass
 
@@ -37,6 +36,7 @@ from rich.console import Console
 from scipy import special
 
 from harness.report.markdown import md_escape, md_table
+from harness.report.plain import html_text
 from harness.report.terminal import print_table
 from harness.results.selection import SELECTION_KEYS, select_best
 
@@ -458,18 +458,18 @@ def claim_terminal(table: pd.DataFrame, console: Console) -> None:
 def claim_html(claim: ClaimAnalysis) -> str:
     """An escaped HTML fragment: verdict table, method and notes (the lr plots are the boards', not repeated)."""
     table = claim.table
-    out = [f'<section class="claim" id="claim"><h2>{html.escape(TITLE)}</h2>', f"<p>{html.escape(METHOD)}</p>"]
+    out = [f'<section class="claim" id="claim"><h2>{html_text(TITLE)}</h2>', f"<p>{html_text(METHOD)}</p>"]
     if table.empty:
-        return "\n".join(out + [f"<p>{html.escape(EMPTY)}</p></section>"])
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in VERDICT_HEADERS)
+        return "\n".join(out + [f"<p>{html_text(EMPTY)}</p></section>"])
+    head = "".join(f"<th>{html_text(h)}</th>" for h in VERDICT_HEADERS)
     out.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>')
     for row, verdict in zip(_display_rows(table), table["verdict"]):
         out.append(f'<tr class="verdict-{verdict.replace(" ", "-")}">'
-                   + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+                   + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>")
     out.append("</tbody></table></div>")
     notes = _notes(table)
     if notes:
-        out.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
+        out.append("<ul>" + "".join(f"<li>{html_text(note)}</li>" for note in notes) + "</ul>")
     out.append("<p>Top-1 against learning rate: each board's plots above (lr* is in the table).</p>")
     out.append("</section>")
     return "\n".join(out)

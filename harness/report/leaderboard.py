@@ -13,13 +13,16 @@ import pandas as pd
 from rich.console import Console
 from rich.text import Text
 
+from harness.report.attention import html_section, markdown_section
 from harness.report.claim import INPUT_COLUMNS, claim_analysis, claim_html, claim_markdown
 from harness.report.html import html_page
 from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, Cell, build_boards
 from harness.report.markdown import md_escape, md_table
+from harness.report.plain import printable
 from harness.report.provenance import PROVENANCE_COLUMNS, provenance_text
 from harness.report.terminal import print_table
 from harness.registry import Registry
+from harness.results.attention import read_attention
 from harness.results.store import read_curves, read_results
 
 # The store columns a regeneration reads (boards and claim section): far faster than all of them on large stores.
@@ -38,7 +41,7 @@ def _md_board(board: Board) -> list[str]:
             text = f"**{md_escape(cell.text())}**" if cell.best else md_escape(cell.text())
             cells.append(", ".join(t for t in (text, cell.gain_text()) if t))
         rows.append([md_escape(row.label), *cells, md_escape(row.published_text())])
-    lines = [f"## {md_escape(board.title)}", "", board.source_text(), ""]
+    lines = [f"## {md_escape(board.title)}", "", md_escape(board.source_text()), ""]
     lines += md_table(["backbone", *board.aggregators, "published"], rows)
     if board.has_random_init:
         lines += ["", f"> {RANDOM_INIT_NOTE}"]
@@ -73,7 +76,7 @@ def render_terminal(boards: list[Board], console: Console) -> None:
     for board in boards:
         rows = []
         for row in board.rows:
-            cells = [Text(row.label)]
+            cells = [Text(printable(row.label))]
             for agg in board.aggregators:
                 cell = row.cells.get(agg)
                 text = "—" if cell is None else " ".join(t for t in (cell.text(), cell.gain_text()) if t)
@@ -111,10 +114,12 @@ def write_leaderboards(root: Path, registry: Registry | None = None, *, results:
     results = read_results(root, COLUMNS) if results is None else results
     boards = build_boards(results, registry) if boards is None else boards
     claim = claim_analysis(results)
+    attention = read_attention(root)
     root.mkdir(parents=True, exist_ok=True)
     footer = provenance_text(results)
-    pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(claim), footer),
-             root / "leaderboard.html": html_page(boards, claim_html(claim), footer, read_curves(root))}
+    pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention), footer),
+             root / "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention), footer,
+                                                  read_curves(root))}
     for path, text in pages.items():
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")

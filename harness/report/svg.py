@@ -9,9 +9,9 @@ Every label is escaped; coordinates are rounded so regenerations are byte-identi
 from __future__ import annotations
 
 import math
-from html import escape
 
 from harness.report.boards import BASELINE, Board, Curve
+from harness.report.plain import html_text
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 GAIN, LOSS = "#2ca02c", "#d62728"  # gain bars by sign
@@ -31,7 +31,7 @@ def _span(lo: float, hi: float, pad: float) -> tuple[float, float]:
 
 
 def _text(x: float, y: float, text: str, anchor: str = "middle", extra: str = "") -> str:
-    return f'<text x="{_n(x)}" y="{_n(y)}" text-anchor="{anchor}"{extra}>{escape(text)}</text>'
+    return f'<text x="{_n(x)}" y="{_n(y)}" text-anchor="{anchor}"{extra}>{html_text(text)}</text>'
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -55,7 +55,7 @@ def _lr_ticks(lrs: list[float]) -> list[float]:
 def _frame(title: str, css_class: str, x_label: str, y_label: str) -> list[str]:
     pw, ph = _W - _L - _R, _H - _T - _B
     return [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot {css_class}" width="{_W}" height="{_H}" '
-            f'viewBox="0 0 {_W} {_H}" role="img">', f"<title>{escape(title)}</title>",
+            f'viewBox="0 0 {_W} {_H}" role="img">', f"<title>{html_text(title)}</title>",
             _text((_L + _W - _R) / 2, 16, title, extra=' class="plot-title"'),
             f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" class="frame"/>',
             _text(_L + pw / 2, _H - 8, x_label),
@@ -119,7 +119,7 @@ def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...], css_c
             line = " ".join(f"{_n(x)},{_n(y)}" for x, y, _, _ in points)
             parts.append(f'<polyline class="curve" points="{line}" fill="none" stroke="{colour}"{dash}/>')
             parts += [f'<circle cx="{_n(x)}" cy="{_n(y)}" r="2.5" fill="{colour}"><title>'
-                      f'{escape(f"{curve.aggregator} {split}: lr {lr:g}, top-1 {v:.2f}")}</title></circle>'
+                      f'{html_text(f"{curve.aggregator} {split}: lr {lr:g}, top-1 {v:.2f}")}</title></circle>'
                       for x, y, lr, v in points]
     present = [a for a in aggregators if any(c.aggregator == a for c in curves)]
     parts += _legend([(agg, color(aggregators.index(agg)), "") for agg in present]
@@ -162,7 +162,7 @@ def epoch_plot(title: str, series: list[tuple[str, str, list[tuple[int, float, f
                          'stroke="none"/>')
         line = " ".join(f"{_n(px(e))},{_n(py(m))}" for e, m, _, _ in points)
         parts.append(f'<polyline class="curve" points="{line}" fill="none" stroke="{colour}"><title>'
-                     f"{escape(label)}</title></polyline>")
+                     f"{html_text(label)}</title></polyline>")
     parts += _legend([(label, colour, "") for label, colour, _ in series])
     return "".join(parts) + "</svg>"
 
@@ -184,14 +184,14 @@ def gain_chart(board: Board) -> str:
     half = (width - label_w - 100) / 2  # room for the value labels beside the longest bars
     zero = label_w + 50 + half
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot gain-chart" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img">', f"<title>{escape(f'gain over cls, {board.title}')}</title>",
+             f'viewBox="0 0 {width} {height}" role="img">', f"<title>{html_text(f'gain over cls, {board.title}')}</title>",
              _text(width / 2, 16, f"test top-1 gain over cls (points), {board.title}", extra=' class="plot-title"')]
     for i, (label, agg, gain) in enumerate(bars):
         y = _T + i * bar_h
         x, w = (zero, gain / reach * half) if gain >= 0 else (zero + gain / reach * half, -gain / reach * half)
         parts.append(_text(label_w - 6, y + bar_h - 5, f"{label} · {agg}", anchor="end"))
         parts.append(f'<rect class="bar" x="{_n(x)}" y="{y + 2}" width="{_n(w)}" height="{bar_h - 4}" '
-                     f'fill="{GAIN if gain >= 0 else LOSS}"><title>{escape(f"{label} · {agg}: {gain:+.2f}")}'
+                     f'fill="{GAIN if gain >= 0 else LOSS}"><title>{html_text(f"{label} · {agg}: {gain:+.2f}")}'
                      "</title></rect>")
         parts.append(_text(x + w + 4 if gain >= 0 else x - 4, y + bar_h - 5, f"{gain:+.2f}",
                            anchor="start" if gain >= 0 else "end", extra=' class="legend"'))

@@ -16,12 +16,14 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from harness.report.plain import printable
+
 MIN_OTHER = 8  # narrowest useful width of a non-identifier column
 _BORDER = 3  # a column's padding and rule in rich's default box
 
 
 def _text(cell: str | Text) -> Text:
-    return cell if isinstance(cell, Text) else Text(cell)
+    return cell if isinstance(cell, Text) else Text(printable(cell))  # control characters written out
 
 
 def _longest_word(texts: Sequence[Text]) -> int:

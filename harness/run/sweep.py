@@ -32,6 +32,7 @@ from rich.text import Text
 
 from harness.results import store
 from harness.errors import HarnessError
+from harness.report.plain import printable
 from harness.run.manifest import write_manifest
 from harness.run.plan import TrialPlan
 
@@ -103,8 +104,8 @@ class _StoreAndShow(tune.Callback):
     def _log(self, index: int, event: str) -> None:
         if self.live is None and self.console is not None:
             plan = self.plans[index]
-            self.console.print(f"[{time.monotonic() - self.started:6.0f} s] {plan.backbone}/{plan.dataset}: {event} "
-                               f"({self._title()})", highlight=False, markup=False, soft_wrap=True)
+            self.console.print(Text(f"[{time.monotonic() - self.started:6.0f} s] {printable(plan.backbone)}/"
+                                    f"{printable(plan.dataset)}: {event} ({self._title()})"), soft_wrap=True)
 
     def _set(self, trial, state: str) -> None:
         index = trial.config["index"]
@@ -168,12 +169,12 @@ class _StoreAndShow(tune.Callback):
     def table(self) -> Table:
         table = Table(title=Text(self._title()), title_justify="left")
         for col in ("backbone", "dataset", "state", "epoch", "heads alive", "best val top-1"):
-            names = [getattr(p, col) for p in self.plans] if col in ("backbone", "dataset") else []
+            names = [printable(getattr(p, col)) for p in self.plans] if col in ("backbone", "dataset") else []
             table.add_column(col, min_width=max(map(len, names)) if names else None, overflow="fold")  # names whole
         style = {"done": "green", "failed": "red", "running": "yellow", "retrying": "magenta"}
         for i, plan in enumerate(self.plans):
             progress = self.progress.get(i) if self.state[i] in ("running", "done") else None
-            table.add_row(Text(plan.backbone), Text(plan.dataset),
+            table.add_row(Text(printable(plan.backbone)), Text(printable(plan.dataset)),
                           Text(self.state[i], style=style.get(self.state[i], "")),
                           Text(f"{progress[0]}/{progress[1]}" if progress else "—"),
                           Text(f"{progress[2]}/{len(plan.heads)}" if progress else str(len(plan.heads))),
