@@ -138,7 +138,7 @@ def test_limit_train_keeps_the_first_images_per_class_and_is_recorded(tmp_path, 
     (small,) = expand(customise(grid, reg, limit_train=3), reg)
     assert {h.config_hash for h in small.heads}.isdisjoint(h.config_hash for h in full.heads)
     assert [h.head_id for h in small.heads] == [h.head_id for h in full.heads]
-    rows, _ = run_trial(small)
+    rows, _, _ = run_trial(small)
     num_classes = reg.dataset("digits").num_classes
     assert {r["train_size"] for r in rows} == {3 * num_classes} and {r["status"] for r in rows} == {"ok"}
 

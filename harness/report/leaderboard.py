@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.text import Text
 
 from harness.report.attention import html_section, markdown_section
-from harness.report.claim import INPUT_COLUMNS, claim_analysis, claim_html, claim_markdown
+from harness.report.claim import INPUT_COLUMNS, claim_analysis
+from harness.report.claim_pages import claim_html, claim_markdown
 from harness.report.html import html_page
 from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, Cell, build_boards
 from harness.report.markdown import md_escape, md_table
@@ -23,7 +24,7 @@ from harness.report.provenance import PROVENANCE_COLUMNS, provenance_text
 from harness.report.terminal import print_table
 from harness.registry import Registry
 from harness.results.attention import read_attention
-from harness.results.store import read_curves, read_results
+from harness.results.store import read_correct, read_curves, read_results
 
 # The store columns a regeneration reads (boards and claim section): far faster than all of them on large stores.
 COLUMNS = tuple(dict.fromkeys((*BOARD_COLUMNS, *INPUT_COLUMNS, *PROVENANCE_COLUMNS)))
@@ -92,8 +93,8 @@ def boards_json(boards: list[Board]) -> list[dict]:
     """The boards as `harness leaderboard --format json` prints them: per board its rows, per row a cell per
     aggregator with the numbers the tables show (mean, sd, n, gain over cls) and each seed's selected head."""
     def cell(c: Cell) -> dict:
-        return {"mean": c.mean, "std": c.std, "n": c.n, "gain_over_cls": c.gain, "best": c.best,
-                "applicable": c.applicable, "statuses": dict(c.statuses),
+        return {"mean": c.mean, "std": c.std, "n": c.n, "gain_over_cls": c.gain, "best": c.best, "tied": c.tied,
+                "edge": c.edge, "applicable": c.applicable, "statuses": dict(c.statuses),
                 "picks": [dataclasses.asdict(p) for p in c.picks]}
 
     return [{"dataset": b.dataset, "protocol": b.protocol, "grids": list(b.grids), "num_results": b.num_results,
@@ -113,7 +114,7 @@ def write_leaderboards(root: Path, registry: Registry | None = None, *, results:
     root = Path(root)
     results = read_results(root, COLUMNS) if results is None else results
     boards = build_boards(results, registry) if boards is None else boards
-    claim = claim_analysis(results)
+    claim = claim_analysis(results, lambda hashes: read_correct(root, hashes))
     attention = read_attention(root)
     root.mkdir(parents=True, exist_ok=True)
     footer = provenance_text(results)

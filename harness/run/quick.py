@@ -22,6 +22,15 @@ def _numbers(flag: str, values: Sequence, kind: type, accepted: str, *, zero: bo
     return out
 
 
+def _names(flag: str, names: Sequence[str], lookup) -> tuple[str, ...]:
+    """Registered, distinct names (each backbone x dataset runs once)."""
+    found = tuple(lookup(name).name for name in names)
+    if len(set(found)) != len(found):
+        raise HarnessError(f"{flag} {','.join(names)!r} names an entry twice; accepted: distinct registered names, "
+                           "comma-separated (each backbone x dataset runs once).")
+    return found
+
+
 def customise(grid: Grid, reg: Registry, *, backbones: Sequence[str] | None = None,
               datasets: Sequence[str] | None = None, epochs: int | None = None, seeds: Sequence | None = None,
               lrs: Sequence | None = None, limit_train: int | None = None) -> Grid:
@@ -30,9 +39,9 @@ def customise(grid: Grid, reg: Registry, *, backbones: Sequence[str] | None = No
     class (part of the config hash; `train_size` in the rows says how many were used)."""
     changes: dict = {}
     if backbones:
-        changes["backbones"] = tuple(reg.backbone(b).name for b in backbones)
+        changes["backbones"] = _names("--backbones", backbones, reg.backbone)
     if datasets:
-        changes["datasets"] = tuple(reg.dataset(d).name for d in datasets)
+        changes["datasets"] = _names("--datasets", datasets, reg.dataset)
     if epochs is not None:
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise HarnessError(f"--epochs {epochs} is not a positive number of epochs.")
