@@ -282,6 +282,12 @@ def test_another_grid_in_the_folder_changes_no_verdict():
     assert mixed[mixed["grid"] == "claim"].reset_index(drop=True).equals(alone)
     assert alone.iloc[0].verdict == "equivalent"
     assert mixed[mixed["grid"] == "full"].iloc[0].verdict == "grid too narrow"
+    # a named recipe in the same grid (its settings changed between runs) is its own group too
+    recipe = claim.assign(recipe="mae-linprobe", config_hash=claim["config_hash"] + "/r",
+                          test_top1=claim["test_top1"] + 5.0 * (claim["aggregator"] == "mean"))
+    both = claim_table(pd.concat([recipe, claim]))
+    assert both["recipe"].tolist() == ["", "mae-linprobe"] and both.iloc[[0]].reset_index(drop=True).equals(alone)
+    assert both.iloc[1].verdict == "mean better"
 
 
 def test_a_seed_failing_at_the_cls_lr_counts_against_mean():
