@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import io
+import math
 import os
 import shutil
 import signal
@@ -55,7 +56,16 @@ def test_full_grid_runs_imagenet_online_and_transfer_sets_cached():
         expected = ("online", 90, 16384, 10) if t.dataset == "imagenet-1k" else ("cached", 100, 256, 10)
         assert (t.protocol, t.epochs, t.batch_size, t.warmup_epochs) == expected, t.dataset
         assert len(t.heads) == grid.num_heads
-    assert 6.4 in grid.heads[0].lrs and 0.1 in grid.heads[0].lrs  # the MAE blr 0.1 at both batch sizes
+    # LARS lrs are base rates (x batch/256): the published blr 0.1 (effective 6.4 on ImageNet, 0.1 on the transfer
+    # sets) sits inside every LARS grid with at least three points on either side
+    heads = {h.aggregator: h for h in grid.heads}
+    for name in ("cls", "mean", "abmilp", "ep"):
+        lrs = sorted(heads[name].lrs)
+        assert any(math.isclose(lr, 0.1) for lr in lrs) and lrs[2] < 0.1 < lrs[-3], name
+        assert min(lrs) * 16384 / 256 < 6.4 < max(lrs) * 16384 / 256
+    assert (heads["ep"].recipe, heads["ep"].optimizer, heads["ep"].wds) == ("ep-linprobe", "lars", (0.0,))
+    assert heads["query"].recipe == "vjepa-attentive" and min(heads["query"].wds) < 1e-3 < max(heads["query"].wds)
+    assert min(heads["query"].lrs) < 1e-3 < max(heads["query"].lrs) and 1e-3 in heads["query"].wds
 
 
 def test_dataset_override_changes_only_that_datasets_hashes(tmp_path):
@@ -189,7 +199,7 @@ def test_progress_without_a_terminal_prints_one_line_per_change():
         show.on_trial_error(0, [], Trial())
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and "demo-dino-tiny/digits: running" in lines[0]
-    assert "failed (4 trials: 0 running, 0 done, 1 failed" in lines[1]
+    assert "failed (0/4 trials done, 0 running, 1 failed" in lines[1]
     assert show.__getstate__()["console"] is None  # Tune pickles callbacks; the console stays with the driver
 
 
@@ -208,7 +218,31 @@ def test_progress_on_a_terminal_is_a_live_table():
         show.on_trial_start(0, [], Trial())
         show.on_trial_recover(0, [], Trial())
     assert show.live is not None and show.state[0] == "retrying"
-    assert "4 trials: 0 running, 0 done, 0 failed" in out.getvalue() and "demo-simmim-tiny" in out.getvalue()
+    assert "0/4 trials done, 0 running, 0 failed" in out.getvalue() and "demo-simmim-tiny" in out.getvalue()
+
+
+def test_progress_shows_each_running_trials_epoch_heads_alive_and_best_val_within_80_columns():
+    from harness.run.sweep import _StoreAndShow
+
+    reg = load_registry()
+    plans = expand(reg.grid(TINY), reg)
+    show = _StoreAndShow(plans, Path("unused"), None)
+
+    class Trial:
+        config = {"index": 0}
+
+    show.on_trial_start(0, [], Trial())
+    show.on_trial_result(0, [], Trial(), {"progress": "[5, 10, 1, 61.5]"})  # what the trial reports per epoch
+    assert show._fraction() == pytest.approx(0.5 / len(plans))
+    console = Console(record=True, width=80)
+    console.print(show.table())
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "[]" not in text
+    assert "5/10" in text and f"1/{len(plans[0].heads)}" in text and "61.50" in text and "pending" in text
+    show.first_start -= 10.0  # 10 s into the first trial, an eighth of the sweep's epochs done
+    assert "ETA 70 s" in show._title()  # from the trials' pace, smooth between trials
+    for plan in plans:
+        assert plan.backbone in text.split()  # names whole
 
 
 # ------------------------------------------------------------------------------------------- on real Ray

@@ -15,6 +15,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from harness.errors import HarnessError
+
 SCHEDULES = ("harness", "mae", "cosine", "vjepa")
 DECAY_RULES = ("all", "matrices", "no-bias")
 LINEAR_INITS = ("trunc_normal", "normal", "default")
@@ -72,7 +74,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            "facebookresearch/dinov2 @ b8931f7: dinov2/eval/linear.py (Linear with normal(0.01) weight and zero "
            "bias, no normalisation; SGD momentum 0.9; lr * batch / 256; CosineAnnealingLR stepped every "
            "iteration, no warmup; losses summed over heads)",
-           ("cls",), optimizer="sgd", scale_lr=True, schedule="cosine", decay="all", batchnorm=False,
+           ("cls", "cls_mean"), optimizer="sgd", scale_lr=True, schedule="cosine", decay="all", batchnorm=False,
            linear_init="normal"),
     Recipe("vjepa-attentive",
            "facebookresearch/jepa @ 51c59d5: evals/image_classification_frozen/eval.py, src/models/"
@@ -107,11 +109,11 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
 }
 
 
-class RecipeError(ValueError):
+class RecipeError(HarnessError):
     """A recipe name or option a grid cannot use: `problem` and `accepted`, for the registry's message."""
 
     def __init__(self, problem: str, accepted: str):
-        super().__init__(f"{problem}; accepted: {accepted}")
+        super().__init__(f"recipe field {problem}; accepted: {accepted}.")
         self.problem, self.accepted = problem, accepted
 
 
