@@ -138,10 +138,11 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
         if not args.no_leaderboard and rows_written and (not board.is_file() or board.stat().st_mtime_ns < rows_written):
             cmd_leaderboard(args, console)  # a sweep killed after its last trial left it stale or missing
         return 0
-    from harness.run.preflight import preflight
+    from harness.run.preflight import hold_results_dir, preflight
 
     local = not (args.address or os.environ.get("RAY_ADDRESS"))
     preflight(todo, results_dir=results_dir, download=args.download, local=local)  # user errors before Ray starts
+    lock = hold_results_dir(results_dir)  # noqa: F841 (held until this process ends)
     from harness.run.sweep import git_commit, run_sweep
 
     commit = git_commit()

@@ -98,3 +98,16 @@ def test_rows_the_store_refuses_mid_sweep_are_kept_and_imported_by_the_next_run(
     monkeypatch.setattr(store, "write_trial", real)
     assert store.import_recovered(tmp_path) == 1 and not list(kept.parent.iterdir())
     assert store.completed_hashes(tmp_path) == {row["config_hash"]}
+
+
+def test_a_second_sweep_into_a_held_results_folder_is_told_who_holds_it(tmp_path, capsys, no_ray):
+    from harness.run.preflight import hold_results_dir
+
+    held = hold_results_dir(tmp_path)  # the first sweep
+    try:
+        code = main(["sweep", "--grid", "demo", "--backbones", "demo-mae-tiny", "--results-dir", str(tmp_path),
+                     "--no-progress"])
+        err = capsys.readouterr().err.replace("\n", "")
+        assert code == 2 and "another sweep holds" in err and f"pid {os.getpid()}" in err
+    finally:
+        held.close()
