@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -225,6 +226,10 @@ def _print_plan(console: Console, reg, trials, todo, results) -> None:
     console.print(f"Token cache: {human_bytes(cache)} for the cached-protocol trials"
                   + (" (some sizes unknown)" if any(c.cache_bytes is None and t.protocol == "cached"
                                                     for t, c in zip(trials, costs)) else "") + ".")
+    predictions = [c.predictions_bytes for c in costs]
+    console.print(f"Test predictions: {human_bytes(sum(p or 0 for p in predictions))} added to the results folder "
+                  f"(the top-1 class and correctness of every test image, per head)"
+                  + (" (some test sizes unknown)" if None in predictions else "") + ".")
     hours = [c.hours for c in costs if c.hours is not None]
     unknown = sorted({t.backbone for t, c in zip(trials, costs) if c.hours is None})
     sources: dict[str, set[str]] = {}
@@ -324,13 +329,18 @@ def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_claim(args: argparse.Namespace, console: Console) -> int:
     from harness.results import store
-    from harness.report.claim import INPUT_COLUMNS, claim_table, claim_terminal
+    from harness.report.claim import INPUT_COLUMNS, claim_records, claim_table
+    from harness.report.claim_pages import claim_terminal
 
     results_dir = _results_dir(args)
     results = store.read_results(results_dir, INPUT_COLUMNS)
     if results.empty:
         raise HarnessError(f"no results yet under {results_dir}; run `harness sweep --grid claim` first.")
-    claim_terminal(claim_table(results), console)
+    table = claim_table(results, lambda hashes: store.read_correct(results_dir, hashes))
+    if args.format == "json":  # one object per group, on stdout alone
+        sys.stdout.write(json.dumps(claim_records(table), indent=2) + "\n")
+    else:
+        claim_terminal(table, console)
     return 0
 
 
@@ -502,6 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
             "validation-selected learning rate (paired by seed, TOST at the grid's margin)? Also shows the "
             "comparison at the [cls] learning rate.")
     results_dir_arg(p)
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table (default) or json: one object per group with its interval, p-values and verdicts")
     p.set_defaults(func=cmd_claim)
 
     p = add("attention", "measure where each block's tokens attend", textwrap.dedent("""\

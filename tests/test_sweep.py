@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import io
+import math
 import os
 import shutil
 import signal
@@ -48,13 +49,23 @@ def test_full_grid_runs_imagenet_online_and_transfer_sets_cached():
     reg = load_registry()
     grid = reg.grid("full")
     trials = expand(grid, reg)
-    assert len(trials) == 5 * 9 and {t.backbone for t in trials} >= {"mae-vit-b16", "ijepa-vit-h14-in1k"}
+    assert len(trials) == 7 * 9 and {t.backbone for t in trials} >= {"mae-vit-b16", "ijepa-vit-h14-in1k",
+                                                                    "dinov2-vit-b14-reg4", "dinov3-vit-b16"}
     assert {a.aggregator for a in grid.heads} == set(reg.aggregators) and grid.seeds == (0, 1, 2)
     for t in trials:
         expected = ("online", 90, 16384, 10) if t.dataset == "imagenet-1k" else ("cached", 100, 256, 10)
         assert (t.protocol, t.epochs, t.batch_size, t.warmup_epochs) == expected, t.dataset
         assert len(t.heads) == grid.num_heads
-    assert 6.4 in grid.heads[0].lrs and 0.1 in grid.heads[0].lrs  # the MAE blr 0.1 at both batch sizes
+    # LARS lrs are base rates (x batch/256): the published blr 0.1 (effective 6.4 on ImageNet, 0.1 on the transfer
+    # sets) sits inside every LARS grid with at least three points on either side
+    heads = {h.aggregator: h for h in grid.heads}
+    for name in ("cls", "mean", "abmilp", "ep"):
+        lrs = sorted(heads[name].lrs)
+        assert any(math.isclose(lr, 0.1) for lr in lrs) and lrs[2] < 0.1 < lrs[-3], name
+        assert min(lrs) * 16384 / 256 < 6.4 < max(lrs) * 16384 / 256
+    assert (heads["ep"].recipe, heads["ep"].optimizer, heads["ep"].wds) == ("ep-linprobe", "lars", (0.0,))
+    assert heads["query"].recipe == "vjepa-attentive" and min(heads["query"].wds) < 1e-3 < max(heads["query"].wds)
+    assert min(heads["query"].lrs) < 1e-3 < max(heads["query"].lrs) and 1e-3 in heads["query"].wds
 
 
 def test_dataset_override_changes_only_that_datasets_hashes(tmp_path):
@@ -79,13 +90,22 @@ def test_bad_overrides_name_the_field(tmp_path, body, field):
         load_registry().grid(_grid_file(tmp_path, body))
 
 
+@pytest.mark.parametrize("margin", ["-0.5", "0", "inf", "nan"])
+def test_claim_margin_must_be_finite_and_positive(tmp_path, margin):
+    """A negative margin would turn "cls better" into "mean better": the grid is refused."""
+    path = tmp_path / "g.toml"
+    path.write_text(Path(_grid_file(tmp_path, "")).read_text().replace("seeds", f"claim_margin = {margin}\nseeds"))
+    with pytest.raises(HarnessError, match="'claim_margin' is .*finite positive"):
+        load_registry().grid(str(path))
+
+
 def test_cost_counts_online_epochs_and_cached_tokens(tmp_path):
     reg = load_registry()
     trials = expand(reg.grid(_grid_file(tmp_path, "[overrides.cifar10]\nprotocol = \"online\"\n")), reg)
     digits, cifar = (trial_cost(t, reg, measured_speed={"demo-mae-tiny": 100.0}, measured_images={})
                      for t in trials[:2])
     assert digits.passes == digits.images == 1797 and digits.hours == pytest.approx(1797 / 100 / 3600)
-    assert 1797 * 2 * 64 * 2 < digits.cache_bytes < 1797 * 3 * 64 * 2  # [cls] heads: [cls] + patch mean, float16
+    assert 1797 * 2 * 64 * 4 < digits.cache_bytes < 1797 * 3 * 64 * 4  # [cls] heads: [cls] + patch mean, float32
     attention = expand(reg.grid(_grid_file(tmp_path, '[heads.abmilp]\noptimizer = "lars"\nlr = [0.1]\n')), reg)[0]
     every_token = trial_cost(attention, reg, measured_speed={}, measured_images={})
     assert every_token.cache_bytes > 1797 * 17 * 64 * 2 * 2  # 16 patches + [cls], width 64, float16, 2 taps
@@ -115,8 +135,20 @@ def _run(capsys, *argv: str) -> tuple[int, str]:
 def test_dry_run_prints_trials_passes_cache_and_gpu_hours(capsys, tmp_path):
     code, out = _run(capsys, "sweep", "--grid", "full", "--dry-run", "--results-dir", str(tmp_path))
     assert code == 0
-    assert "45 trials = 45 backbone passes" in out and "6345 heads, 6345 without a result yet" in out
-    assert "Token cache:" in out and "GiB" in out and "GPU-hours" in out and "unknown for" not in out
+    assert "63 trials = 63 backbone passes" in out and "9639 heads, 9639 without a result yet" in out
+    assert "Token cache:" in out and "GiB" in out and "GPU-hours" in out
+    assert "unknown for dinov2-vit-b14-reg4, dinov3-vit-b16 (no registered" in " ".join(out.split())  # not measured yet
+    assert "Test predictions:" in out and "MiB added to the results folder" in out
+
+
+def test_claim_grid_predictions_on_imagenet_stay_well_under_a_gigabyte():
+    """Every head of the claim grid keeps its 50,000 ImageNet test predictions: the dry run says what that costs."""
+    reg = load_registry()
+    trials = [t for t in expand(reg.grid("claim"), reg) if t.dataset == "imagenet-1k"]
+    costs = [trial_cost(t, reg, measured_speed={}, measured_images={}) for t in trials]
+    heads = sum(len(t.heads) for t in trials)
+    assert sum(c.predictions_bytes for c in costs) == pytest.approx(heads * 50_000 * 2.125, abs=len(trials))
+    assert sum(c.predictions_bytes for c in costs) < 0.25e9
 
 
 def test_bad_backbone_name_is_a_user_error(capsys, tmp_path):
@@ -372,7 +404,8 @@ def test_cls_and_mean_trials_cache_summaries_and_attention_trials_every_token(tm
     for body, tokens in (("", 2), ('[heads.ep]\noptimizer = "adamw"\nlr = [0.001]\n', 17)):
         grid = _grid_file(tmp_path, body.replace("[heads", "[overrides.digits]\nepochs = 1\n[heads", 1))
         plan = dataclasses.replace(expand(reg.grid(grid), reg)[0], cache_dir=str(tmp_path / f"cache{tokens}"))
-        rows, _ = run_trial(plan)
+        rows, _, predictions = run_trial(plan)
+        assert len(predictions) == len(rows)  # every ok head's test predictions
         assert {r["status"] for r in rows} == {"ok"}
         metas = [json.loads(p.read_text()) for p in (tmp_path / f"cache{tokens}").rglob("meta.json")]
         assert metas and {m["shape"][1] for m in metas} == {tokens}  # [cls] + patch mean, or [cls] + 16 patches

@@ -49,7 +49,7 @@ def _trainable(config: dict, plans: list[dict]) -> None:
     gpu_ids = ray.get_gpu_ids()
     device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
     try:
-        rows, curves = run_trial(plan, device=device)
+        rows, curves, predictions = run_trial(plan, device=device)
     except TransientError:
         raise  # a download cut off: Tune retries it
     except HarnessError as e:  # the user's input, not a crash: reported once, never retried
@@ -58,7 +58,7 @@ def _trainable(config: dict, plans: list[dict]) -> None:
     node = ray.get_runtime_context().get_node_id()
     for row in rows:
         row["device"] += f" [ray node {node[:8]}, gpus {','.join(map(str, gpu_ids)) or 'none'}]"
-    tune.report({"payload": store.payload(rows, curves)})
+    tune.report({"payload": store.payload(rows, curves, predictions)})
 
 
 @dataclass
@@ -298,6 +298,8 @@ def submit_job(sweep_args: list[str], *, address: str | None, project_dir: Path)
     env = {"RAY_AIR_NEW_OUTPUT": "0"}
     if "--results-dir" not in sweep_args and not os.environ.get("HARNESS_RESULTS_DIR"):
         env["HARNESS_RESULTS_DIR"] = JOB_RESULTS_DIR  # a relative default would land in the job's temporary copy
+    if os.environ.get("HARNESS_USER_REGISTRY"):
+        env["HARNESS_USER_REGISTRY"] = os.environ["HARNESS_USER_REGISTRY"]  # its folders must exist on the nodes
     runtime_env = {"working_dir": str(project_dir), "excludes": _UPLOAD_EXCLUDES, "env_vars": env}
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
