@@ -44,6 +44,9 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
                 table.add_column(col)
             for e in sorted(reg.backbones.values(), key=lambda e: (e.family, e.name)):
                 weights = "random-init (demo)" if e.random_init else ("manual download" if e.manual_download else "url")
+                if e.family == "timm":
+                    weights = "loaded by timm, not checked against the official code" + (
+                        f"; WARNING: {e.warning}" if e.warning else "")
                 _row(table, e.label, e.family, e.arch, f"{e.img_size}px /{e.patch_size}",
                               "yes" if e.class_token else "no", weights)
         elif kind == "aggregators":
