@@ -3,10 +3,9 @@ through timm's own loading, offline mode respected, and the I-JEPA context-encod
 
 from __future__ import annotations
 
-import shutil
+import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -91,11 +90,11 @@ def test_timm_entry_may_not_restate_timms_fields(tmp_path, monkeypatch):
 
 
 def test_a_warm_config_cache_keeps_registry_reads_free_of_torch(tmp_path):
-    """Only the first read after a timm upgrade (or in a fresh download folder) imports timm."""
-    env = {**__import__("os").environ, "HARNESS_DOWNLOAD_DIR": str(tmp_path)}
+    """Only the first read after a timm upgrade (or with an empty configuration cache) imports timm."""
+    env = {**os.environ, "HARNESS_TIMM_CONFIGS": str(tmp_path)}
     code = ("import sys, harness.registry; harness.registry.load_registry(); "
             "print('torch' in sys.modules)")
     first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert (first.stdout.strip(), second.stdout.strip()) == ("True", "False")
-    assert len(list(Path(tmp_path).glob("timm-pretrained-configs-*.json"))) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [f"timm-{timm.__version__}.json"]

@@ -4,7 +4,8 @@ timm on every registry read.
 An entry names `<timm model>.<pretrained tag>`; its input transform (size, mean, std, crop, interpolation) comes from
 timm's pretrained configuration and its architecture facts (patch size, [cls], prefix tokens, width, model class)
 from the model timm builds for it (on the meta device: no weights, no memory). The answers are kept in one JSON file
-per timm version under the download folder, so only the first registry read after a timm upgrade imports timm.
+per timm version (folder: `setting("timm_configs")`), so only the first registry read after a timm upgrade imports
+timm.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ VIT_CLASSES = ("VisionTransformer", "Eva", "Beit")
 
 
 def _cache_file() -> Path:
-    return setting("download_dir") / f"timm-pretrained-configs-{version('timm')}.json"
+    return setting("timm_configs") / f"timm-{version('timm')}.json"
 
 
 def pretrained_config(tag: str) -> dict[str, Any]:
