@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass, field, replace
 from harness.heads import recipes
 from harness.heads.recipes import Recipe
 from harness.models.digests import cached_sha256
-from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_only
+from harness.results.store import predictions_bytes
+from harness.tokens.space import (SUMMARY_TOKEN_BYTES, TOKEN_BYTES, planned_split_sizes, predict_cache_bytes,
+                                  summary_only)
 from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, Registry
 
 
@@ -31,6 +33,13 @@ class HeadPlan:
     seed: int
     recipe: str | None = None  # harness/heads/recipes.py
     recipe_options: dict = field(default_factory=dict)
+
+    def recipe_label(self) -> str:
+        """The results column: the recipe's name and its options (JSON), "" for the harness's own training."""
+        if not self.recipe:
+            return ""
+        options = f" {json.dumps(self.recipe_options, sort_keys=True)}" if self.recipe_options else ""
+        return f"{self.recipe}{options}"
 
     def training(self) -> Recipe | None:
         """The head's resolved recipe, None for the harness's own training."""
@@ -154,6 +163,7 @@ class TrialCost:
     cache_bytes: int | None  # token cache of a cached-protocol trial, every split and tap
     hours: float | None  # passes / throughput
     throughput: str  # where the images/s came from
+    predictions_bytes: int | None = None  # every head's stored test predictions (results store)
 
 
 def token_shape(entry: BackboneEntry) -> tuple[int, int | None]:
@@ -179,12 +189,16 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
         tokens, width = token_shape(backbone)
         if trial.protocol == "cached" and width is not None:
             aggregators = [trained_entry(registry.aggregator(h.aggregator), h.training()) for h in trial.heads]
-            if summary_only(a.kind for a in aggregators):
+            summary = summary_only(a.kind for a in aggregators)
+            if summary:
                 tokens = backbone.num_prefix_tokens + 1  # the prefix tokens and the patch mean
             taps = sorted({a.tap for a in aggregators})
-            cache = sum(predict_cache_bytes(n, tokens, width, taps) for n in (sizes.values() if sizes else [images]))
+            token_bytes = SUMMARY_TOKEN_BYTES if summary else TOKEN_BYTES
+            cache = sum(predict_cache_bytes(n, tokens, width, taps, token_bytes)
+                        for n in (sizes.values() if sizes else [images]))
     speed, source = backbone.images_per_s, "registered 1-GPU"
     if speed is None and trial.backbone in measured_speed:
         speed, source = measured_speed[trial.backbone], "measured (earlier results)"
     hours = passes / speed / 3600 if passes is not None and speed else None
-    return TrialCost(images, passes, cache, hours, source if speed else "unknown")
+    predictions = predictions_bytes(len(trial.heads), sizes["test"]) if sizes else None
+    return TrialCost(images, passes, cache, hours, source if speed else "unknown", predictions)

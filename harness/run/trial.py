@@ -17,6 +17,8 @@ from harness.results import store
 from harness.models.backbones import Backbone, load_backbone
 from harness.tokens.space import summary_only
 from harness.data.splits import Splits, load_splits
+from harness.data.device_feed import on_device
+from harness.heads.precision import head_matmuls
 from harness.heads.bank import HeadBank, HeadOutcome, HeadSpec
 from harness.run.plan import HeadPlan, TrialPlan, trained_entry
 from harness.registry import AggregatorEntry, BackboneEntry, load_registry
@@ -79,12 +81,16 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
             augmented = load_splits(dataset, backbone.entry, augment=True, download=plan.download).train
             loader = online_loader(augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
                                    num_workers=loader_workers(device), pin_memory=device.type == "cuda")
-            outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
-                                       epochs=plan.epochs, device=device, forward_chunk=extract_batch)
+            if device.type == "cuda":  # JPEG decode and augmentation on the GPU, where the dataset has files
+                loader = on_device(loader, augmented, backbone.entry, device) or loader
+            with head_matmuls(device):
+                outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
+                                           epochs=plan.epochs, device=device, forward_chunk=extract_batch)
             passes += n
         else:
-            outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
-                                    epochs=plan.epochs, batch_size=plan.batch_size, device=device)
+            with head_matmuls(device):
+                outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
+                                        epochs=plan.epochs, batch_size=plan.batch_size, device=device)
     shared = {
         **trial_columns(plan, backbone.entry, started), "weights_sha256": backbone.weights_sha256,
         "num_classes": splits.num_classes, "train_size": sizes["train"], "val_size": sizes["val"],
@@ -119,8 +125,8 @@ def head_row(shared: dict, head: HeadPlan, aggregator: AggregatorEntry, outcome:
     return {
         **shared, "config_hash": head.config_hash, "head_id": head.head_id, "aggregator": head.aggregator,
         "aggregator_kind": aggregator.kind, "aggregator_options": json.dumps(head.options, sort_keys=True),
-        "token_tap": aggregator.tap, "optimizer": head.optimizer, "lr": head.lr, "wd": head.wd,
-        "seed": head.seed, "status": outcome.status, "error": outcome.error,
+        "token_tap": aggregator.tap, "optimizer": head.optimizer, "recipe": head.recipe_label(), "lr": head.lr,
+        "wd": head.wd, "seed": head.seed, "status": outcome.status, "error": outcome.error,
         "diverged_step": outcome.diverged_step, "val_top1": outcome.val_top1, "val_top5": outcome.val_top5,
         "test_top1": outcome.test_top1, "test_top5": outcome.test_top5, "train_loss": outcome.train_loss,
     }
