@@ -307,6 +307,8 @@ def _timm_fields(t: _Table) -> dict[str, Any]:
             raise t.fail("arch", f"names {tag!r}, whose timm configuration has neither a hub repository nor a URL",
                          "a tag with weights on the Hugging Face hub or at a URL")
         fields["url"], fields["filename"] = cfg["url"], f"timm-{tag}-{cfg['url'].rstrip('/').rsplit('/', 1)[-1]}"
+    if cfg["license"] and "licence" not in t.table:
+        fields["licence"] = cfg["license"]
     return {**fields, "register_tokens": cfg["num_prefix_tokens"] - int(cfg["class_token"]),
             "warning": TIMM_IJEPA_WARNING if "ijepa" in tag else ""}
 
@@ -316,7 +318,7 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
     table = _resolve_extends(name, raw)
     t = _Table(path, table, name)
     timm_fields = _timm_fields(t) if table.get("family") == "timm" and not table.get("random_init") else {}
-    t.table = {**table, **{k: v for k, v in timm_fields.items() if k in TIMM_FIELDS + ("url", "filename")}}
+    t.table = {**table, **{k: v for k, v in timm_fields.items() if k in TIMM_FIELDS + ("url", "filename", "licence")}}
     t.get("extends", str, None)
     overrides = t.get("arch_overrides", dict, {})
     for key in overrides:
