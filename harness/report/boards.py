@@ -255,12 +255,14 @@ def _curves(per_lr: pd.DataFrame) -> dict[tuple, list[Curve]]:
 def _recipe_columns(results: pd.DataFrame) -> pd.DataFrame:
     """`aggregator` renamed `aggregator [recipe]` where one board holds that aggregator under several recipes (its
     grid's settings changed between runs), so each recipe gets its own column and no cell mixes two."""
-    recipe_keys = [k for k in RECIPE_KEYS if k != "grid"]
-    recipe = results[recipe_keys].astype(str).agg(" ".join, axis=1)
-    variants = recipe.groupby([results[k] for k in (*BOARD_KEYS, "aggregator")]).transform("nunique")
-    if not (variants > 1).any():
+    recipe_keys, keys = [k for k in RECIPE_KEYS if k != "grid"], [*BOARD_KEYS, "aggregator"]
+    varied = results.groupby(keys, sort=False, dropna=False)[recipe_keys].nunique(dropna=False).max(axis=1) > 1
+    if not varied.any():  # the usual case: vectorised, no per-row strings
         return results
-    named = results["aggregator"].where(variants <= 1, results["aggregator"] + " [" + recipe + "]")
+    several = results.set_index(keys).index.isin(varied[varied].index)
+    label = results.loc[several, recipe_keys].astype(str).agg(" ".join, axis=1)
+    named = results["aggregator"].copy()
+    named[several] = named[several] + " [" + label + "]"
     return results.assign(aggregator=named)
 
 
