@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -39,12 +40,18 @@ def _arch(e) -> str:
     return e.arch + (f" shrunk to {', '.join(f'{k} {v}' for k, v in shrunk.items())}" if shrunk else "")
 
 
+def _weights(e) -> str:
+    """Where a backbone's weights come from; a `timm` entry says it is not checked against the official code."""
+    if e.family == "timm":
+        return "loaded by timm, not checked against the official code" + (f"; WARNING: {e.warning}" if e.warning else "")
+    return "random-init (demo)" if e.random_init else ("manual download" if e.manual_download else "url")
+
+
 def _list_rows(kind: str, reg) -> tuple[list[str], list[list[str]]]:
     if kind == "backbones":
         return ["name", "family", "arch", "input", "[cls]", "weights"], [
             [e.label, e.family, _arch(e), f"{e.img_size}px /{e.patch_size}", "yes" if e.class_token else "no",
-             "random-init (demo)" if e.random_init else ("manual download" if e.manual_download else "url")]
-            for e in sorted(reg.backbones.values(), key=lambda e: (e.family, e.name))]
+             _weights(e)] for e in sorted(reg.backbones.values(), key=lambda e: (e.family, e.name))]
     if kind == "aggregators":
         return ["name", "kind", "tap", "description"], [
             [e.name, e.kind, e.tap, e.description] for e in reg.aggregators.values()]
@@ -156,6 +163,8 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
             raise HarnessError(f"--weights {name}=...: backbone {name!r} is a random-init demo variant and reads no "
                                "weights; accepted: --weights for an entry with released weights.")
     results_dir = _results_dir(args)
+    if not args.dry_run and store.import_recovered(results_dir):
+        console.print(f"Imported rows an earlier sweep could not store from {results_dir / store.RECOVERY}.")
     trials = expand(grid, reg, weights=weights)
     todo = trials if args.force else without_done(trials, store.completed_hashes(results_dir))
     if args.dry_run:
@@ -165,8 +174,16 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     if not todo:
         console.print(f"Nothing to run: all {total} heads of grid '{grid.name}' ({len(trials)} trials) already have "
                       f"results under {results_dir} (use --force to rerun them).")
+        board, rows_written = results_dir / "leaderboard.md", store.last_write_ns(results_dir)
+        if not args.no_leaderboard and rows_written and (not board.is_file() or board.stat().st_mtime_ns < rows_written):
+            cmd_leaderboard(args, console)  # a sweep killed after its last trial left it stale or missing
         return 0
     from harness.run.manifest import describe_sweep
+    from harness.run.preflight import hold_results_dir, preflight
+
+    local = not (args.address or os.environ.get("RAY_ADDRESS"))
+    preflight(todo, results_dir=results_dir, download=args.download, local=local)  # user errors before Ray starts
+    lock = hold_results_dir(results_dir)  # noqa: F841 (held until this process ends)
     from harness.run.sweep import git_commit, run_sweep
 
     commit = git_commit()
@@ -185,10 +202,19 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
                         address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                         console=None if args.no_progress else console,
                         manifest=describe_sweep(grid, reg, commit=commit))
-    ok = summary.trials - len(summary.failed) - len(summary.unfinished)
+    ok = summary.trials - len(summary.failed) - len(summary.unfinished) - len(summary.user_errors)
     console.print(f"Sweep {'interrupted' if summary.unfinished else 'finished'} after {summary.wall_s:.1f} s: "
                   f"{ok} trials ok, {len(summary.failed)} failed, {len(summary.unfinished)} stopped before they "
-                  f"finished. Manifest: {summary.manifest}", highlight=False)
+                  f"finished, {len(summary.user_errors)} stopped by an error in their input. Manifest: "
+                  f"{summary.manifest}", highlight=False)
+    for name, why in summary.unwritten.items():
+        console.print(Text(printable(f"  {name}: the results folder refused its rows ({why}); the next sweep "
+                                     f"imports them from {results_dir / store.RECOVERY} (move them there if they "
+                                     "landed elsewhere).")))
+    if summary.user_errors:  # the same paragraph a driver-side HarnessError gives, once per distinct message
+        messages = list(dict.fromkeys(summary.user_errors.values()))
+        raise HarnessError(" ".join(messages) + f" ({', '.join(summary.user_errors)}: no rows written; the other "
+                           "trials' rows are kept, and the next sweep runs only what has no result.)")
     if summary.unfinished:
         console.print(f"Interrupted: {', '.join(summary.unfinished)} wrote no rows; rerun the same command to run "
                       "only what has no result yet.", highlight=False)
@@ -200,8 +226,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
                       "are recorded in the results with status 'failed' and rerun by the next sweep:[/red]")
         for name, error in summary.failed.items():
             console.print(Text(printable(f"  {name}: {error}")))
-        return EXIT_FAILED_TRIALS
-    return 0
+    return EXIT_FAILED_TRIALS if summary.failed or summary.unwritten else 0
 
 
 _MEASURED_COLUMNS = ("backbone", "dataset", "status", "images_per_s", "train_size", "val_size", "test_size")
@@ -241,6 +266,14 @@ def _print_plan(console: Console, reg, trials, todo, results) -> None:
     console.print(f"Token cache: {human_bytes(cache)} for the cached-protocol trials"
                   + (" (some sizes unknown)" if any(c.cache_bytes is None and t.protocol == "cached"
                                                     for t, c in zip(trials, costs)) else "") + ".")
+    for t, c in zip(trials, costs):  # each tapped block is stored once, summarised where only [cls]/mean heads read it
+        if c.cache_by_tap and len(c.cache_by_tap) > 1:
+            console.print(Text(f"  {t.backbone} / {t.dataset} per tap: "
+                               + ", ".join(f"{tap} {human_bytes(n)}" for tap, n in c.cache_by_tap.items())))
+    knn = [c.knn_gflop for c in costs if c.knn_gflop]
+    if knn:
+        console.print(f"k-NN heads: {sum(knn):,.1f} GFLOP of similarity products in {len(knn)} trials (val and "
+                      "test against train, every (k, T) from one search per layer and source), no training.")
     predictions = [c.predictions_bytes for c in costs]
     console.print(f"Test predictions: {human_bytes(sum(p or 0 for p in predictions))} added to the results folder "
                   f"(the top-1 class and correctness of every test image, per head)"
