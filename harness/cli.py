@@ -40,12 +40,18 @@ def _arch(e) -> str:
     return e.arch + (f" shrunk to {', '.join(f'{k} {v}' for k, v in shrunk.items())}" if shrunk else "")
 
 
+def _weights(e) -> str:
+    """Where a backbone's weights come from; a `timm` entry says it is not checked against the official code."""
+    if e.family == "timm":
+        return "loaded by timm, not checked against the official code" + (f"; WARNING: {e.warning}" if e.warning else "")
+    return "random-init (demo)" if e.random_init else ("manual download" if e.manual_download else "url")
+
+
 def _list_rows(kind: str, reg) -> tuple[list[str], list[list[str]]]:
     if kind == "backbones":
         return ["name", "family", "arch", "input", "[cls]", "weights"], [
             [e.label, e.family, _arch(e), f"{e.img_size}px /{e.patch_size}", "yes" if e.class_token else "no",
-             "random-init (demo)" if e.random_init else ("manual download" if e.manual_download else "url")]
-            for e in sorted(reg.backbones.values(), key=lambda e: (e.family, e.name))]
+             _weights(e)] for e in sorted(reg.backbones.values(), key=lambda e: (e.family, e.name))]
     if kind == "aggregators":
         return ["name", "kind", "tap", "description"], [
             [e.name, e.kind, e.tap, e.description] for e in reg.aggregators.values()]
@@ -260,6 +266,14 @@ def _print_plan(console: Console, reg, trials, todo, results) -> None:
     console.print(f"Token cache: {human_bytes(cache)} for the cached-protocol trials"
                   + (" (some sizes unknown)" if any(c.cache_bytes is None and t.protocol == "cached"
                                                     for t, c in zip(trials, costs)) else "") + ".")
+    for t, c in zip(trials, costs):  # each tapped block is stored once, summarised where only [cls]/mean heads read it
+        if c.cache_by_tap and len(c.cache_by_tap) > 1:
+            console.print(Text(f"  {t.backbone} / {t.dataset} per tap: "
+                               + ", ".join(f"{tap} {human_bytes(n)}" for tap, n in c.cache_by_tap.items())))
+    knn = [c.knn_gflop for c in costs if c.knn_gflop]
+    if knn:
+        console.print(f"k-NN heads: {sum(knn):,.1f} GFLOP of similarity products in {len(knn)} trials (val and "
+                      "test against train, every (k, T) from one search per layer and source), no training.")
     predictions = [c.predictions_bytes for c in costs]
     console.print(f"Test predictions: {human_bytes(sum(p or 0 for p in predictions))} added to the results folder "
                   f"(the top-1 class and correctness of every test image, per head)"

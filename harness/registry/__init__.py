@@ -21,6 +21,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.heads import recipes
 from harness.heads.kinds import kinds, resolve_options
+from harness.tokens.layers import ACCEPTED as LAYERS_ACCEPTED, DEFAULT_LAYER, layer_label
 from harness.data.sources import source_kinds
 from harness.models.families import families
 
@@ -173,6 +174,8 @@ class BackboneEntry:
     paper: str = ""  # the paper's address
     origin: str = ""  # the repository that released the weights
     source: str = ""
+    register_tokens: int = 0  # `timm` family: prefix tokens besides [cls], from the model timm builds
+    warning: str = ""  # what a user must know before trusting the numbers (shown by `harness list`, at load)
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -213,8 +216,9 @@ class DatasetEntry:
 
 @dataclass(frozen=True)
 class HeadGroup:
-    """One aggregator's part of a grid: its optimizer and its own learning-rate and weight-decay grids, and the
-    named training recipe (harness/heads/recipes.py) when it has one."""
+    """One aggregator's part of a grid: its optimizer, its own learning-rate and weight-decay grids, the layers it
+    reads (each a head of its own, swept like the lrs), and the named training recipe (harness/heads/recipes.py)
+    when it has one."""
 
     aggregator: str
     optimizer: str
@@ -223,6 +227,7 @@ class HeadGroup:
     options: dict[str, Any] = field(default_factory=dict)  # overrides of the aggregator entry's options
     recipe: str | None = None
     recipe_options: dict[str, Any] = field(default_factory=dict)  # the recipe's named departures (recipes.OPTIONS)
+    layers: tuple[str, ...] = (DEFAULT_LAYER,)  # harness.tokens.layers labels
 
 
 @dataclass(frozen=True)
@@ -253,8 +258,10 @@ class Grid:
 
     @property
     def num_heads(self) -> int:
-        """Heads per (backbone, dataset): every aggregator x lr x wd x seed."""
-        return sum(len(h.lrs) * len(h.wds) for h in self.heads) * len(self.seeds)
+        """Heads per (backbone, dataset), as `harness.run.plan.expand` makes them."""
+        from harness.run.plan import group_heads  # plan owns the expansion; it imports no torch
+
+        return sum(len(group_heads(self, h)) for h in self.heads)
 
 
 # -------------------------------------------------------------------------------------------- parsing
@@ -281,9 +288,42 @@ def _resolve_extends(name: str, raw: dict[str, tuple[Path, dict[str, Any]]], see
     return merged
 
 
+# What a `timm`-family entry takes from timm's pretrained configuration rather than from its TOML.
+TIMM_FIELDS = ("img_size", "patch_size", "class_token", "mean", "std", "crop_pct", "interpolation")
+TIMM_IJEPA_WARNING = ("timm's I-JEPA weights are the checkpoint's context encoder (`encoder`), not the target "
+                      "encoder the I-JEPA paper evaluates; the `ijepa` family's entries load the target encoder")
+
+
+def _timm_fields(t: _Table) -> dict[str, Any]:
+    """The transform and architecture of a `timm` entry from timm's configuration of its tag; none may be set."""
+    from harness.registry.timm_configs import VIT_CLASSES, pretrained_config
+
+    for key in TIMM_FIELDS + ("url", "filename", "checkpoint_key"):
+        if key in t.table:
+            raise t.fail(key, "is set, but a timm entry takes it from timm's pretrained configuration",
+                         f"an entry without {', '.join(TIMM_FIELDS)}, url, filename or checkpoint_key")
+    tag = t.get("arch", str, accepted="a timm pretrained tag '<model>.<tag>'")
+    cfg = pretrained_config(tag)
+    if cfg["model_class"] not in VIT_CLASSES:
+        raise t.fail("arch", f"names {tag!r}, a timm {cfg['model_class']}", f"a timm ViT ({', '.join(VIT_CLASSES)})")
+    fields = {key: cfg[key] for key in TIMM_FIELDS}
+    if not cfg["hf_hub_id"]:  # weights only at the tag's URL: fetched through the harness's download cache
+        if not cfg["url"]:
+            raise t.fail("arch", f"names {tag!r}, whose timm configuration has neither a hub repository nor a URL",
+                         "a tag with weights on the Hugging Face hub or at a URL")
+        fields["url"], fields["filename"] = cfg["url"], f"timm-{tag}-{cfg['url'].rstrip('/').rsplit('/', 1)[-1]}"
+    if cfg["license"] and "licence" not in t.table:
+        fields["licence"] = cfg["license"]
+    return {**fields, "register_tokens": cfg["num_prefix_tokens"] - int(cfg["class_token"]),
+            "warning": TIMM_IJEPA_WARNING if "ijepa" in tag else ""}
+
+
 def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> BackboneEntry:
     path = raw[name][0]
-    t = _Table(path, _resolve_extends(name, raw), name)
+    table = _resolve_extends(name, raw)
+    t = _Table(path, table, name)
+    timm_fields = _timm_fields(t) if table.get("family") == "timm" and not table.get("random_init") else {}
+    t.table = {**table, **{k: v for k, v in timm_fields.items() if k in TIMM_FIELDS + ("url", "filename", "licence")}}
     t.get("extends", str, None)
     overrides = t.get("arch_overrides", dict, {})
     for key in overrides:
@@ -323,11 +363,13 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         paper=t.get("paper", str, ""),
         origin=t.get("origin", str, ""),
         source=str(path),
+        register_tokens=timm_fields.get("register_tokens", 0),
+        warning=timm_fields.get("warning", ""),
     )
     t.finish()
     if entry.sha256 is not None and (len(entry.sha256) != 64 or not all(c in "0123456789abcdef" for c in entry.sha256)):
         raise t.fail("sha256", f"is {entry.sha256!r}", "64 lowercase hex digits")
-    if not entry.random_init and not (entry.url or entry.manual_download):
+    if not entry.random_init and not (entry.url or entry.manual_download or timm_fields):
         raise t.fail("url", "is missing", "a download address, or manual_download saying where to get the file")
     return entry
 
@@ -411,6 +453,19 @@ def _lr_grid(t: _Table, key: str, *, positive: bool) -> tuple[float, ...]:
     return rounded
 
 
+def _layers(t: _Table) -> tuple[str, ...]:
+    """A head group's `layers`: one or more layer choices (harness.tokens.layers), each read by heads of its own."""
+    accepted = f"a list of layer choices, each {LAYERS_ACCEPTED}"
+    value = t.get("layers", list, [int(DEFAULT_LAYER)], accepted=accepted)
+    labels = [layer_label(v) for v in value]
+    bad = [v for v, label in zip(value, labels) if label is None]
+    if not value or bad:
+        raise t.fail("layers", f"has {bad[0]!r}" if bad else "is empty", accepted)
+    if len(set(labels)) != len(labels):
+        raise t.fail("layers", f"is {value!r}, which names a layer twice", "distinct layer choices")
+    return tuple(labels)
+
+
 def _recipe(h: _Table, kind: str) -> tuple[Any, dict[str, Any]]:
     """A head group's `recipe` and `recipe_options`, checked against harness/heads/recipes.py (torch-free)."""
     name = h.get("recipe", str, None, accepted="the name of a recipe")
@@ -458,7 +513,13 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         h = _Table(path, table, f"heads.{agg}")
         if agg not in reg.aggregators:
             raise t.fail(f"heads.{agg}", "is not a registered aggregator", _accepted_names(agg, reg.aggregators))
-        recipe, recipe_options = _recipe(h, reg.aggregators[agg].kind)
+        kind = reg.aggregators[agg].kind
+        if not kinds()[kind].trained:  # k-NN: no optimizer, lr, wd or recipe
+            heads.append(HeadGroup(aggregator=agg, optimizer="none", lrs=(0.0,), wds=(0.0,),
+                                   options=dict(h.get("options", dict, {})), layers=_layers(h)))
+            h.finish()
+            continue
+        recipe, recipe_options = _recipe(h, kind)
         heads.append(HeadGroup(
             aggregator=agg,
             optimizer=h.choice("optimizer", OPTIMIZERS, recipe.optimizer if recipe else ...),
@@ -467,6 +528,7 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
             options=dict(h.get("options", dict, {})),
             recipe=recipe.name if recipe else None,
             recipe_options=recipe_options,
+            layers=_layers(h),
         ))
         try:
             resolve_options(reg.aggregators[agg], heads[-1].options)
