@@ -104,7 +104,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     trials = expand(grid, reg, weights=weights)
     todo = trials if args.force else without_done(trials, store.completed_hashes(results_dir))
     if args.dry_run:
-        _print_plan(console, reg, trials, todo, store.read_results(results_dir, _MEASURED_COLUMNS))
+        _print_plan(console, trials, todo, store.read_results(results_dir, _MEASURED_COLUMNS))
         return 0
     total = sum(len(t.heads) for t in trials)
     if not todo:
@@ -157,13 +157,13 @@ def _measured(results) -> tuple[dict[str, float], dict[str, int]]:
     return {k: float(v) for k, v in speed.items()}, {k: int(v) for k, v in images.items()}
 
 
-def _print_plan(console: Console, reg, trials, todo, results) -> None:
+def _print_plan(console: Console, trials, todo, results) -> None:
     """The trials, backbone passes, heads, token cache and estimated hours of a sweep, without running it."""
     from harness.tokens.space import human_bytes
     from harness.run.plan import trial_cost
 
     speed, images = _measured(results)
-    costs = [trial_cost(t, reg, measured_speed=speed, measured_images=images) for t in trials]
+    costs = [trial_cost(t, measured_speed=speed, measured_images=images) for t in trials]
     remaining = {t.trial_id: len(t.heads) for t in todo}
     table = Table(title=f"Plan for grid '{trials[0].grid}'" if trials else "Plan")
     for col in ("backbone", "dataset", "protocol", "heads", "to run", "images through backbone", "token cache",

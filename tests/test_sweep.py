@@ -82,15 +82,15 @@ def test_bad_overrides_name_the_field(tmp_path, body, field):
 def test_cost_counts_online_epochs_and_cached_tokens(tmp_path):
     reg = load_registry()
     trials = expand(reg.grid(_grid_file(tmp_path, "[overrides.cifar10]\nprotocol = \"online\"\n")), reg)
-    digits, cifar = (trial_cost(t, reg, measured_speed={"demo-mae-tiny": 100.0}, measured_images={})
+    digits, cifar = (trial_cost(t, measured_speed={"demo-mae-tiny": 100.0}, measured_images={})
                      for t in trials[:2])
     assert digits.passes == digits.images == 1797 and digits.hours == pytest.approx(1797 / 100 / 3600)
     assert 1797 * 2 * 64 * 2 < digits.cache_bytes < 1797 * 3 * 64 * 2  # [cls] heads: [cls] + patch mean, float16
     attention = expand(reg.grid(_grid_file(tmp_path, '[heads.abmilp]\noptimizer = "lars"\nlr = [0.1]\n')), reg)[0]
-    every_token = trial_cost(attention, reg, measured_speed={}, measured_images={})
+    every_token = trial_cost(attention, measured_speed={}, measured_images={})
     assert every_token.cache_bytes > 1797 * 17 * 64 * 2 * 2  # 16 patches + [cls], width 64, float16, 2 taps
     assert cifar.cache_bytes is None and cifar.passes == 60000 + 4 * 45000  # train split again every later epoch
-    ijepa = trial_cost(expand(reg.grid("full"), reg)[-1], reg, measured_speed={}, measured_images={})
+    ijepa = trial_cost(expand(reg.grid("full"), reg)[-1], measured_speed={}, measured_images={})
     assert ijepa.throughput == "registered 1-GPU" and ijepa.hours > 0
 
 
@@ -375,5 +375,5 @@ def test_cls_and_mean_trials_cache_summaries_and_attention_trials_every_token(tm
         metas = [json.loads(p.read_text()) for p in (tmp_path / f"cache{tokens}").rglob("meta.json")]
         assert metas and {m["shape"][1] for m in metas} == {tokens}  # [cls] + patch mean, or [cls] + 16 patches
         written = sum(p.stat().st_size for p in (tmp_path / f"cache{tokens}").rglob("*") if p.is_file())
-        predicted = trial_cost(plan, reg, measured_speed={}, measured_images={}).cache_bytes
+        predicted = trial_cost(plan, measured_speed={}, measured_images={}).cache_bytes
         assert 0.9 * predicted < written <= predicted

@@ -31,6 +31,7 @@ class Splits:
     """The three splits of one dataset, transformed for one backbone."""
 
     train: Dataset  # items: (image float tensor (3, H, W) normalised for the backbone, label int)
+    augmented: Dataset  # the train split under the online protocol's augmentation (random crop and flip)
     val: Dataset  # seeded, stratified hold-out carved from the training pool
     test: Dataset  # the reported split
     num_classes: int
@@ -123,16 +124,19 @@ def _check_counts(dataset: DatasetEntry, source: Source) -> None:
 
 def load_splits(dataset: DatasetEntry, backbone: BackboneEntry, *, augment: bool = False, download: bool = False,
                 root: Path | None = None) -> Splits:
-    """The train / val / test splits of `dataset`, preprocessed for `backbone` (see the module docstring)."""
+    """The train / val / test splits of `dataset`, preprocessed for `backbone` (see the module docstring);
+    `augment` makes `train` the augmented view too."""
     source = load_source(dataset, backbone, download=download, root=root)
     pool_labels, test_labels = source.pool_labels, source.test_labels
     _check_counts(dataset, source)
     train_idx, val_idx = stratified_split(pool_labels, dataset.val_fraction, dataset.split_seed,
                                           what=f"dataset '{dataset.name}' (val_fraction)")
     eval_tf = build_transform(dataset, backbone, augment=False)
-    train_tf = build_transform(dataset, backbone, augment=True) if augment else eval_tf
+    augmented = LabelledView(source.pool, train_idx, pool_labels[train_idx],
+                             build_transform(dataset, backbone, augment=True), augment=True)
     return Splits(
-        train=LabelledView(source.pool, train_idx, pool_labels[train_idx], train_tf, augment=augment),
+        train=augmented if augment else LabelledView(source.pool, train_idx, pool_labels[train_idx], eval_tf),
+        augmented=augmented,
         val=LabelledView(source.pool, val_idx, pool_labels[val_idx], eval_tf),
         test=LabelledView(source.test, np.arange(len(source.test)), test_labels, eval_tf),
         num_classes=dataset.num_classes,

@@ -36,21 +36,7 @@ from harness.heads.head import Head, build_head
 from harness.heads.kinds import NotApplicable
 from harness.heads.pool.kernels import StackedPool
 from harness.heads.optim import effective_lr, new_state, update
-from harness.registry import AggregatorEntry
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """One head of the bank: an aggregator with its optimizer settings and seed."""
-
-    head_id: str
-    config_hash: str
-    aggregator: AggregatorEntry
-    options: dict
-    optimizer: str
-    lr: float
-    wd: float
-    seed: int
+from harness.heads.spec import HeadSpec
 
 
 @dataclass

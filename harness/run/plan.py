@@ -10,27 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 from harness.models.digests import cached_sha256
 from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_only
+from harness.heads.spec import HeadSpec
 from harness.registry import BackboneEntry, DatasetEntry, Grid, Registry
 
 
 @dataclass(frozen=True)
-class HeadPlan:
-    head_id: str
-    config_hash: str
-    aggregator: str
-    options: dict
-    optimizer: str
-    lr: float
-    wd: float
-    seed: int
-
-
-@dataclass(frozen=True)
 class TrialPlan:
+    """One trial, carrying the frozen registry entries it was hashed over: a worker never re-reads a registry, so
+    the configuration hashes describe exactly what it trains."""
+
     trial_id: str
     grid: str
     backbone: str
@@ -40,19 +32,14 @@ class TrialPlan:
     batch_size: int
     warmup_epochs: int
     claim_margin: float
-    heads: tuple[HeadPlan, ...]
+    heads: tuple[HeadSpec, ...]
+    backbone_entry: BackboneEntry
+    dataset_entry: DatasetEntry
     weights: str | None = None  # explicit weights file for the backbone (--weights)
     weights_sha256: str | None = None  # that file's content when planned; the trial refuses another
     provenance: dict = field(default_factory=dict)  # git commit etc., read once by the driver
     cache_dir: str | None = None  # token cache folder (--cache-dir); None: the worker's HARNESS_CACHE_DIR/config
     download: bool = False  # let torchvision download missing datasets (--download)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrialPlan:
-        return cls(**{**d, "heads": tuple(HeadPlan(**h) for h in d["heads"])})
 
 
 def _digest(obj: object) -> str:
@@ -102,11 +89,12 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                             config = {**shared, "aggregator": {"name": agg.name, "kind": agg.kind, "tap": agg.tap,
                                                                "options": options},
                                       "optimizer": group.optimizer, "lr": lr, "wd": wd, "seed": seed}
-                            heads.append(HeadPlan(head_id(agg.name, lr, wd, seed), _digest(config), agg.name,
+                            heads.append(HeadSpec(head_id(agg.name, lr, wd, seed), _digest(config), agg,
                                                   options, group.optimizer, lr, wd, seed))
             trials.append(TrialPlan(
                 trial_id=_digest(shared)[:16], grid=grid.name, backbone=backbone_name, dataset=dataset_name,
-                **settings, claim_margin=grid.claim_margin, heads=tuple(heads),
+                **settings, claim_margin=grid.claim_margin, heads=tuple(heads), backbone_entry=backbone,
+                dataset_entry=dataset,
                 weights=weights.get(backbone_name), weights_sha256=sha256, provenance=dict(provenance or {}),
             ))
     return trials
@@ -148,10 +136,9 @@ def token_shape(entry: BackboneEntry) -> tuple[int, int | None]:
     return (img // patch) ** 2 + entry.num_prefix_tokens, width
 
 
-def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str, float],
-               measured_images: dict[str, int]) -> TrialCost:
+def trial_cost(trial: TrialPlan, *, measured_speed: dict[str, float], measured_images: dict[str, int]) -> TrialCost:
     """Cost of one trial from registered sizes and throughput, else from what earlier results measured."""
-    backbone, dataset = registry.backbone(trial.backbone), registry.dataset(trial.dataset)
+    backbone, dataset = trial.backbone_entry, trial.dataset_entry
     sizes = planned_split_sizes(dataset)
     images = sum(sizes.values()) if sizes else measured_images.get(trial.dataset)
     passes = cache = None
@@ -161,7 +148,7 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
             passes = images + (trial.epochs - 1) * (sizes["train"] if sizes else images)
         tokens, width = token_shape(backbone)
         if trial.protocol == "cached" and width is not None:
-            aggregators = [registry.aggregator(h.aggregator) for h in trial.heads]
+            aggregators = [h.aggregator for h in trial.heads]
             if summary_only(a.kind for a in aggregators):
                 tokens = backbone.num_prefix_tokens + 1  # the prefix tokens and the patch mean
             taps = sorted({a.tap for a in aggregators})

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
+from importlib.metadata import version
 
 import torch
 
@@ -17,9 +18,10 @@ from harness.results import store
 from harness.models.backbones import Backbone, load_backbone
 from harness.tokens.space import summary_only
 from harness.data.splits import Splits, load_splits
-from harness.heads.bank import HeadBank, HeadOutcome, HeadSpec
-from harness.run.plan import HeadPlan, TrialPlan
-from harness.registry import AggregatorEntry, BackboneEntry, load_registry
+from harness.heads.bank import HeadBank, HeadOutcome
+from harness.heads.spec import HeadSpec
+from harness.run.plan import TrialPlan
+from harness.registry import BackboneEntry
 from harness.tokens.cache import cached_tokens, extract_tokens, loader_workers
 from harness.heads.train import online_loader, total_steps, train_cached, train_online, warmup_steps
 
@@ -28,12 +30,11 @@ EXTRACT_BATCH = 512
 
 
 def versions() -> dict[str, str]:
-    """Library versions of the process that ran the trial."""
-    import ray
+    """Library versions of the process that ran the trial (Ray's from its package metadata: a trial imports no Ray)."""
     import timm
 
     return {"harness_version": harness.__version__, "torch_version": torch.__version__,
-            "timm_version": timm.__version__, "ray_version": ray.__version__}
+            "timm_version": timm.__version__, "ray_version": version("ray")}
 
 
 def device_name(device: torch.device) -> str:
@@ -47,19 +48,17 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
     device = torch.device(device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    registry = load_registry()
-    backbone = load_backbone(plan.backbone, plan.weights, device=device, expected_sha256=plan.weights_sha256)
-    dataset = registry.dataset(plan.dataset)
+    backbone = load_backbone(plan.backbone_entry, plan.weights, device=device, expected_sha256=plan.weights_sha256)
+    dataset = plan.dataset_entry
     splits = load_splits(dataset, backbone.entry, download=plan.download)
     sizes = splits.sizes()
     bank = make_bank(plan, backbone, splits, device)
-    specs = bank.specs
     passes, extracted, extract_s = 0, 0, 0.0
     outcomes = bank.outcomes
     if bank.live():
         # the protocol's batch size is the heads'; the backbone sees at most EXTRACT_BATCH images at once
         extract_batch = min(plan.batch_size, EXTRACT_BATCH)
-        kinds = {spec.aggregator.kind for spec in specs}
+        kinds = {head.aggregator.kind for head in plan.heads}
         summary_prefix = backbone.num_prefix_tokens if summary_only(kinds) else None  # [cls] and mean heads only
         token_sets = {}
         for name in ("train", "val", "test") if plan.protocol == "cached" else ("val", "test"):
@@ -75,8 +74,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
             extracted += n
         passes = extracted
         if plan.protocol == "online":
-            augmented = load_splits(dataset, backbone.entry, augment=True, download=plan.download).train
-            loader = online_loader(augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
+            loader = online_loader(splits.augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
                                    num_workers=loader_workers(device), pin_memory=device.type == "cuda")
             outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
                                        epochs=plan.epochs, device=device, forward_chunk=extract_batch)
@@ -91,8 +89,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
         "backbone_passes": passes, "images_per_s": extracted / extract_s if extract_s > 0 else 0.0,
         "device": device_name(device),
     }
-    rows = [head_row(shared, head, spec.aggregator, outcome)
-            for head, spec, outcome in zip(plan.heads, specs, outcomes)]
+    rows = [head_row(shared, head, outcome) for head, outcome in zip(plan.heads, outcomes)]
     curves = [{"config_hash": head.config_hash, **point, "schema_version": store.SCHEMA_VERSION}
               for head, outcome in zip(plan.heads, outcomes) for point in outcome.curves]
     return rows, curves
@@ -100,23 +97,20 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
 
 def make_bank(plan: TrialPlan, backbone: Backbone, splits: Splits, device: torch.device) -> HeadBank:
     """The head bank of a trial: every head of the plan, sized for the backbone's tokens and the train split."""
-    registry = load_registry()
-    specs = [HeadSpec(h.head_id, h.config_hash, registry.aggregator(h.aggregator), h.options, h.optimizer, h.lr,
-                      h.wd, h.seed) for h in plan.heads]
     n = len(splits.train)
-    return HeadBank(specs, embed_dim=backbone.embed_dim, num_heads=backbone.num_heads,
+    return HeadBank(plan.heads, embed_dim=backbone.embed_dim, num_heads=backbone.num_heads,
                     num_prefix_tokens=backbone.num_prefix_tokens, num_classes=splits.num_classes,
                     batch_size=plan.batch_size, shared_order=plan.protocol == "online",
                     total_steps=total_steps(n, plan.batch_size, plan.epochs),
                     warmup_steps=warmup_steps(n, plan.batch_size, plan.warmup_epochs), device=device)
 
 
-def head_row(shared: dict, head: HeadPlan, aggregator: AggregatorEntry, outcome: HeadOutcome) -> dict:
+def head_row(shared: dict, head: HeadSpec, outcome: HeadOutcome) -> dict:
     """One results-store row: the trial's shared columns plus this head's configuration and outcome."""
     return {
-        **shared, "config_hash": head.config_hash, "head_id": head.head_id, "aggregator": head.aggregator,
-        "aggregator_kind": aggregator.kind, "aggregator_options": json.dumps(head.options, sort_keys=True),
-        "token_tap": aggregator.tap, "optimizer": head.optimizer, "lr": head.lr, "wd": head.wd,
+        **shared, "config_hash": head.config_hash, "head_id": head.head_id, "aggregator": head.aggregator.name,
+        "aggregator_kind": head.aggregator.kind, "aggregator_options": json.dumps(head.options, sort_keys=True),
+        "token_tap": head.aggregator.tap, "optimizer": head.optimizer, "lr": head.lr, "wd": head.wd,
         "seed": head.seed, "status": outcome.status, "error": outcome.error,
         "diverged_step": outcome.diverged_step, "val_top1": outcome.val_top1, "val_top5": outcome.val_top5,
         "test_top1": outcome.test_top1, "test_top5": outcome.test_top5, "train_loss": outcome.train_loss,
@@ -136,12 +130,11 @@ def trial_columns(plan: TrialPlan, entry: BackboneEntry, started: datetime) -> d
 
 def failed_rows(plan: TrialPlan, error: str, started: datetime) -> list[dict]:
     """Rows recording a trial that still failed after its retries: every head "failed", with the error."""
-    registry = load_registry()
-    dataset = registry.dataset(plan.dataset)
+    dataset = plan.dataset_entry
     shared = {
-        **trial_columns(plan, registry.backbone(plan.backbone), started), "weights_sha256": "",
+        **trial_columns(plan, plan.backbone_entry, started), "weights_sha256": "",
         "num_classes": dataset.num_classes, "train_size": None, "val_size": None, "test_size": None,
         "split_seed": dataset.split_seed, "wall_s": 0.0, "backbone_passes": 0, "images_per_s": 0.0, "device": "",
     }
     outcome = HeadOutcome(status="failed", error=error)
-    return [head_row(shared, h, registry.aggregator(h.aggregator), outcome) for h in plan.heads]
+    return [head_row(shared, h, outcome) for h in plan.heads]
