@@ -267,16 +267,16 @@ def cmd_weights(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     from harness.results import store
-    from harness.report.leaderboard import COLUMNS, render_terminal, write_leaderboards
-    from harness.report.boards import build_boards
+    from harness.report.leaderboard import COLUMNS, leaderboard_pages, render_terminal, write_pages
+    from harness.results.attention import read_attention
 
     results_dir = _results_dir(args)
     results = store.read_results(results_dir, COLUMNS)
     if results.empty:
         raise HarnessError(f"no results yet under {results_dir}; run `harness sweep --grid demo` first "
                            "(or pass --results-dir).")
-    boards = build_boards(results)
-    paths = write_leaderboards(results_dir, results=results, boards=boards)
+    boards, texts = leaderboard_pages(results, attention=read_attention(results_dir))
+    paths = write_pages(results_dir, texts)
     render_terminal(boards, console)
     console.print("Wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -15,8 +15,7 @@ import pytest
 from results_factory import make_row
 from rich.console import Console
 
-from harness.report.leaderboard import render_markdown, render_terminal, write_leaderboards
-from harness.report.html import render_html
+from harness.report.leaderboard import leaderboard_pages, render_terminal, write_leaderboards
 from harness.report.boards import build_boards
 from harness.registry import REGISTRY_DIR, load_registry
 from harness.results.store import read_results, write_trial
@@ -32,6 +31,14 @@ HAND = [
 ]
 # Selected: cls 60 (lr 0.1), 71 (lr 0.01) -> 65.50 ± 7.78; mean 66 (lr 0.1, wd 0: ties), 67 (lr 1) -> 66.50 ± 0.71.
 
+
+
+def render_markdown(results: pd.DataFrame, registry=None) -> str:
+    return leaderboard_pages(results, registry)[1]["leaderboard.md"]
+
+
+def render_html(results: pd.DataFrame, registry=None) -> str:
+    return leaderboard_pages(results, registry)[1]["leaderboard.html"]
 
 def _hand(backbone: str = "mae-vit-b16", **overrides) -> list[dict]:
     rows = [make_row(backbone=backbone, aggregator=a, seed=s, lr=lr, wd=wd, val_top1=v, test_top1=t, **overrides)

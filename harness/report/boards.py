@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from harness.registry import Registry, load_registry
-from harness.results.selection import SELECTION_KEYS, select_best
+from harness.results.selection import Selection, select
 
 BOARD_KEYS = ("dataset", "protocol")
 CELL_KEYS = ("dataset", "protocol", "backbone", "aggregator")
@@ -197,16 +197,16 @@ def _row(board: tuple[str, str], backbone: str, aggregators: tuple[str, ...], pi
     return BoardRow(backbone, random_init or bool(entry and entry.random_init), cells, published)
 
 
-def build_boards(results: pd.DataFrame, registry: Registry | None = None) -> list[Board]:
-    """Boards sorted by (dataset, protocol), rows by backbone; deterministic for a given results frame."""
+def build_boards(results: pd.DataFrame, registry: Registry | None = None,
+                 selection: Selection | None = None) -> list[Board]:
+    """Boards sorted by (dataset, protocol), rows by backbone; deterministic for a given results frame.
+    `selection` is `select(results)` when the caller has it (a regeneration selects once for boards and claim)."""
     if results.empty:
         return []
     registry = registry if registry is not None else load_registry()
-    slim = results[[*CELL_KEYS, "seed", "lr", "wd", "status", "val_top1", "test_top1", "config_hash"]]
-    per_lr = select_best(slim, by=SELECTION_KEYS + ("lr",))
-    # The val-best head of each lr, then the val-best of those, is the rule's pick (ties: lowest lr, then wd).
-    picks = _picks(select_best(per_lr))
-    curves = _curves(per_lr)
+    selection = select(results) if selection is None else selection
+    picks = _picks(selection.best)
+    curves = _curves(selection.per_lr)
     statuses: dict[tuple, list[tuple[str, int]]] = {}
     for (*key, status), count in results.groupby([*CELL_KEYS, "status"], sort=True).size().items():
         statuses.setdefault(tuple(key), []).append((status, int(count)))

@@ -41,7 +41,7 @@ from scipy import special
 from harness.report.boards import Curve
 from harness.report.svg import lr_plot
 from harness.report.markdown import md_escape, md_table
-from harness.results.selection import SELECTION_KEYS, select_best
+from harness.results.selection import Selection, select
 
 CLS, MEAN = "cls", "mean"
 GROUP_KEYS = ["backbone", "dataset", "protocol"]
@@ -167,10 +167,18 @@ def _claim_rows(results: pd.DataFrame) -> pd.DataFrame:
     return rows[both]
 
 
-def _prepared(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The claim rows and, per seed and lr, the head selected by validation over the wds there (curve points)."""
+def _prepared(results: pd.DataFrame, selection: Selection | None = None) -> tuple[pd.DataFrame, Selection]:
+    """The claim rows and the selection's picks among them (`select(results)` unless the caller has it): the
+    selection's groups include the aggregator, so picks among all rows restricted to the claim's are its own."""
     rows = _claim_rows(results)
-    return rows, select_best(rows, by=(*SELECTION_KEYS, "lr"))
+    selection = select(rows) if selection is None else selection
+    groups = rows[GROUP_KEYS].drop_duplicates()
+
+    def within(picks: pd.DataFrame) -> pd.DataFrame:
+        picks = picks[picks["aggregator"].isin([CLS, MEAN]).to_numpy(dtype=bool)]
+        return picks.merge(groups, on=GROUP_KEYS)
+
+    return rows, Selection(within(selection.per_lr), within(selection.best))
 
 
 def _curves(rows: pd.DataFrame, per_lr: pd.DataFrame) -> pd.DataFrame:
@@ -189,7 +197,8 @@ def claim_curves(results: pd.DataFrame) -> pd.DataFrame:
     One row per backbone x dataset x protocol x aggregator x lr of the grid; `n_ok` seeds had an "ok" head
     there (0: every head at that lr diverged or failed, accuracies NaN).
     """
-    return _curves(*_prepared(results))
+    rows, selection = _prepared(results)
+    return _curves(rows, selection.per_lr)
 
 
 def _optima(rows: pd.DataFrame, best: pd.DataFrame, groups: pd.Index) -> pd.DataFrame:
@@ -212,9 +221,9 @@ def _differences(frame: pd.DataFrame, d: pd.Series) -> dict[tuple, np.ndarray]:
     return {key: part.to_numpy() for key, part in d.groupby([frame[k] for k in GROUP_KEYS], sort=False)}
 
 
-def _groups(rows: pd.DataFrame, per_lr: pd.DataFrame):
+def _groups(rows: pd.DataFrame, selection: Selection):
     """Per group (sorted): its facts, tuned and untuned paired differences."""
-    best = select_best(per_lr)  # the val-best head of each lr, then the val-best of those: the rule's pick
+    per_lr, best = selection.per_lr, selection.best
     facts = rows.assign(random_init=rows["random_init"].eq(True)).groupby(GROUP_KEYS).agg(
         random_init=("random_init", "any"), margin=("claim_margin", "min"))
     facts["margin"] = facts["margin"].fillna(DEFAULT_MARGIN)  # the strictest margin of the grids present
@@ -293,11 +302,11 @@ CLAIM_COLUMNS = [
 ]
 
 
-def _table(rows: pd.DataFrame, per_lr: pd.DataFrame) -> pd.DataFrame:
+def _table(rows: pd.DataFrame, selection: Selection) -> pd.DataFrame:
     """Vectorised over groups; only the t tests run once per group (backbone x dataset x protocol: few)."""
     records = []
     if not rows.empty:
-        facts, tuned, untuned = _groups(rows, per_lr)
+        facts, tuned, untuned = _groups(rows, selection)
         statuses = _status_counts(rows) if not (facts["has_cls"] & facts["has_mean"]).all() else {}
         empty = np.empty(0)
         records = [_group_row(key, f, tuned.get(key, empty), untuned.get(key, empty), statuses)
@@ -327,10 +336,11 @@ class ClaimAnalysis:
     curves: pd.DataFrame  # claim_curves'
 
 
-def claim_analysis(results: pd.DataFrame) -> ClaimAnalysis:
-    """claim_table and claim_curves of `results`, sharing their selection work."""
-    rows, per_lr = _prepared(results)
-    return ClaimAnalysis(_table(rows, per_lr), _curves(rows, per_lr))
+def claim_analysis(results: pd.DataFrame, selection: Selection | None = None) -> ClaimAnalysis:
+    """claim_table and claim_curves of `results`, sharing their selection work (`selection`: `select(results)`,
+    when the caller has made it for the boards too)."""
+    rows, selection = _prepared(results, selection)
+    return ClaimAnalysis(_table(rows, selection), _curves(rows, selection.per_lr))
 
 
 # ------------------------------------------------------------------------------------------- rendering

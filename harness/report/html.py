@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from html import escape
 
-import pandas as pd
 
-from harness.report.boards import EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
+from harness.report.boards import EXPLANATION, RANDOM_INIT_NOTE, Board
 from harness.report.svg import gain_chart, lr_plot
-from harness.registry import Registry
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1400px}
@@ -101,9 +99,3 @@ def html_page(boards: list[Board], claim_fragment: str) -> str:
             f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1><p>{_e(EXPLANATION)}</p>{sections}"
             f"{claim_fragment}<script>{_JS}</script></body></html>\n")
 
-
-def render_html(results: pd.DataFrame, registry: Registry | None = None) -> str:
-    """The HTML page of a results frame, claim section included."""
-    from harness.report.claim import claim_analysis, claim_html
-
-    return html_page(build_boards(results, registry), claim_html(claim_analysis(results)))

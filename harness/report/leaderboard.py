@@ -17,6 +17,7 @@ from harness.report.attention import html_section, markdown_section
 from harness.report.claim import INPUT_COLUMNS, claim_analysis, claim_html, claim_markdown
 from harness.report.html import html_page
 from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
+from harness.results.selection import select
 from harness.report.markdown import md_escape, md_table
 from harness.registry import Registry
 from harness.results.attention import read_attention
@@ -61,11 +62,6 @@ def markdown_page(boards: list[Board], claim_section: str) -> str:
     return "\n".join(lines) + "\n" + claim_section.rstrip("\n") + "\n"
 
 
-def render_markdown(results: pd.DataFrame, registry: Registry | None = None) -> str:
-    """The Markdown page of a results frame, claim section included."""
-    return markdown_page(build_boards(results, registry), claim_markdown(claim_analysis(results)))
-
-
 def render_terminal(boards: list[Board], console: Console) -> None:
     """The boards (`build_boards`) as rich Tables (cells are Text, so names are never read as rich markup)."""
     for board in boards:
@@ -84,23 +80,33 @@ def render_terminal(boards: list[Board], console: Console) -> None:
             console.print(Text(RANDOM_INIT_NOTE, style="yellow"))
 
 
-def write_leaderboards(root: Path, registry: Registry | None = None, *, results: pd.DataFrame | None = None,
-                       boards: list[Board] | None = None) -> list[Path]:
-    """Regenerate `root/leaderboard.md` and `root/leaderboard.html` from the store under `root`.
+def leaderboard_pages(results: pd.DataFrame, registry: Registry | None = None,
+                      attention: pd.DataFrame | None = None) -> tuple[list[Board], dict[str, str]]:
+    """The boards and both pages (file name -> text) of a results frame and attention table: one selection feeds
+    the boards and the claim, whose analysis is computed once for both pages."""
+    selection = select(results)
+    boards = build_boards(results, registry, selection)
+    claim = claim_analysis(results, selection)
+    attention = pd.DataFrame() if attention is None else attention
+    return boards, {"leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention)),
+                    "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention))}
 
-    A caller that has already read the store (`read_results(root, COLUMNS)`) or built its boards passes them, so
-    a regeneration reads and selects once; the claim section is computed once for both pages.
-    """
+
+def write_pages(root: Path, texts: dict[str, str]) -> list[Path]:
+    """Write `leaderboard_pages`' texts under `root`, each atomically (a reader never sees half a page)."""
     root = Path(root)
-    results = read_results(root, COLUMNS) if results is None else results
-    boards = build_boards(results, registry) if boards is None else boards
-    claim = claim_analysis(results)
-    attention = read_attention(root)
     root.mkdir(parents=True, exist_ok=True)
-    pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention)),
-             root / "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention))}
-    for path, text in pages.items():
+    paths = []
+    for name, text in texts.items():
+        path = root / name
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
-    return list(pages)
+        paths.append(path)
+    return paths
+
+
+def write_leaderboards(root: Path, registry: Registry | None = None) -> list[Path]:
+    """Regenerate `root/leaderboard.md` and `root/leaderboard.html` from the store under `root`."""
+    results = read_results(root, COLUMNS)
+    return write_pages(root, leaderboard_pages(results, registry, read_attention(root))[1])
