@@ -110,7 +110,7 @@ def _check_counts(dataset: DatasetEntry, source: Source) -> None:
     """Labels within num_classes, and the official image counts (`options.num_images`) when the entry records them."""
     found = int(max(source.pool_labels.max(), source.test_labels.max())) + 1
     if found > dataset.num_classes or min(source.pool_labels.min(), source.test_labels.min()) < 0:
-        raise HarnessError(f"{dataset.source_file}: dataset '{dataset.name}' read from {source.location} has labels "
+        raise HarnessError(f"{dataset.defined_in}: dataset '{dataset.name}' read from {source.location} has labels "
                            f"in 0..{found - 1}, but its field 'num_classes' is {dataset.num_classes}; accepted: the "
                            "number of classes.")
     expected = option(dataset, "num_images", dict, {})
@@ -118,7 +118,7 @@ def _check_counts(dataset: DatasetEntry, source: Source) -> None:
     for split, n in expected.items():
         if split not in got or got[split] != n:
             raise HarnessError(f"dataset '{dataset.name}': {source.location} holds {got} images, but the entry "
-                               f"({dataset.source_file}) records options.num_images = {expected}; the files there "
+                               f"({dataset.defined_in}) records options.num_images = {expected}; the files there "
                                "are incomplete or another version: remove them and download or place them again.")
 
 

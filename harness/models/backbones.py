@@ -56,8 +56,9 @@ def _select(ckpt: Any, entry: BackboneEntry, checkpoint_key: str | None, path: P
             return ckpt[key]
     wanted = " or ".join(dict.fromkeys("the top level" if k is None else f"key {k!r}" for k in candidates))
     raise HarnessError(f"{path}: found no state dict at {wanted} (for backbone {entry.name!r}, family "
-                       f"{entry.family}); keys present: {_listing(ckpt)}. Pass checkpoint_key / --checkpoint-key "
-                       "naming one of them, or check that the file belongs to this family.")
+                       f"{entry.family}); keys present: {_listing(ckpt)}. Set checkpoint_key in the entry (or in an "
+                       f"entry with extends = {entry.name!r}) to one of them, or check that the file belongs to "
+                       "this family.")
 
 
 def convert_checkpoint(ckpt: Any, entry: BackboneEntry, checkpoint_key: str | None = None,
@@ -103,7 +104,7 @@ def build_model(entry: BackboneEntry, **arch_overrides: Any) -> nn.Module:
         except RuntimeError as e:
             if "Unknown model" not in str(e):
                 raise
-            raise HarnessError(f"{entry.source}: backbone {entry.name!r} names arch {entry.arch!r}, which timm "
+            raise HarnessError(f"{entry.defined_in}: backbone {entry.name!r} names arch {entry.arch!r}, which timm "
                                f"{timm.__version__} does not know; accepted: a timm model name.") from None
 
 

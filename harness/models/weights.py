@@ -40,7 +40,7 @@ def file_name(entry: BackboneEntry) -> str:
         return entry.filename
     if entry.url:
         return entry.url.rstrip("/").rsplit("/", 1)[-1]
-    raise HarnessError(f"{entry.source}: backbone {entry.name!r} has neither 'filename' nor 'url'; "
+    raise HarnessError(f"{entry.defined_in}: backbone {entry.name!r} has neither 'filename' nor 'url'; "
                        "accepted: a file name for the weights folder, or a download address.")
 
 
@@ -58,7 +58,7 @@ def verify_sha256(path: Path, entry: BackboneEntry) -> str:
     if entry.sha256 is None:
         check_lock(entry.name, path, actual)
     elif actual != entry.sha256:
-        raise HarnessError(f"{path}: sha256 is {actual}, but backbone {entry.name!r} ({entry.source}) registers "
+        raise HarnessError(f"{path}: sha256 is {actual}, but backbone {entry.name!r} ({entry.defined_in}) registers "
                            f"{entry.sha256}; the file is corrupt, incomplete or a different release. Delete it and "
                            "download it again.")
     return actual
@@ -80,7 +80,7 @@ def resolve_weights(entry: BackboneEntry, weights: str | Path | None = None,
                                "alone while its sweep runs (rerun the sweep to use the new file).")
         return path, actual
     name = file_name(entry)
-    what = f"backbone {entry.name!r} ({entry.source})"
+    what = f"backbone {entry.name!r} ({entry.defined_in})"
     local = local_file(entry)
     if local is not None:
         return local, verify_sha256(local, entry)

@@ -150,7 +150,7 @@ class BackboneEntry:
     images_per_s: float | None = None  # registered extraction throughput on one GPU, for --dry-run
     published: dict[str, float] = field(default_factory=dict)  # "dataset/aggregator" -> test top-1
     description: str = ""
-    source: str = ""
+    defined_in: str = ""  # the registry file that defines the entry
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -172,7 +172,7 @@ class AggregatorEntry:
     tap: str  # "norm": after the final LayerNorm; "prenorm": last block output before it
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    source: str = ""
+    defined_in: str = ""  # the registry file that defines the entry
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,7 @@ class DatasetEntry:
     split_seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    source_file: str = ""
+    defined_in: str = ""  # the registry file that defines the entry (`source` is the kind of source)
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ class Grid:
     max_retries: int = 1
     claim_margin: float = 0.5  # equivalence margin of the mean-vs-cls test, in top-1 points
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> some of TRIAL_SETTINGS
-    source: str = ""
+    defined_in: str = ""  # the registry file that defines the entry
 
     def settings(self, dataset: str | None) -> dict[str, Any]:
         """Protocol, epochs, batch size and warmup for one dataset: the grid's, with its [overrides.<dataset>]."""
@@ -290,7 +290,7 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         images_per_s=None if random_init else speed,  # a demo's tiny arch runs at another speed than its base's
         published={} if random_init else {k: float(v) for k, v in published.items()},
         description=t.get("description", str, ""),
-        source=str(path),
+        defined_in=str(path),
     )
     t.finish()
     if entry.sha256 is not None and (len(entry.sha256) != 64 or not all(c in "0123456789abcdef" for c in entry.sha256)):
@@ -310,7 +310,7 @@ def _parse_aggregators(path: Path, data: dict[str, Any]) -> dict[str, Aggregator
             tap=t.choice("tap", TOKEN_TAPS),
             options=dict(t.get("options", dict, {})),
             description=t.get("description", str, ""),
-            source=str(path),
+            defined_in=str(path),
         )
         t.finish()
         resolve_options(out[name])
@@ -329,7 +329,7 @@ def _parse_datasets(path: Path, data: dict[str, Any]) -> dict[str, DatasetEntry]
             split_seed=t.get("split_seed", int, 0),
             options=dict(t.get("options", dict, {})),
             description=t.get("description", str, ""),
-            source_file=str(path),
+            defined_in=str(path),
         )
         if not 0.0 < out[name].val_fraction < 1.0:
             raise t.fail("val_fraction", f"is {out[name].val_fraction}", "a fraction strictly between 0 and 1")
@@ -410,7 +410,7 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         max_retries=t.get("max_retries", int, 1),
         claim_margin=t.get("claim_margin", float, 0.5),
         overrides=overrides,
-        source=str(path),
+        defined_in=str(path),
     )
     resources.finish()
     t.finish()
@@ -460,7 +460,7 @@ def _lookup(kind: str, name: str, known: dict[str, Any]) -> Any:
 def _merge(kind: str, into: dict[str, Any], new: dict[str, Any], path: Path) -> None:
     for name in new:
         if name in into:
-            raise HarnessError(f"{path}: {kind} {name!r} is already registered in {into[name].source}; "
+            raise HarnessError(f"{path}: {kind} {name!r} is already registered in {into[name].defined_in}; "
                                "names must be unique across registry files.")
     into.update(new)
 
