@@ -86,7 +86,8 @@ def test_the_explicit_pass_returns_the_backbones_own_tokens():
 
 
 def _independent_probs(bb, x: torch.Tensor) -> list[np.ndarray]:
-    """softmax(q k^T / sqrt(d) [+ relative position bias]) of every block, from the qkv weights themselves."""
+    """softmax(q k^T / sqrt(d) [+ relative position bias]) of every block, from the qkv weights themselves (q and k
+    rotated first where the model has RoPE)."""
     model, inputs = bb.model, []
     hooks = [blk.norm1.register_forward_hook(lambda m, a, out: inputs.append(out.detach()))
              for blk in model.blocks]
@@ -105,12 +106,28 @@ def _independent_probs(bb, x: torch.Tensor) -> list[np.ndarray]:
         b, n, _ = qkv.shape
         heads = a.num_heads
         q, k, _ = qkv.view(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        if getattr(model, "rope", None) is not None:
+            q, k = _rope(q, model.rope.periods, bb.num_prefix_tokens), _rope(k, model.rope.periods, bb.num_prefix_tokens)
         logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
         rel = getattr(model, "rel_pos_bias", None)
         if rel is not None:
             logits = logits + rel().double()
         probs.append(logits.softmax(-1).numpy())
     return probs
+
+
+def _rope(t: torch.Tensor, periods: torch.Tensor, prefix: int) -> torch.Tensor:
+    """DINOv3's RoPE on the patch tokens of a square grid, from its description: per axis c = 2 (i + 0.5) / H - 1,
+    angles 2 pi c / periods for rows then columns, tiled twice, rotate-half; prefix tokens are not rotated."""
+    side = math.isqrt(t.shape[-2] - prefix)
+    c = 2 * (torch.arange(side, dtype=torch.float64) + 0.5) / side - 1
+    rows, cols = torch.meshgrid(c, c, indexing="ij")
+    angles = torch.cat([2 * math.pi * rows.reshape(-1, 1) / periods.double(),
+                        2 * math.pi * cols.reshape(-1, 1) / periods.double()], dim=-1).repeat(1, 2)
+    pre, patches = t[..., :prefix, :], t[..., prefix:, :]
+    half = patches.shape[-1] // 2
+    turned = torch.cat([-patches[..., half:], patches[..., :half]], dim=-1)
+    return torch.cat([pre, patches * angles.cos() + turned * angles.sin()], dim=-2)
 
 
 def _reference_metrics(p: np.ndarray, prefix: int, has_cls: bool, grid: int) -> dict[str, np.ndarray]:

@@ -11,7 +11,8 @@ import torch
 
 from harness.heads.head import build_head
 from harness.heads.optim import effective_lr, new_state, update
-from harness.heads.bank import HeadBank, HeadSpec, lr_at
+from harness.heads.bank import HeadBank, HeadSpec
+from harness.heads.recipes import harness_default, lr_factor
 from harness.registry import AggregatorEntry
 from harness.tokens.cache import TokenSet
 from harness.heads.train import epoch_order, online_loader, token_batches, train_cached, train_online
@@ -140,8 +141,8 @@ def test_not_applicable_head_is_recorded_and_the_rest_train():
 def test_curves_record_the_effective_lr_of_each_epoch():
     _, (sgd, adamw) = train([spec("cls", "sgd", 0.4), spec("cls", "adamw", 0.4)], epochs=2)
     steps_per_epoch, total = 4, 8
-    assert sgd.curves[0]["lr"] == pytest.approx(0.4 * 16 / 256 * lr_at(steps_per_epoch - 1, total, 2))
-    assert adamw.curves[1]["lr"] == pytest.approx(0.4 * lr_at(total - 1, total, 2))
+    assert sgd.curves[0]["lr"] == pytest.approx(0.4 * 16 / 256 * lr_factor(harness_default("sgd"), steps_per_epoch - 1, total, 2))
+    assert adamw.curves[1]["lr"] == pytest.approx(0.4 * lr_factor(harness_default("adamw"), total - 1, total, 2))
     assert effective_lr("lars", 0.1, 1024) == pytest.approx(0.4)
 
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.heads import recipes
+from harness.heads.recipes import Recipe
 from harness.registry import AggregatorEntry
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """One head: its resolved aggregator entry with the grid's options, its optimizer settings and seed; the
-    config hash covers all of it and the trial's backbone and dataset."""
+    """One head: its aggregator entry as it is trained (a recipe may change its tap) with the grid's options, its
+    optimizer settings, seed and recipe (None: the harness's own training for `optimizer`); the config hash covers
+    all of it and the trial's backbone and dataset."""
 
     head_id: str
     config_hash: str
@@ -20,3 +23,8 @@ class HeadSpec:
     lr: float
     wd: float
     seed: int
+    recipe: Recipe | None = None
+
+    @property
+    def training(self) -> Recipe:
+        return self.recipe or recipes.harness_default(self.optimizer)

@@ -8,7 +8,8 @@ and its prefix tokens; loads are strict. The `Backbone` wrapper runs the blocks 
 
 References: MAE https://github.com/facebookresearch/mae, SimMIM https://github.com/microsoft/SimMIM,
 DINO https://github.com/facebookresearch/dino, iBOT https://github.com/bytedance/ibot,
-I-JEPA https://github.com/facebookresearch/ijepa.
+I-JEPA https://github.com/facebookresearch/ijepa, DINOv2 https://github.com/facebookresearch/dinov2,
+DINOv3 https://github.com/facebookresearch/dinov3, MoCo v3 https://github.com/facebookresearch/moco-v3.
 """
 
 from __future__ import annotations
@@ -49,22 +50,45 @@ def _select(ckpt: Any, entry: BackboneEntry, checkpoint_key: str | None, path: P
         candidates: tuple[str | None, ...] = (checkpoint_key,)
     else:
         candidates = (entry.checkpoint_key,) + families()[entry.family].released_layout
+    family = families()[entry.family]
     for key in candidates:
         if key is None and _is_state_dict(ckpt):
             return ckpt
         if key is not None and _is_state_dict(ckpt.get(key)):
             return ckpt[key]
+        if family.subnetwork is not None and _is_state_dict(inner := family.subnetwork(ckpt, key)):
+            return inner
     wanted = " or ".join(dict.fromkeys("the top level" if k is None else f"key {k!r}" for k in candidates))
+    inner_names = f" (or one of its sub-networks: {', '.join(family.subnetworks)})" if family.subnetworks else ""
     raise HarnessError(f"{path}: found no state dict at {wanted} (for backbone {entry.name!r}, family "
                        f"{entry.family}); keys present: {_listing(ckpt)}. Set checkpoint_key in the entry (or in an "
-                       f"entry with extends = {entry.name!r}) to one of them, or check that the file belongs to "
-                       "this family.")
+                       f"entry with extends = {entry.name!r}) to one of them{inner_names}, or check that the file "
+                       "belongs to this family.")
 
 
 def convert_checkpoint(ckpt: Any, entry: BackboneEntry, checkpoint_key: str | None = None,
                        path: Path = Path("<checkpoint>")) -> dict[str, Tensor]:
     """The timm state dict of the sub-network to evaluate in a loaded checkpoint of `entry`'s family."""
-    return families()[entry.family].convert(_select(ckpt, entry, checkpoint_key, path))
+    sd = _select(ckpt, entry, checkpoint_key, path)
+    try:
+        return families()[entry.family].convert(sd)
+    except ValueError as e:
+        raise _misfit(entry, path, e) from None
+
+
+def fit_to_model(sd: Mapping[str, Tensor], model: nn.Module, entry: BackboneEntry,
+                 path: Path = Path("<checkpoint>")) -> dict[str, Tensor]:
+    """The converted state dict fitted to the built model (its grid, its rebuilt buffers), where the family needs it."""
+    fit = families()[entry.family].fit
+    try:
+        return fit(sd, model) if fit is not None else dict(sd)
+    except ValueError as e:
+        raise _misfit(entry, path, e) from None
+
+
+def _misfit(entry: BackboneEntry, path: Path, e: ValueError) -> HarnessError:
+    return HarnessError(f"{path}: does not fit backbone {entry.name!r} ({entry.family}, {entry.arch}): {e}; "
+                        f"accepted: a {entry.family} release file of this layout.")
 
 
 def _listing(keys: Any, limit: int = 8) -> str:
@@ -96,7 +120,8 @@ def build_model(entry: BackboneEntry, **arch_overrides: Any) -> nn.Module:
     if bad:
         raise HarnessError(f"architecture override {bad[0]!r} for backbone {entry.name!r} is not accepted; "
                            f"accepted: {', '.join(ARCH_OVERRIDE_KEYS)}.")
-    kwargs = {**families()[entry.family].arch_kwargs, **entry.arch_overrides, **arch_overrides}
+    kwargs = {"img_size": entry.img_size, **families()[entry.family].arch_kwargs, **entry.arch_overrides,
+              **arch_overrides}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_init_seed(entry))
         try:
@@ -109,7 +134,8 @@ def build_model(entry: BackboneEntry, **arch_overrides: Any) -> nn.Module:
 
 
 class Backbone(nn.Module):
-    """A frozen ViT that returns tokens: [cls] first where the family has one, after or before the final norm."""
+    """A frozen ViT that returns tokens: its prefix tokens ([cls], then registers or storage tokens where the
+    family has them) first, then the patches, after or before the final norm."""
 
     def __init__(self, model: nn.Module, entry: BackboneEntry, weights_sha256: str):
         super().__init__()
@@ -169,5 +195,5 @@ def load_backbone(name: BackboneEntry | str, weights: str | Path | None = None, 
     path, sha256 = resolve_weights(entry, weights, expected_sha256)  # file problems surface before a model is built
     sd = convert_checkpoint(load_checkpoint(path), entry, checkpoint_key, path)
     model = build_model(entry, **arch_overrides)
-    _load_strict(model, sd, entry, path)
+    _load_strict(model, fit_to_model(sd, model, entry, path), entry, path)
     return Backbone(model, entry, sha256).to(device)

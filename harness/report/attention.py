@@ -7,7 +7,6 @@ Pure functions of the attention table (`harness.results.attention`): no torch, n
 from __future__ import annotations
 
 import math
-from html import escape
 
 import pandas as pd
 from rich.console import Console
@@ -15,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.report.markdown import md_escape, md_table
+from harness.report.plain import html_text
 from harness.report.svg import _n, _text, color
 from harness.results.attention import METRICS
 
@@ -129,7 +129,7 @@ def depth_plot(metric: str, g: pd.DataFrame, keys: list[tuple[str, str]]) -> str
 
     title = METRICS[metric]
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot depth-plot" width="{_W}" height="{_H}" '
-             f'viewBox="0 0 {_W} {_H}" role="img">', f"<title>{escape(title)}</title>",
+             f'viewBox="0 0 {_W} {_H}" role="img">', f"<title>{html_text(title)}</title>",
              _text(_W / 2, 16, SHORT[metric] + " by block", extra=' class="plot-title"'),
              f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" class="frame"/>']
     for b in range(0, x1 + 1, max(1, math.ceil((x1 + 1) / 8))):
@@ -146,7 +146,7 @@ def depth_plot(metric: str, g: pd.DataFrame, keys: list[tuple[str, str]]) -> str
         points = " ".join(f"{_n(px(b))},{_n(py(v))}" for b, v in zip(part["block"], part["value"]))
         style = dash.get(kind, ' stroke-dasharray="1 3"')
         parts.append(f'<polyline class="curve" points="{points}" fill="none" stroke="{color(i)}"{style}>'
-                     f"<title>{escape(f'{_label(first)} on {dataset} ({kind})')}</title></polyline>")
+                     f"<title>{html_text(f'{_label(first)} on {dataset} ({kind})')}</title></polyline>")
         y = _T + 10 + 14 * line
         parts.append(f'<line x1="{_W - _R + 8}" y1="{y}" x2="{_W - _R + 26}" y2="{y}" stroke="{color(i)}"{style}/>')
         parts.append(_text(_W - _R + 30, y + 4, f"{first.backbone} ({kind})", anchor="start",
@@ -164,9 +164,9 @@ def html_section(frame: pd.DataFrame) -> str:
              "Solid lines: masked image modelling (MIM); dashed: joint embedding (JEA). The statements are the "
              "paper's; the numbers are measured here.</p>"]
     for text, names, rows in statement_rows(frame):
-        head = "".join(f"<th>{escape(h)}</th>" for h in ("backbone", "dataset", "objective", "block", *names))
-        body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-        parts.append(f"<h3>{escape(text)} (last block)</h3><table class=\"sortable\"><thead><tr>{head}</tr></thead>"
+        head = "".join(f"<th>{html_text(h)}</th>" for h in ("backbone", "dataset", "objective", "block", *names))
+        body = "".join("<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>" for row in rows)
+        parts.append(f"<h3>{html_text(text)} (last block)</h3><table class=\"sortable\"><thead><tr>{head}</tr></thead>"
                      f"<tbody>{body}</tbody></table>")
     mean = _means(frame)
     keys = sorted(set(zip(mean["backbone"], mean["dataset"])))

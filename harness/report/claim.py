@@ -27,20 +27,19 @@ Random-init demo backbones are labelled "(random-init)" in every output: their n
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from scipy import special
 
 from harness.report.boards import Curve
 from harness.report.svg import lr_plot
 from harness.report.markdown import md_escape, md_table
+from harness.report.plain import html_text, markup_text
 from harness.results.selection import Selection, select
 
 CLS, MEAN = "cls", "mean"
@@ -461,20 +460,20 @@ def claim_terminal(table: pd.DataFrame, console: Console) -> None:
         return
     caption = "d = mean - cls, top-1 points; TOST at the grid's margin, alpha 0.05"
     if console.width >= WIDE_TERMINAL:
-        out = Table(title=escape(TITLE), caption=caption)
+        out = Table(title=markup_text(TITLE), caption=caption)
         for header in VERDICT_HEADERS:
-            out.add_column(escape(header), overflow="fold")
+            out.add_column(markup_text(header), overflow="fold")
         for row in _display_rows(table):
-            out.add_row(*(escape(cell) for cell in row))
+            out.add_row(*(markup_text(cell) for cell in row))
         console.print(out)
     else:  # thirteen columns do not fit: one two-column record per backbone, dataset and protocol
-        console.print(escape(TITLE), style="bold", highlight=False)
+        console.print(markup_text(TITLE), style="bold", highlight=False)
         for row in _display_rows(table):
-            record = Table(title=escape(" · ".join(row[:3])), show_header=False, title_justify="left")
+            record = Table(title=markup_text(" · ".join(row[:3])), show_header=False, title_justify="left")
             record.add_column(style="bold")
             record.add_column(overflow="fold")
             for header, cell in zip(VERDICT_HEADERS[3:], row[3:]):
-                record.add_row(escape(header), escape(cell))
+                record.add_row(markup_text(header), markup_text(cell))
             console.print(record)
         console.print(caption, markup=False, highlight=False)
     for note in _notes(table):
@@ -489,26 +488,26 @@ def _svg(points: list[Point], optimum: dict[str, float], title: str) -> str:
     curves = [Curve(title, agg, tuple(p[1] for p in line), tuple(p[2] for p in line), tuple(p[3] for p in line))
               for agg in (CLS, MEAN) if (line := [p for p in ok if p[0] == agg])]
     return lr_plot(title, curves, (CLS, MEAN), optimum, css_class="claim-plot") or \
-        f'<p class="claim-nocurve">No curve: {html.escape(title)} has no ok heads at a positive lr.</p>'
+        f'<p class="claim-nocurve">No curve: {html_text(title)} has no ok heads at a positive lr.</p>'
 
 
 def claim_html(claim: ClaimAnalysis) -> str:
     """An escaped HTML fragment: verdict table, method, and an inline SVG of top-1 against lr per backbone."""
     table = claim.table
-    out = [f'<section class="claim" id="claim"><h2>{html.escape(TITLE)}</h2>', f"<p>{html.escape(METHOD)}</p>"]
+    out = [f'<section class="claim" id="claim"><h2>{html_text(TITLE)}</h2>', f"<p>{html_text(METHOD)}</p>"]
     if table.empty:
-        return "\n".join(out + [f"<p>{html.escape(EMPTY)}</p></section>"])
-    out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in VERDICT_HEADERS)
+        return "\n".join(out + [f"<p>{html_text(EMPTY)}</p></section>"])
+    out.append("<table><thead><tr>" + "".join(f"<th>{html_text(h)}</th>" for h in VERDICT_HEADERS)
                + "</tr></thead><tbody>")
     for row, verdict in zip(_display_rows(table), table["verdict"]):
         out.append(f'<tr class="verdict-{verdict.replace(" ", "-")}">'
-                   + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+                   + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>")
     out.append("</tbody></table>")
     notes = _notes(table)
     if notes:
-        out.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
+        out.append("<ul>" + "".join(f"<li>{html_text(note)}</li>" for note in notes) + "</ul>")
     out.append("<h3>Top-1 against learning rate (mean over seeds; large dot = selected optimum)</h3>")
     for title, points, optimum, _ in _curve_groups(claim):
-        out.append(f"<figure>{_svg(points, optimum, title)}<figcaption>{html.escape(title)}</figcaption></figure>")
+        out.append(f"<figure>{_svg(points, optimum, title)}<figcaption>{html_text(title)}</figcaption></figure>")
     out.append("</section>")
     return "\n".join(out)

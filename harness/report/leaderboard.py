@@ -19,6 +19,7 @@ from harness.report.html import html_page
 from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
 from harness.results.selection import select
 from harness.report.markdown import md_escape, md_table
+from harness.report.plain import printable
 from harness.registry import Registry
 from harness.results.attention import read_attention
 from harness.results.store import read_results
@@ -39,7 +40,7 @@ def _md_board(board: Board) -> list[str]:
             text = f"**{md_escape(cell.text())}**" if cell.best else md_escape(cell.text())
             cells.append(", ".join(t for t in (text, cell.gain_text()) if t))
         rows.append([md_escape(row.label), *cells, md_escape(row.published_text())])
-    lines = [f"## {md_escape(board.title)}", "", board.source_text(), ""]
+    lines = [f"## {md_escape(board.title)}", "", md_escape(board.source_text()), ""]
     lines += md_table(["backbone", *board.aggregators, "published"], rows)
     if board.has_random_init:
         lines += ["", f"> {RANDOM_INIT_NOTE}"]
@@ -65,16 +66,16 @@ def markdown_page(boards: list[Board], claim_section: str) -> str:
 def render_terminal(boards: list[Board], console: Console) -> None:
     """The boards (`build_boards`) as rich Tables (cells are Text, so names are never read as rich markup)."""
     for board in boards:
-        table = Table(title=Text(board.title), caption=Text(board.source_text()), show_lines=False)
+        table = Table(title=Text(printable(board.title)), caption=Text(printable(board.source_text())))
         for name in ("backbone", *board.aggregators, "published"):
-            table.add_column(Text(name), overflow="fold")
+            table.add_column(Text(printable(name)), overflow="fold")
         for row in board.rows:
-            cells = [Text(row.label)]
+            cells = [Text(printable(row.label))]
             for agg in board.aggregators:
                 cell = row.cells.get(agg)
                 text = "—" if cell is None else " ".join(t for t in (cell.text(), cell.gain_text()) if t)
-                cells.append(Text(text, style="bold green" if cell is not None and cell.best else ""))
-            table.add_row(*cells, Text(row.published_text()))
+                cells.append(Text(printable(text), style="bold green" if cell is not None and cell.best else ""))
+            table.add_row(*cells, Text(printable(row.published_text())))
         console.print(table)
         if board.has_random_init:
             console.print(Text(RANDOM_INIT_NOTE, style="yellow"))

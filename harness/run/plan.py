@@ -12,10 +12,12 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 
+from harness.heads import recipes
+from harness.heads.recipes import Recipe
 from harness.models.digests import cached_sha256
 from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_only
 from harness.heads.spec import HeadSpec
-from harness.registry import BackboneEntry, DatasetEntry, Grid, Registry
+from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, Registry
 
 
 @dataclass(frozen=True)
@@ -81,16 +83,19 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                       "dataset": _dataset_identity(dataset), **settings}
             heads = []
             for group in grid.heads:
-                agg = registry.aggregator(group.aggregator)
-                options = {**agg.options, **group.options}
+                recipe = recipes.resolve(group.recipe, group.recipe_options) if group.recipe else None
+                agg = trained_entry(registry.aggregator(group.aggregator), recipe)
+                options = {**agg.options, **(recipe.options_for(agg.kind) if recipe else {}), **group.options}
+                # a head without a recipe keeps the hash it had before recipes existed
+                training = {"recipe": recipe.describe()} if recipe else {}
                 for seed in grid.seeds:
                     for lr in group.lrs:
                         for wd in group.wds:
                             config = {**shared, "aggregator": {"name": agg.name, "kind": agg.kind, "tap": agg.tap,
                                                                "options": options},
-                                      "optimizer": group.optimizer, "lr": lr, "wd": wd, "seed": seed}
+                                      "optimizer": group.optimizer, "lr": lr, "wd": wd, "seed": seed, **training}
                             heads.append(HeadSpec(head_id(agg.name, lr, wd, seed), _digest(config), agg,
-                                                  options, group.optimizer, lr, wd, seed))
+                                                  options, group.optimizer, lr, wd, seed, recipe))
             trials.append(TrialPlan(
                 trial_id=_digest(shared)[:16], grid=grid.name, backbone=backbone_name, dataset=dataset_name,
                 **settings, claim_margin=grid.claim_margin, heads=tuple(heads), backbone_entry=backbone,
@@ -98,6 +103,11 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                 weights=weights.get(backbone_name), weights_sha256=sha256, provenance=dict(provenance or {}),
             ))
     return trials
+
+
+def trained_entry(entry: AggregatorEntry, recipe: Recipe | None) -> AggregatorEntry:
+    """The aggregator entry as a recipe trains it: MAE's global pool reads the tokens before the final norm."""
+    return replace(entry, tap=recipe.tap_for(entry.kind, entry.tap)) if recipe else entry
 
 
 def without_done(trials: list[TrialPlan], done: set[str]) -> list[TrialPlan]:

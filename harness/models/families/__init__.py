@@ -16,6 +16,11 @@ Family fields:
   (None = the whole file is the state dict), tried after that key.
 - `prefix_tokens`: entry -> tokens before the patch tokens ([cls], registers); by default 1 with a [cls] token.
   The timm model built for an entry must agree (checked when a backbone loads).
+- `fit`: (converted state dict, built timm model) -> the state dict to load, for a file that must be fitted to the
+  model: a position table resampled to its grid by the family's own rule, buffers timm rebuilds (RoPE periods).
+  Raises ValueError when the file cannot fit. Torch, where needed, is imported inside it.
+- `subnetworks` / `subnetwork`: for files whose sub-networks share one state dict under prefixes (MoCo v3's two
+  encoders): their names, and (checkpoint, name) -> that sub-network's state dict, or None.
 """
 
 from __future__ import annotations
@@ -44,6 +49,9 @@ class Family:
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     released_layout: tuple[str | None, ...] = ()
     prefix_tokens: Callable[[BackboneEntry], int] = class_token_only
+    fit: Callable[[StateDict, Any], dict[str, Any]] | None = None
+    subnetworks: tuple[str, ...] = ()
+    subnetwork: Callable[[StateDict, str | None], StateDict | None] | None = None
 
 
 BUILTIN = (  # in the order listings and error messages show them
@@ -52,6 +60,10 @@ BUILTIN = (  # in the order listings and error messages show them
     "dino",
     "ibot",
     "ijepa",
+    "dinov2",
+    "dinov2_reg",
+    "dinov3",
+    "mocov3",
 )
 _FAMILIES: Plugins[Family] = Plugins("backbone family", __name__, BUILTIN)
 register, families = _FAMILIES.register, _FAMILIES.all
