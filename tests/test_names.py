@@ -102,7 +102,9 @@ def test_sweep_progress_reads_no_markup_and_sends_no_escapes():
     from harness.run.sweep import _StoreAndShow
 
     plan = TrialPlan(trial_id="t", grid="g", backbone=EVIL, dataset="digits", protocol="cached", epochs=1,
-                     batch_size=8, warmup_epochs=0, claim_margin=0.5, heads=())
+                     batch_size=8, warmup_epochs=0, claim_margin=0.5, heads=(),
+                     backbone_entry=load_registry().backbone("demo-mae-tiny"),
+                     dataset_entry=load_registry().dataset("digits"))
     out = io.StringIO()
     show = _StoreAndShow([plan], Path("unused"), Console(file=out, width=300, force_terminal=False))
     show._set(SimpleNamespace(config={"index": 0}), "running")  # a MarkupError here aborted the sweep
