@@ -22,7 +22,7 @@ def make_row(**overrides) -> dict:
         "weights_sha256": "", "dataset": "digits", "num_classes": 10, "train_size": 1145, "val_size": 202,
         "test_size": 450, "split_seed": 0, "aggregator": "cls", "aggregator_kind": "cls",
         "aggregator_options": "{}", "token_tap": "norm", "protocol": "cached", "optimizer": "lars", "lr": 0.1,
-        "wd": 0.0, "epochs": 2, "batch_size": 64, "seed": 0, "claim_margin": 0.5,
+        "wd": 0.0, "epochs": 2, "batch_size": 64, "warmup_epochs": 0, "seed": 0, "claim_margin": 0.5,
         "status": "ok", "error": "", "diverged_step": None, "val_top1": 50.0, "val_top5": 90.0, "test_top1": 48.0,
         "test_top5": 88.0, "train_loss": 1.0, "wall_s": 1.0, "backbone_passes": 1797, "images_per_s": 100.0,
         "harness_version": "0.1.0", "git_commit": "abc", "torch_version": "2", "timm_version": "1", "ray_version": "2",

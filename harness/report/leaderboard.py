@@ -14,15 +14,16 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.report.attention import html_section, markdown_section
-from harness.report.claim import INPUT_COLUMNS, claim_analysis, claim_html, claim_markdown
+from harness.report.claim import INPUT_COLUMNS, LoadCorrect, claim_analysis
+from harness.report.claim_pages import claim_html, claim_markdown
 from harness.report.html import html_page
 from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
-from harness.results.selection import select
 from harness.report.markdown import md_escape, md_table
 from harness.report.plain import printable
 from harness.registry import Registry
 from harness.results.attention import read_attention
-from harness.results.store import read_results
+from harness.results.selection import select
+from harness.results.store import read_correct, read_results
 
 # The store columns a regeneration reads (boards and claim section): far faster than all of them on large stores.
 COLUMNS = tuple(dict.fromkeys((*BOARD_COLUMNS, *INPUT_COLUMNS)))
@@ -82,12 +83,14 @@ def render_terminal(boards: list[Board], console: Console) -> None:
 
 
 def leaderboard_pages(results: pd.DataFrame, registry: Registry | None = None,
-                      attention: pd.DataFrame | None = None) -> tuple[list[Board], dict[str, str]]:
-    """The boards and both pages (file name -> text) of a results frame and attention table: one selection feeds
-    the boards and the claim, whose analysis is computed once for both pages."""
+                      attention: pd.DataFrame | None = None,
+                      load_correct: LoadCorrect | None = None) -> tuple[list[Board], dict[str, str]]:
+    """The boards and both pages (file name -> text) of a results frame, attention table and test predictions
+    (`load_correct`, see `claim_analysis`): one selection feeds the boards and the claim, whose analysis is computed
+    once for both pages."""
     selection = select(results)
     boards = build_boards(results, registry, selection)
-    claim = claim_analysis(results, selection)
+    claim = claim_analysis(results, load_correct, selection)
     attention = pd.DataFrame() if attention is None else attention
     return boards, {"leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention)),
                     "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention))}
@@ -107,7 +110,12 @@ def write_pages(root: Path, texts: dict[str, str]) -> list[Path]:
     return paths
 
 
+def store_pages(root: Path, results: pd.DataFrame, registry: Registry | None = None) -> tuple[list[Board], dict]:
+    """`leaderboard_pages` of the store under `root`, whose results the caller has read (`read_results(root,
+    COLUMNS)`), with that folder's attention tables and test predictions."""
+    return leaderboard_pages(results, registry, read_attention(root), lambda hashes: read_correct(root, hashes))
+
+
 def write_leaderboards(root: Path, registry: Registry | None = None) -> list[Path]:
     """Regenerate `root/leaderboard.md` and `root/leaderboard.html` from the store under `root`."""
-    results = read_results(root, COLUMNS)
-    return write_pages(root, leaderboard_pages(results, registry, read_attention(root))[1])
+    return write_pages(root, store_pages(root, read_results(root, COLUMNS), registry)[1])

@@ -18,6 +18,8 @@ from harness.results import store
 from harness.models.backbones import Backbone, load_backbone
 from harness.tokens.space import summary_only
 from harness.data.splits import Splits, load_splits
+from harness.data.device_feed import on_device
+from harness.heads.precision import head_matmuls
 from harness.heads.bank import HeadBank, HeadOutcome
 from harness.heads.spec import HeadSpec
 from harness.run.plan import TrialPlan
@@ -43,8 +45,9 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[list[dict], list[dict]]:
-    """Extract tokens once per split, train the head bank, and return (result rows, curve rows)."""
+def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[list[dict], list[dict], list[dict]]:
+    """Extract tokens once per split, train the head bank, and return (result rows, curve rows, prediction
+    records: every ok head's top-1 class per test image)."""
     device = torch.device(device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -54,7 +57,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
     sizes = splits.sizes()
     bank = make_bank(plan, backbone, splits, device)
     passes, extracted, extract_s = 0, 0, 0.0
-    outcomes = bank.outcomes
+    outcomes, test_labels = bank.outcomes, None
     if bank.live():
         # the protocol's batch size is the heads'; the backbone sees at most EXTRACT_BATCH images at once
         extract_batch = min(plan.batch_size, EXTRACT_BATCH)
@@ -72,16 +75,20 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
                                                      batch_size=extract_batch, device=device)
             extract_s += time.perf_counter() - t
             extracted += n
-        passes = extracted
+        passes, test_labels = extracted, token_sets["test"].labels.numpy()
         if plan.protocol == "online":
             loader = online_loader(splits.augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
                                    num_workers=loader_workers(device), pin_memory=device.type == "cuda")
-            outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
-                                       epochs=plan.epochs, device=device, forward_chunk=extract_batch)
+            if device.type == "cuda":  # JPEG decode and augmentation on the GPU, where the dataset has files
+                loader = on_device(loader, splits.augmented, backbone.entry, device) or loader
+            with head_matmuls(device):
+                outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
+                                           epochs=plan.epochs, device=device, forward_chunk=extract_batch)
             passes += n
         else:
-            outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
-                                    epochs=plan.epochs, batch_size=plan.batch_size, device=device)
+            with head_matmuls(device):
+                outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
+                                        epochs=plan.epochs, batch_size=plan.batch_size, device=device)
     shared = {
         **trial_columns(plan, backbone.entry, started), "weights_sha256": backbone.weights_sha256,
         "num_classes": splits.num_classes, "train_size": sizes["train"], "val_size": sizes["val"],
@@ -92,7 +99,9 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
     rows = [head_row(shared, head, outcome) for head, outcome in zip(plan.heads, outcomes)]
     curves = [{"config_hash": head.config_hash, **point, "schema_version": store.SCHEMA_VERSION}
               for head, outcome in zip(plan.heads, outcomes) for point in outcome.curves]
-    return rows, curves
+    predictions = [store.prediction_record(head.config_hash, outcome.test_predicted.numpy(), test_labels)
+                   for head, outcome in zip(plan.heads, outcomes) if outcome.test_predicted is not None]
+    return rows, curves, predictions
 
 
 def make_bank(plan: TrialPlan, backbone: Backbone, splits: Splits, device: torch.device) -> HeadBank:
@@ -122,7 +131,8 @@ def trial_columns(plan: TrialPlan, entry: BackboneEntry, started: datetime) -> d
     return {
         "trial_id": plan.trial_id, "grid": plan.grid, "backbone": plan.backbone, "family": entry.family,
         "random_init": entry.random_init, "dataset": plan.dataset, "protocol": plan.protocol,
-        "epochs": plan.epochs, "batch_size": plan.batch_size, "claim_margin": plan.claim_margin,
+        "epochs": plan.epochs, "batch_size": plan.batch_size, "warmup_epochs": plan.warmup_epochs,
+        "claim_margin": plan.claim_margin,
         "git_commit": plan.provenance.get("git_commit", ""), **versions(), "started_at": started,
         "ended_at": datetime.now(timezone.utc), "schema_version": store.SCHEMA_VERSION,
     }
