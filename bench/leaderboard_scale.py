@@ -110,7 +110,7 @@ def main() -> None:
         read_s, results = timed(read_results, root, COLUMNS)
         select_s, selection = timed(select, results)
         build_s, boards = timed(build_boards, results, None, selection)
-        claim_s, claim = timed(claim_analysis, results, selection)
+        claim_s, claim = timed(claim_analysis, results, None, selection)
         render_s, _ = timed(lambda: (markdown_page(boards, claim_markdown(claim)),
                                      html_page(boards, claim_html(claim))))
         figures = {
