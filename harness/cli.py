@@ -207,6 +207,10 @@ def _print_plan(console: Console, trials, todo, results) -> None:
     console.print(f"Token cache: {human_bytes(cache)} for the cached-protocol trials"
                   + (" (some sizes unknown)" if any(c.cache_bytes is None and t.protocol == "cached"
                                                     for t, c in zip(trials, costs)) else "") + ".")
+    predictions = [c.predictions_bytes for c in costs]
+    console.print(f"Test predictions: {human_bytes(sum(p or 0 for p in predictions))} added to the results folder "
+                  f"(the top-1 class and correctness of every test image, per head)"
+                  + (" (some test sizes unknown)" if None in predictions else "") + ".")
     hours = [c.hours for c in costs if c.hours is not None]
     unknown = sorted({t.backbone for t, c in zip(trials, costs) if c.hours is None})
     sources: dict[str, set[str]] = {}

@@ -40,7 +40,7 @@ def generate(cls_peak: float = 80.0, mean_peak: float = 80.0, noise: float = 0.0
             for lr in lrs:
                 acc = peak - 4.0 * (math.log10(lr) - math.log10(opt)) ** 2 + shift
                 rows.append(dict(backbone=backbone, random_init=random_init, dataset="ds", protocol=protocol,
-                                 grid=grid, optimizer=optimizer, epochs=90, batch_size=1024, warmup_epochs=10,
+                                 grid=grid, optimizer=optimizer, recipe="", epochs=90, batch_size=1024, warmup_epochs=10,
                                  token_tap="norm", aggregator_options="{}", aggregator=agg, aggregator_kind=agg,
                                  seed=s, lr=lr, wd=0.0, status="ok", val_top1=acc + rng.normal(0.0, 1e-3),
                                  test_top1=acc, claim_margin=margin,
@@ -277,6 +277,12 @@ def test_another_grid_in_the_folder_changes_no_verdict():
     assert mixed[mixed["grid"] == "claim"].reset_index(drop=True).equals(alone)
     assert alone.iloc[0].verdict == "equivalent"
     assert mixed[mixed["grid"] == "full"].iloc[0].verdict == "grid too narrow"
+    # a named recipe in the same grid (its settings changed between runs) is its own group too
+    recipe = claim.assign(recipe="mae-linprobe", config_hash=claim["config_hash"] + "/r",
+                          test_top1=claim["test_top1"] + 5.0 * (claim["aggregator"] == "mean"))
+    both = claim_table(pd.concat([recipe, claim]))
+    assert both["recipe"].tolist() == ["", "mae-linprobe"] and both.iloc[[0]].reset_index(drop=True).equals(alone)
+    assert both.iloc[1].verdict == "mean better"
 
 
 def test_a_seed_failing_at_the_cls_lr_counts_against_mean():

@@ -212,8 +212,8 @@ def test_html_page_in_headless_chromium(tmp_path, registry):
 def test_another_grid_in_the_folder_is_its_own_board(registry):
     """`full` and `claim` rows for one backbone and dataset: each grid's board is what it would be alone."""
     claim = _hand()
-    other = [dict(r, grid="full", optimizer="sgd", test_top1=(r["test_top1"] or 0) + 10.0, config_hash=r["config_hash"] + "f")
-             for r in _hand()]
+    other = [dict(r, grid="full", optimizer="sgd", test_top1=(r["test_top1"] or 0) + 10.0,
+                  config_hash=r["config_hash"] + "f") for r in _hand()]
     alone = build_boards(pd.DataFrame(claim), registry)
     boards = build_boards(pd.DataFrame(claim + other), registry)
     assert [b.title for b in boards] == ["digits · cached · grid demo", "digits · cached · grid full"]

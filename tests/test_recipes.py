@@ -334,7 +334,9 @@ def test_a_grid_selects_a_recipe_in_one_word_and_a_trial_trains_by_it(tmp_path: 
     assert trial.heads[1:] == plain.heads[1:]
     rows, curves, _ = run_trial(trial)
     by_agg = {r["aggregator"]: r for r in rows}
+    assert by_agg["cls"]["recipe"] == "dinov2-linear"  # the row names its recipe
     assert all(r["status"] == "ok" for r in rows), [(r["aggregator"], r["error"]) for r in rows]
+    assert {r["aggregator"]: r["recipe"] for r in rows} == {h.aggregator: h.recipe for h in grid.heads}
     assert by_agg["mean"]["token_tap"] == "prenorm"  # MAE --global_pool reads the last block before its norm
     assert json.loads(by_agg["ep"]["aggregator_options"])["num_queries"] == RECIPES["ep-linprobe"].options_for("ep")[
         "num_queries"]

@@ -163,8 +163,8 @@ def test_select_best_matches_a_plain_pandas_rule_on_random_data():
         "aggregator": rng.choice(["cls", "mean", "ep"], n), "seed": rng.integers(0, 3, n),
         "lr": rng.choice([0.001, 0.01, 0.1], n), "wd": rng.choice([0.0, 0.1], n),
         "val_top1": rng.integers(0, 5, n).astype(float), "test_top1": rng.random(n),
-        "status": rng.choice(["ok", "ok", "ok", "diverged"], n), "grid": "g", "optimizer": "sgd", "epochs": 1,
-        "batch_size": 8, "warmup_epochs": 0, "token_tap": "norm", "aggregator_options": "{}"})
+        "status": rng.choice(["ok", "ok", "ok", "diverged"], n), "grid": "g", "optimizer": "sgd", "recipe": "",
+        "epochs": 1, "batch_size": 8, "warmup_epochs": 0, "token_tap": "norm", "aggregator_options": "{}"})
     keys = ["backbone", "dataset", "protocol", "aggregator", "seed"]  # the recipe columns are constant here
     expected = (df[df["status"] == "ok"].sort_values(keys + ["val_top1", "lr", "wd"],
                                                       ascending=[True] * 5 + [False, True, True])

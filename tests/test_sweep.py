@@ -95,7 +95,7 @@ def test_cost_counts_online_epochs_and_cached_tokens(tmp_path):
     digits, cifar = (trial_cost(t, measured_speed={"demo-mae-tiny": 100.0}, measured_images={})
                      for t in trials[:2])
     assert digits.passes == digits.images == 1797 and digits.hours == pytest.approx(1797 / 100 / 3600)
-    assert 1797 * 2 * 64 * 2 < digits.cache_bytes < 1797 * 3 * 64 * 2  # [cls] heads: [cls] + patch mean, float16
+    assert 1797 * 2 * 64 * 4 < digits.cache_bytes < 1797 * 3 * 64 * 4  # [cls] heads: [cls] + patch mean, float32
     attention = expand(reg.grid(_grid_file(tmp_path, '[heads.abmilp]\noptimizer = "lars"\nlr = [0.1]\n')), reg)[0]
     every_token = trial_cost(attention, measured_speed={}, measured_images={})
     assert every_token.cache_bytes > 1797 * 17 * 64 * 2 * 2  # 16 patches + [cls], width 64, float16, 2 taps
@@ -128,6 +128,17 @@ def test_dry_run_prints_trials_passes_cache_and_gpu_hours(capsys, tmp_path):
     assert "63 trials = 63 backbone passes" in out and "8883 heads, 8883 without a result yet" in out
     assert "Token cache:" in out and "GiB" in out and "GPU-hours" in out
     assert "unknown for dinov2-vit-b14-reg4, dinov3-vit-b16 (no registered" in " ".join(out.split())  # not measured yet
+    assert "Test predictions:" in out and "MiB added to the results folder" in out
+
+
+def test_claim_grid_predictions_on_imagenet_stay_well_under_a_gigabyte():
+    """Every head of the claim grid keeps its 50,000 ImageNet test predictions: the dry run says what that costs."""
+    reg = load_registry()
+    trials = [t for t in expand(reg.grid("claim"), reg) if t.dataset == "imagenet-1k"]
+    costs = [trial_cost(t, reg, measured_speed={}, measured_images={}) for t in trials]
+    heads = sum(len(t.heads) for t in trials)
+    assert sum(c.predictions_bytes for c in costs) == pytest.approx(heads * 50_000 * 2.125, abs=len(trials))
+    assert sum(c.predictions_bytes for c in costs) < 0.25e9
 
 
 def test_bad_backbone_name_is_a_user_error(capsys, tmp_path):

@@ -24,6 +24,7 @@ class HeadSpec:
     wd: float
     seed: int
     recipe: Recipe | None = None
+    recipe_label: str = ""  # the results' recipe column: its name and options, "" without a recipe
 
     @property
     def training(self) -> Recipe:

@@ -5,8 +5,9 @@ same results folder never change a cell. Where one grid's aggregator was run wit
 settings changed between runs), each recipe is its own column. A cell is the test top-1 of the val-selected head of
 each seed (see `harness.results.selection`), summarised as mean ± standard deviation over seeds, with the picks kept
 so every figure traces back to its config hashes; it is flagged when its lr* (the most frequent selected lr over
-seeds, as in the claim) sits at an edge of its grid. "Best in row" is marked only where the top cell beats the runner-up beyond the uncertainty (Welch's t at 95%
-over seeds); otherwise the tied cells are shown as such. No torch, no Ray.
+seeds, as in the claim) sits at an edge of its grid. "Best in row" is marked only where the top cell beats the
+runner-up beyond the uncertainty (Welch's t at 95% over seeds); otherwise the tied cells are shown as such.
+No torch, no Ray.
 """
 
 from __future__ import annotations

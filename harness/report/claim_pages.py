@@ -70,7 +70,7 @@ def _verdict(verdict: str, needed, failed: int = 0, n: int = 0) -> str:
 def _display_rows(table: pd.DataFrame) -> list[list[str]]:
     """The verdict table as fixed-format strings, one list per row, in VERDICT_HEADERS order."""
     return [[
-        r.label, r.dataset, r.protocol, r.grid, str(r.n_seeds), f"{r.test_images:,}" if r.test_images else "—",
+        r.label, r.dataset, r.protocol, _grid(r), str(r.n_seeds), f"{r.test_images:,}" if r.test_images else "—",
         _lr(r.cls_lr, r.cls_lr_edge), _lr(r.mean_lr, r.mean_lr_edge), _acc(r.cls_test), _acc(r.mean_test),
         _diff(r.difference, r.ci_low, r.ci_high), _diff(r.difference, r.seed_ci_low, r.seed_ci_high),
         "—" if math.isnan(r.p_tost) else f"{r.p_tost:.3f}", _verdict(r.verdict, r.seeds_needed),
@@ -79,8 +79,12 @@ def _display_rows(table: pd.DataFrame) -> list[list[str]]:
     ] for r in table.itertuples(index=False)]
 
 
+def _grid(r) -> str:
+    return r.grid + (f" ({r.recipe})" if r.recipe else "")
+
+
 def _title(r) -> str:
-    return f"{r.label} · {r.dataset} · {r.protocol} · grid {r.grid}"
+    return f"{r.label} · {r.dataset} · {r.protocol} · grid {_grid(r)}"
 
 
 def _notes(table: pd.DataFrame) -> list[str]:

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field, replace
 from harness.heads import recipes
 from harness.heads.recipes import Recipe
 from harness.models.digests import cached_sha256
-from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_only
 from harness.heads.spec import HeadSpec
+from harness.results.store import predictions_bytes
+from harness.tokens.space import (SUMMARY_TOKEN_BYTES, TOKEN_BYTES, planned_split_sizes, predict_cache_bytes,
+                                  summary_only)
 from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, Registry
 
 
@@ -88,6 +90,7 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                 options = {**agg.options, **(recipe.options_for(agg.kind) if recipe else {}), **group.options}
                 # a head without a recipe keeps the hash it had before recipes existed
                 training = {"recipe": recipe.describe()} if recipe else {}
+                label = recipe_label(group.recipe, group.recipe_options)
                 for seed in grid.seeds:
                     for lr in group.lrs:
                         for wd in group.wds:
@@ -95,7 +98,7 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                                                                "options": options},
                                       "optimizer": group.optimizer, "lr": lr, "wd": wd, "seed": seed, **training}
                             heads.append(HeadSpec(head_id(agg.name, lr, wd, seed), _digest(config), agg,
-                                                  options, group.optimizer, lr, wd, seed, recipe))
+                                                  options, group.optimizer, lr, wd, seed, recipe, label))
             trials.append(TrialPlan(
                 trial_id=_digest(shared)[:16], grid=grid.name, backbone=backbone_name, dataset=dataset_name,
                 **settings, claim_margin=grid.claim_margin, heads=tuple(heads), backbone_entry=backbone,
@@ -103,6 +106,13 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                 weights=weights.get(backbone_name), weights_sha256=sha256, provenance=dict(provenance or {}),
             ))
     return trials
+
+
+def recipe_label(name: str | None, options: dict) -> str:
+    """The results column: the recipe's name and its options (JSON), "" for the harness's own training."""
+    if not name:
+        return ""
+    return name + (f" {json.dumps(options, sort_keys=True)}" if options else "")
 
 
 def trained_entry(entry: AggregatorEntry, recipe: Recipe | None) -> AggregatorEntry:
@@ -135,6 +145,7 @@ class TrialCost:
     cache_bytes: int | None  # token cache of a cached-protocol trial, every split and tap
     hours: float | None  # passes / throughput
     throughput: str  # where the images/s came from
+    predictions_bytes: int | None = None  # every head's stored test predictions (results store)
 
 
 def token_shape(entry: BackboneEntry) -> tuple[int, int | None]:
@@ -159,12 +170,16 @@ def trial_cost(trial: TrialPlan, *, measured_speed: dict[str, float], measured_i
         tokens, width = token_shape(backbone)
         if trial.protocol == "cached" and width is not None:
             aggregators = [h.aggregator for h in trial.heads]
-            if summary_only(a.kind for a in aggregators):
+            summary = summary_only(a.kind for a in aggregators)
+            if summary:
                 tokens = backbone.num_prefix_tokens + 1  # the prefix tokens and the patch mean
             taps = sorted({a.tap for a in aggregators})
-            cache = sum(predict_cache_bytes(n, tokens, width, taps) for n in (sizes.values() if sizes else [images]))
+            token_bytes = SUMMARY_TOKEN_BYTES if summary else TOKEN_BYTES
+            cache = sum(predict_cache_bytes(n, tokens, width, taps, token_bytes)
+                        for n in (sizes.values() if sizes else [images]))
     speed, source = backbone.images_per_s, "registered 1-GPU"
     if speed is None and trial.backbone in measured_speed:
         speed, source = measured_speed[trial.backbone], "measured (earlier results)"
     hours = passes / speed / 3600 if passes is not None and speed else None
-    return TrialCost(images, passes, cache, hours, source if speed else "unknown")
+    predictions = predictions_bytes(len(trial.heads), sizes["test"]) if sizes else None
+    return TrialCost(images, passes, cache, hours, source if speed else "unknown", predictions)

@@ -119,8 +119,8 @@ def head_row(shared: dict, head: HeadSpec, outcome: HeadOutcome) -> dict:
     return {
         **shared, "config_hash": head.config_hash, "head_id": head.head_id, "aggregator": head.aggregator.name,
         "aggregator_kind": head.aggregator.kind, "aggregator_options": json.dumps(head.options, sort_keys=True),
-        "token_tap": head.aggregator.tap, "optimizer": head.optimizer, "lr": head.lr, "wd": head.wd,
-        "seed": head.seed, "status": outcome.status, "error": outcome.error,
+        "token_tap": head.aggregator.tap, "optimizer": head.optimizer, "recipe": head.recipe_label, "lr": head.lr,
+        "wd": head.wd, "seed": head.seed, "status": outcome.status, "error": outcome.error,
         "diverged_step": outcome.diverged_step, "val_top1": outcome.val_top1, "val_top5": outcome.val_top5,
         "test_top1": outcome.test_top1, "test_top5": outcome.test_top5, "train_loss": outcome.train_loss,
     }
