@@ -135,7 +135,7 @@ def test_claim_grid_predictions_on_imagenet_stay_well_under_a_gigabyte():
     """Every head of the claim grid keeps its 50,000 ImageNet test predictions: the dry run says what that costs."""
     reg = load_registry()
     trials = [t for t in expand(reg.grid("claim"), reg) if t.dataset == "imagenet-1k"]
-    costs = [trial_cost(t, reg, measured_speed={}, measured_images={}) for t in trials]
+    costs = [trial_cost(t, measured_speed={}, measured_images={}) for t in trials]
     heads = sum(len(t.heads) for t in trials)
     assert sum(c.predictions_bytes for c in costs) == pytest.approx(heads * 50_000 * 2.125, abs=len(trials))
     assert sum(c.predictions_bytes for c in costs) < 0.25e9
