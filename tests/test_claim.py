@@ -206,7 +206,7 @@ def test_renderers_are_deterministic_escaped_and_label_random_init():
     html_text = claim_html(claim)
     assert html_text == claim_html(claim_shuffled)
     assert "demo&lt;b&gt; (random-init)" in html_text and "demo<b>" not in html_text
-    assert html_text.count("<svg") == 2 and "href=" not in html_text and "src=" not in html_text
+    assert "<svg" not in html_text and "href=" not in html_text and "src=" not in html_text  # boards draw the lr plots
     console = Console(record=True, width=250)
     claim_terminal(claim.table, console)
     text = console.export_text()

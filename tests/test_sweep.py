@@ -204,7 +204,7 @@ def test_progress_without_a_terminal_prints_one_line_per_change():
         show.on_trial_error(0, [], Trial())
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and "demo-dino-tiny/digits: running" in lines[0]
-    assert "failed (4 trials: 0 running, 0 done, 1 failed" in lines[1]
+    assert "failed (0/4 trials done, 0 running, 1 failed" in lines[1]
     assert show.__getstate__()["console"] is None  # Tune pickles callbacks; the console stays with the driver
 
 
@@ -223,7 +223,31 @@ def test_progress_on_a_terminal_is_a_live_table():
         show.on_trial_start(0, [], Trial())
         show.on_trial_recover(0, [], Trial())
     assert show.live is not None and show.state[0] == "retrying"
-    assert "4 trials: 0 running, 0 done, 0 failed" in out.getvalue() and "demo-simmim-tiny" in out.getvalue()
+    assert "0/4 trials done, 0 running, 0 failed" in out.getvalue() and "demo-simmim-tiny" in out.getvalue()
+
+
+def test_progress_shows_each_running_trials_epoch_heads_alive_and_best_val_within_80_columns():
+    from harness.run.sweep import _StoreAndShow
+
+    reg = load_registry()
+    plans = expand(reg.grid(TINY), reg)
+    show = _StoreAndShow(plans, Path("unused"), None)
+
+    class Trial:
+        config = {"index": 0}
+
+    show.on_trial_start(0, [], Trial())
+    show.on_trial_result(0, [], Trial(), {"progress": "[5, 10, 1, 61.5]"})  # what the trial reports per epoch
+    assert show._fraction() == pytest.approx(0.5 / len(plans))
+    console = Console(record=True, width=80)
+    console.print(show.table())
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "[]" not in text
+    assert "5/10" in text and f"1/{len(plans[0].heads)}" in text and "61.50" in text and "pending" in text
+    show.first_start -= 10.0  # 10 s into the first trial, an eighth of the sweep's epochs done
+    assert "ETA 70 s" in show._title()  # from the trials' pace, smooth between trials
+    for plan in plans:
+        assert plan.backbone in text.split()  # names whole
 
 
 # ------------------------------------------------------------------------------------------- on real Ray

@@ -6,27 +6,29 @@ them gives byte-identical files and a diff shows only what the results changed. 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from harness.report.attention import html_section, markdown_section
 from harness.report.claim import INPUT_COLUMNS, LoadCorrect, claim_analysis
 from harness.report.claim_pages import claim_html, claim_markdown
 from harness.report.html import html_page
-from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
+from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, Cell, build_boards
 from harness.report.markdown import md_escape, md_table
 from harness.report.plain import printable
+from harness.report.provenance import PROVENANCE_COLUMNS, provenance_text
+from harness.report.terminal import print_table
 from harness.registry import Registry
 from harness.results.attention import read_attention
 from harness.results.selection import select
-from harness.results.store import read_correct, read_results
+from harness.results.store import read_correct, read_curves, read_results
 
 # The store columns a regeneration reads (boards and claim section): far faster than all of them on large stores.
-COLUMNS = tuple(dict.fromkeys((*BOARD_COLUMNS, *INPUT_COLUMNS)))
+COLUMNS = tuple(dict.fromkeys((*BOARD_COLUMNS, *INPUT_COLUMNS, *PROVENANCE_COLUMNS)))
 
 
 def _md_board(board: Board) -> list[str]:
@@ -54,51 +56,74 @@ def _md_board(board: Board) -> list[str]:
     return lines + [""]
 
 
-def markdown_page(boards: list[Board], claim_section: str) -> str:
-    """The whole Markdown page: one section per board, then the claim section."""
+def markdown_page(boards: list[Board], claim_section: str, footer: str = "") -> str:
+    """The whole Markdown page: one section per board, the claim section, then where it came from."""
     lines = ["# Leaderboard", "", EXPLANATION, ""]
     for board in boards:
         lines += _md_board(board)
     if not boards:
         lines += ["No results yet.", ""]
-    return "\n".join(lines) + "\n" + claim_section.rstrip("\n") + "\n"
+    end = f"\n---\n\n{md_escape(footer)}\n" if footer else ""
+    return "\n".join(lines) + "\n" + claim_section.rstrip("\n") + "\n" + end
 
 
 def render_terminal(boards: list[Board], console: Console) -> None:
-    """The boards (`build_boards`) as rich Tables (cells are Text, so names are never read as rich markup)."""
+    """The boards (`build_boards`) as tables that never cut a backbone name (`print_table`)."""
     for board in boards:
-        table = Table(title=Text(printable(board.title)), caption=Text(printable(board.source_text())))
-        for name in ("backbone", *board.aggregators, "published"):
-            table.add_column(Text(printable(name)), overflow="fold")
+        rows = []
         for row in board.rows:
             cells = [Text(printable(row.label))]
             for agg in board.aggregators:
                 cell = row.cells.get(agg)
                 text = "—" if cell is None else " ".join(t for t in (cell.text(), cell.gain_text()) if t)
-                cells.append(Text(printable(text), style="bold green" if cell is not None and cell.best else ""))
-            table.add_row(*cells, Text(printable(row.published_text())))
-        console.print(table)
+                cells.append(Text(text, style="bold green" if cell is not None and cell.best else ""))
+            rows.append([*cells, Text(row.published_text())])
+        print_table(console, ["backbone", *board.aggregators, "published"], rows, title=board.title,
+                    caption=board.source_text())
         if board.has_random_init:
             console.print(Text(RANDOM_INIT_NOTE, style="yellow"))
 
 
-def leaderboard_pages(results: pd.DataFrame, registry: Registry | None = None,
-                      attention: pd.DataFrame | None = None,
-                      load_correct: LoadCorrect | None = None) -> tuple[list[Board], dict[str, str]]:
-    """The boards and both pages (file name -> text) of a results frame, attention table and test predictions
-    (`load_correct`, see `claim_analysis`): one selection feeds the boards and the claim, whose analysis is computed
-    once for both pages."""
+def boards_json(boards: list[Board]) -> list[dict]:
+    """The boards as `harness leaderboard --format json` prints them: per board its rows, per row a cell per
+    aggregator with the numbers the tables show (mean, sd, n, gain over cls) and each seed's selected head."""
+    def cell(c: Cell) -> dict:
+        return {"mean": c.mean, "std": c.std, "n": c.n, "gain_over_cls": c.gain, "best": c.best, "tied": c.tied,
+                "edge": c.edge, "applicable": c.applicable, "statuses": dict(c.statuses),
+                "picks": [dataclasses.asdict(p) for p in c.picks]}
+
+    return [{"dataset": b.dataset, "protocol": b.protocol, "grids": list(b.grids), "num_results": b.num_results,
+             "aggregators": list(b.aggregators),
+             "rows": [{"backbone": r.backbone, "label": r.label, "random_init": r.random_init,
+                       "published": r.published, "cells": {agg: cell(c) for agg, c in r.cells.items()}}
+                      for r in b.rows]} for b in boards]
+
+
+def leaderboard_pages(results: pd.DataFrame, registry: Registry | None = None, *,
+                      attention: pd.DataFrame | None = None, load_correct: LoadCorrect | None = None,
+                      curves: pd.DataFrame | None = None) -> tuple[list[Board], dict[str, str]]:
+    """The boards and both pages (file name -> text) of a results frame, with the attention tables, the selected
+    heads' test predictions (`load_correct`, see `claim_analysis`) and training curves where given: one selection
+    feeds the boards and the claim, whose analysis is computed once for both pages."""
     selection = select(results)
     boards = build_boards(results, registry, selection)
     claim = claim_analysis(results, load_correct, selection)
     attention = pd.DataFrame() if attention is None else attention
-    return boards, {"leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention)),
-                    "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention))}
+    footer = provenance_text(results)
+    return boards, {
+        "leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention), footer),
+        "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention), footer, curves)}
 
 
-def write_pages(root: Path, texts: dict[str, str]) -> list[Path]:
-    """Write `leaderboard_pages`' texts under `root`, each atomically (a reader never sees half a page)."""
+def regenerate(root: Path, registry: Registry | None = None, *,
+               results: pd.DataFrame | None = None) -> tuple[list[Board], list[Path]]:
+    """Rewrite `root/leaderboard.md` and `root/leaderboard.html` from the store under `root` (`results`: its rows,
+    when the caller has read them with `read_results(root, COLUMNS)`); the boards and the files written. Each
+    page is replaced atomically, so a reader never sees half of one."""
     root = Path(root)
+    results = read_results(root, COLUMNS) if results is None else results
+    boards, texts = leaderboard_pages(results, registry, attention=read_attention(root), curves=read_curves(root),
+                                      load_correct=lambda hashes: read_correct(root, hashes))
     root.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, text in texts.items():
@@ -107,15 +132,9 @@ def write_pages(root: Path, texts: dict[str, str]) -> list[Path]:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
         paths.append(path)
-    return paths
-
-
-def store_pages(root: Path, results: pd.DataFrame, registry: Registry | None = None) -> tuple[list[Board], dict]:
-    """`leaderboard_pages` of the store under `root`, whose results the caller has read (`read_results(root,
-    COLUMNS)`), with that folder's attention tables and test predictions."""
-    return leaderboard_pages(results, registry, read_attention(root), lambda hashes: read_correct(root, hashes))
+    return boards, paths
 
 
 def write_leaderboards(root: Path, registry: Registry | None = None) -> list[Path]:
     """Regenerate `root/leaderboard.md` and `root/leaderboard.html` from the store under `root`."""
-    return write_pages(root, store_pages(root, read_results(root, COLUMNS), registry)[1])
+    return regenerate(root, registry)[1]

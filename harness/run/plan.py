@@ -44,6 +44,7 @@ class TrialPlan:
     provenance: dict = field(default_factory=dict)  # git commit etc., read once by the driver
     cache_dir: str | None = None  # token cache folder (--cache-dir); None: the worker's HARNESS_CACHE_DIR/config
     download: bool = False  # let torchvision download missing datasets (--download)
+    limit_train: int | None = None  # the first N training images per class only (--limit-train)
 
 
 def _digest(obj: object) -> str:
@@ -82,7 +83,8 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
             dataset = registry.dataset(dataset_name)
             settings = grid.settings(dataset_name)
             shared = {"backbone": _backbone_identity(backbone, sha256),
-                      "dataset": _dataset_identity(dataset), **settings}
+                      "dataset": _dataset_identity(dataset), **settings,
+                  **({"limit_train": grid.limit_train} if grid.limit_train else {})}  # old hashes unchanged
             heads = []
             for group in grid.heads:
                 recipe = recipes.resolve(group.recipe, group.recipe_options) if group.recipe else None
@@ -104,6 +106,7 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                 **settings, claim_margin=grid.claim_margin, heads=tuple(heads), backbone_entry=backbone,
                 dataset_entry=dataset,
                 weights=weights.get(backbone_name), weights_sha256=sha256, provenance=dict(provenance or {}),
+                limit_train=grid.limit_train,
             ))
     return trials
 
