@@ -159,7 +159,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     trials = expand(grid, reg, weights=weights)
     todo = trials if args.force else without_done(trials, store.completed_hashes(results_dir))
     if args.dry_run:
-        _print_plan(console, reg, trials, todo, store.read_results(results_dir, _MEASURED_COLUMNS))
+        _print_plan(console, trials, todo, store.read_results(results_dir, _MEASURED_COLUMNS))
         return 0
     total = sum(len(t.heads) for t in trials)
     if not todo:
@@ -215,14 +215,14 @@ def _measured(results) -> tuple[dict[str, float], dict[str, int]]:
     return {k: float(v) for k, v in speed.items()}, {k: int(v) for k, v in images.items()}
 
 
-def _print_plan(console: Console, reg, trials, todo, results) -> None:
+def _print_plan(console: Console, trials, todo, results) -> None:
     """The trials, backbone passes, heads, token cache and estimated hours of a sweep, without running it."""
     from harness.report.terminal import print_table
     from harness.run.plan import trial_cost
     from harness.tokens.space import human_bytes
 
     speed, images = _measured(results)
-    costs = [trial_cost(t, reg, measured_speed=speed, measured_images=images) for t in trials]
+    costs = [trial_cost(t, measured_speed=speed, measured_images=images) for t in trials]
     remaining = {t.trial_id: len(t.heads) for t in todo}
     rows = [[t.backbone, t.dataset, f"{t.protocol} {t.epochs}ep b{t.batch_size}", str(len(t.heads)),
              str(remaining.get(t.trial_id, 0)), _num(c.passes),
