@@ -70,7 +70,7 @@ def prepare(plan: TrialPlan, device: torch.device) -> tuple[Backbone, Splits, He
     """The trial's backbone, splits and head bank, built as `harness.run.trial.run_trial` builds them."""
     backbone = load_backbone(plan.backbone_entry, plan.weights, device=device)
     splits = load_splits(plan.dataset_entry, backbone.entry)
-    return backbone, splits, make_bank(plan, backbone, splits, device)
+    return backbone, splits, make_bank(plan, plan.heads, backbone, splits, device)
 
 
 def extract_all(backbone: Backbone, splits: Splits, bank: HeadBank, plan: TrialPlan,

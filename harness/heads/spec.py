@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from harness.heads import recipes
 from harness.heads.recipes import Recipe
 from harness.registry import AggregatorEntry
+from harness.tokens.layers import DEFAULT_LAYER
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class HeadSpec:
     wd: float
     seed: int
     recipe: Recipe | None = None
+    layer: str = DEFAULT_LAYER  # the blocks it reads (harness.tokens.layers)
     recipe_label: str = ""  # the results' recipe column: its name and options, "" without a recipe
 
     @property
