@@ -66,7 +66,7 @@ def test_nothing_to_run_still_regenerates_a_stale_leaderboard(tmp_path, capsys, 
     grid = load_registry().grid("demo")
     (trial, *_) = expand(grid, load_registry())
     rows = [make_row(backbone=trial.backbone, config_hash=h.config_hash, trial_id=trial.trial_id, lr=h.lr,
-                     seed=h.seed, aggregator=h.aggregator, head_id=h.head_id) for h in trial.heads]
+                     seed=h.seed, aggregator=h.aggregator.name, head_id=h.head_id) for h in trial.heads]
     store.write_trial(tmp_path, rows, [])  # the sweep was killed before its leaderboard
     assert main(["sweep", "--grid", "demo", "--backbones", trial.backbone, "--results-dir", str(tmp_path)]) == 0
     assert "Nothing to run" in capsys.readouterr().out and (tmp_path / "leaderboard.md").is_file()
