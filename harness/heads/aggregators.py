@@ -81,9 +81,15 @@ OPTIONS: dict[str, dict[str, _Option]] = {
 }
 
 
+def _options(kind: str) -> dict[str, _Option]:
+    from harness.heads.poolings import poolings
+
+    return OPTIONS[kind] if kind in OPTIONS else poolings()[kind].options
+
+
 def resolve_options(entry: AggregatorEntry, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Defaults <- entry options <- grid overrides; an unknown option or a bad value raises HarnessError."""
-    spec, overrides = OPTIONS[entry.kind], options or {}
+    spec, overrides = _options(entry.kind), options or {}
     merged = {**entry.options, **overrides}
     for key, value in merged.items():
         where = f"aggregator {entry.name!r} ({'grid options' if key in overrides else entry.source or 'entry'})"
@@ -187,6 +193,12 @@ def _mlp_module(dim: int, hidden: int) -> nn.Module:
     return nn.Sequential(OrderedDict(fc1=nn.Linear(dim, hidden), act=nn.GELU(), fc2=nn.Linear(hidden, dim)))
 
 
+def stat_buffers(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """A pooling's running statistics (an inner BatchNorm's mean and variance, a constant LayerNorm shift), named as
+    in its state_dict; a BatchNorm's step counter is left out (its momentum is fixed)."""
+    return [(k, v) for k, v in module.named_buffers() if not k.endswith("num_batches_tracked")]
+
+
 class StackedPool(nn.Module):
     """A pooling with parameters of its own; subclasses define `stacked`."""
 
@@ -195,11 +207,18 @@ class StackedPool(nn.Module):
         raise NotImplementedError
 
     def own_stack(self) -> Params:
-        """This module's own parameters as a stack of one head."""
-        return {k: v.unsqueeze(0) for k, v in self.named_parameters()}
+        """This module's own parameters and running statistics as a stack of one head (views: a train-mode pass
+        updates the module's own statistics)."""
+        return {k: v.unsqueeze(0) for k, v in (*self.named_parameters(), *stat_buffers(self))}
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.stacked(self.own_stack(), tokens)[0]
+
+    def forward_with_attn(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One head: (pooled, attention weights in the official module's layout), for poolings that expose them
+        through `stacked_with_attn`."""
+        pooled, attn = self.stacked_with_attn(self.own_stack(), tokens)
+        return pooled[0], attn[0]
 
 
 class SelfAttention(nn.Module):
@@ -314,7 +333,8 @@ class QueryPool(StackedPool):
     2 D^2 of a key/value projection.
     """
 
-    def __init__(self, dim: int, skip: int, *, num_heads: int, num_queries: int, depth: int, mlp_ratio: float):
+    def __init__(self, dim: int, skip: int, *, num_heads: int, num_queries: int, depth: int, mlp_ratio: float,
+                 out_proj: bool = False):
         super().__init__()
         if dim % num_heads:
             raise HarnessError(f"query option num_heads={num_heads} does not divide the embedding width {dim}; "
@@ -324,6 +344,8 @@ class QueryPool(StackedPool):
         self.norm1 = nn.LayerNorm(dim)
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
+        if out_proj:  # efficient probing's copy (jepa @ 787b04a) applies xattn.proj; the later upstream code does not
+            self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = _mlp_module(dim, int(dim * mlp_ratio))
         self.blocks = nn.ModuleList(QueryBlock(dim, mlp_ratio) for _ in range(depth - 1))
@@ -355,7 +377,10 @@ class QueryPool(StackedPool):
         attn = _rows_shared(q_in_token_space, normed).softmax(dim=-1)  # (N, B, Q*H, T)
         pooled = (_pool_shared(attn, normed) * gain + shift).view(n, -1, n_q, h, dim)
         y = torch.einsum("nbqhd,nhcd->nbqhc", pooled, w_v) + p["kv.bias"][:, dim:].view(n, 1, 1, h, hd)
-        out = queries[:, None] + y.reshape(n, -1, n_q, dim)
+        y = y.reshape(n, -1, n_q, dim)
+        if "proj.weight" in p:
+            y = _each(y, p["proj.weight"], p["proj.bias"])
+        out = queries[:, None] + y
         out = out + _mlp(p, "mlp.", _layer_norm(out, p["norm2.weight"], p["norm2.bias"], 1e-5))
         for i in range(len(self.blocks)):
             out = _query_block(p, f"blocks.{i}.", out, h)
@@ -445,5 +470,7 @@ def build_head(entry: AggregatorEntry, *, embed_dim: int, num_heads: int, num_pr
                                     qkv_bias=opts["qkv_bias"])
         pooled_dim = dim // opts["d_out"]
     else:
-        raise AssertionError(f"unhandled aggregator kind {entry.kind!r}")
+        from harness.heads.poolings import poolings
+
+        pooler, pooled_dim = poolings()[entry.kind].build(dim, skip, opts)
     return Head(pooler, pooled_dim, num_classes, tap=entry.tap, batchnorm=batchnorm, linear_std=linear_std).float()

@@ -21,7 +21,9 @@ from harness.errors import HarnessError
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "registry"
 FAMILIES = ("mae", "simmim", "dino", "ibot", "ijepa")
-AGGREGATOR_KINDS = ("cls", "mean", "abmilp", "query", "ep")
+AGGREGATOR_KINDS = ("cls", "mean", "abmilp", "query", "ep",  # efficient probing's other poolings (harness/heads/poolings):
+                    "simpool", "esimpool", "clip", "siglip", "aim", "cbam", "coca", "cait", "dinovit", "jepa", "dolg",
+                    "cae")
 TOKEN_TAPS = ("norm", "prenorm")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PROTOCOLS = ("cached", "online")

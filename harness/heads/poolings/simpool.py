@@ -1,0 +1,41 @@
+"""`simpool`: SimPool (billpsomas/efficient-probing poolings/simpool.py `SimPool`, factory: 1 head, no qkv bias,
+gamma off). The query is W_q of the mean of the RAW tokens; keys are W_k of the LayerNorm'd tokens (eps 1e-6) and
+the values are the LayerNorm'd tokens themselves (no value or output projection).
+
+Stacked: the tokens are normalised once for every head; each head's key map and LayerNorm gain are folded into
+its query (W_k^T q * g, the shift moves every score equally) and its gain and shift are applied after pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from harness.heads.aggregators import _CONTENT, Params, StackedPool, _pool_shared, _shared
+from harness.heads.poolings import Pooling
+from harness.heads.poolings.ops import layer_norm, rows_per_image
+
+
+class SimPool(StackedPool):
+    def __init__(self, dim: int, skip: int):
+        super().__init__()
+        self.skip, self.scale = skip, dim ** -0.5
+        self.norm_patches = nn.LayerNorm(dim, eps=1e-6)
+        self.wq = nn.Linear(dim, dim, bias=False)
+        self.wk = nn.Linear(dim, dim, bias=False)
+
+    def stacked_with_attn(self, p: Params, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled (N, B, D), attention (N, B, 1, 1, T) as the official `return_attn`)."""
+        x = tokens[:, self.skip:]
+        normed = layer_norm(x, 1e-6)
+        gain, shift = p["norm_patches.weight"], p["norm_patches.bias"]
+        q = _shared(x.mean(1), p["wq.weight"], None)  # (N, B, D)
+        u = torch.bmm(q, p["wk.weight"]) * gain[:, None] * self.scale
+        attn = rows_per_image(u.unsqueeze(2), normed).softmax(-1)  # (N, B, 1, T)
+        pooled = _pool_shared(attn, normed)[:, :, 0] * gain[:, None] + shift[:, None]
+        return pooled, attn.unsqueeze(2)
+
+    def stacked(self, p: Params, tokens: torch.Tensor) -> torch.Tensor:
+        return self.stacked_with_attn(p, tokens)[0]
+
+
+POOLING = Pooling("simpool", {"content": _CONTENT}, lambda dim, skip, opts: (SimPool(dim, skip), dim))
