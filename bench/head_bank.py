@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from harness.heads.aggregators import build_head
+from harness.heads.head import build_head
 from harness.models.backbones import Backbone, build_model
 from harness.heads.bank import HeadBank, HeadSpec
 from harness.registry import load_registry

@@ -243,6 +243,28 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
     return 0 if status == "SUCCEEDED" else EXIT_FAILED_TRIALS
 
 
+def cmd_weights(args: argparse.Namespace, console: Console) -> int:
+    """Show the weights lock; with --refresh, accept the file now found for each named backbone."""
+    from harness.models import digests
+    from harness.models.weights import local_file
+
+    reg = load_registry()
+    for name in args.refresh:
+        entry = reg.backbone(name)
+        path = local_file(entry) if not entry.random_init else None
+        if path is None:
+            raise HarnessError(f"--refresh {name}: no file of backbone {name!r} in the weights folder or the download "
+                               "cache; accepted: a released backbone whose file is there (a sweep downloads it).")
+        console.print(Text(f"{name}: recorded {path} as sha256 {digests.refresh_lock(name, path)}"))
+    table = Table(title=f"weights lock {setting('weights_lock')}", title_justify="left")
+    for col in ("backbone", "file", "sha256", "recorded at"):
+        table.add_column(col)
+    for name, pin in sorted(digests.read_lock().items()):
+        _row(table, name, str(pin.get("file")), str(pin.get("sha256")), str(pin.get("recorded_at")))
+    console.print(table)
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     from harness.results import store
     from harness.report.leaderboard import COLUMNS, render_terminal, write_leaderboards
@@ -369,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="absolute results folder on the head node (default: HARNESS_RESULTS_DIR there, else "
                         "~/harness-results)")
     p.set_defaults(func=cmd_submit)
+
+    p = add("weights", "show or refresh the weights lock", textwrap.dedent("""\
+        Show the weights lock: the sha256 each released checkpoint without a published hash had at its first use,
+        which every later load must match. --refresh NAME records the file found now instead (after you replaced
+        it on purpose)."""), "example: harness weights --refresh mae-vit-b16")
+    p.add_argument("--refresh", action="append", default=[], metavar="NAME", help="accept the current file of NAME")
+    p.set_defaults(func=cmd_weights)
 
     p = add("leaderboard", "regenerate leaderboards from the results",
             "Regenerate results/leaderboard.md and results/leaderboard.html from the Parquet results alone and "

@@ -20,6 +20,7 @@ _SETTINGS = {
     "data_root": ("HARNESS_DATA_ROOT", "~/.cache/harness/data"),
     "cache_dir": ("HARNESS_CACHE_DIR", "~/.cache/harness/tokens"),
     "results_dir": ("HARNESS_RESULTS_DIR", "results"),
+    "weights_lock": ("HARNESS_WEIGHTS_LOCK", "~/.cache/harness/weights.lock.json"),
 }
 
 

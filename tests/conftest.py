@@ -30,3 +30,9 @@ def fixtures_dir() -> Path:
     if not root.is_dir():
         pytest.fail(f"parity fixtures not found at {root}; set HARNESS_FIXTURES_DIR")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _private_weight_digests(tmp_path, monkeypatch):
+    """Each test records checkpoint hashes (the weights lock and the sha256 cache beside it) in its own folder."""
+    monkeypatch.setenv("HARNESS_WEIGHTS_LOCK", str(tmp_path / "digests" / "weights.lock.json"))

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.heads.aggregators import NotApplicable, build_head, sincos_pos_embed_2d
+from harness.heads.head import build_head
+from harness.heads.kinds import NotApplicable
+from harness.heads.pool.abmilp import sincos_pos_embed_2d
 from harness.errors import HarnessError
 from harness.registry import AggregatorEntry, load_registry
 from conftest import manifests

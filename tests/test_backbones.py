@@ -14,7 +14,8 @@ import harness
 from harness.models.backbones import Backbone, build_model, convert_checkpoint
 from harness.errors import HarnessError
 from harness.registry import ARCH_OVERRIDE_KEYS, load_registry
-from harness.models.weights import load_checkpoint, sha256_of
+from harness.models.digests import sha256_of
+from harness.models.weights import load_checkpoint
 from conftest import fixtures_root, manifests
 
 # The registered ViT-B (or, for I-JEPA, ViT-H) entry whose layout each family's parity fixture shares.

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from harness.heads.aggregators import build_head
+from harness.heads.head import build_head
 from harness.heads.optim import effective_lr, new_state, update
 from harness.heads.bank import HeadBank, HeadSpec, lr_at
 from harness.registry import AggregatorEntry

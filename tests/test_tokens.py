@@ -147,15 +147,16 @@ def test_concurrent_writers_of_one_key_both_get_the_complete_entry(digits, refer
     assert len(_entries(tmp_path)) == 1 and not list(tmp_path.glob("*/*/.tmp-*"))
 
 
-def test_damaged_entry_names_its_folder(digits, tmp_path):
+def test_damaged_entry_is_named_and_rebuilt(digits, reference, tmp_path, caplog):
     dataset_entry, val = digits
     cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm"], cache_dir=tmp_path, batch_size=64,
                   device="cpu")
     (entry,) = _entries(tmp_path)
     (entry / "meta.json").unlink()
-    with pytest.raises(HarnessError, match=f"{entry}.*damaged.*delete that folder"):
-        cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm"], cache_dir=tmp_path, batch_size=64,
-                      device="cpu")
+    tokens, passes = cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm"], cache_dir=tmp_path,
+                                   batch_size=64, device="cpu")
+    assert passes == 203 and torch.equal(tokens.tokens["norm"], reference.tokens["norm"])
+    assert f"{entry} is damaged" in caplog.text and _entries(tmp_path) == [entry]
 
 
 def test_predicted_bytes_bound_what_is_written(digits, tmp_path):
@@ -209,7 +210,7 @@ def test_registered_demo_backbone_through_the_cache(tmp_path):
 
 def test_summary_entries_hold_prefix_and_patch_mean_and_pool_as_all_tokens_do(digits, reference, tmp_path):
     """A [cls]/mean-only trial caches num_prefix + 1 tokens; both heads' poolings read the same from them."""
-    from harness.heads.aggregators import ClsPool, MeanPool
+    from harness.heads.pool.summary import ClsPool, MeanPool
 
     dataset_entry, val = digits
     summary, passes = cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm", "prenorm"],

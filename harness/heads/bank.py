@@ -32,7 +32,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from harness.heads.aggregators import Head, NotApplicable, StackedPool, build_head
+from harness.heads.head import Head, build_head
+from harness.heads.kinds import NotApplicable
+from harness.heads.pool.kernels import StackedPool
 from harness.heads.optim import effective_lr, new_state, update
 from harness.registry import AggregatorEntry
 

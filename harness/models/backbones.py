@@ -239,11 +239,13 @@ class Backbone(nn.Module):
 
 
 def load_backbone(name: str, weights: str | Path | None = None, *, checkpoint_key: str | None = None,
-                  device: str | torch.device = "cpu", **arch_overrides: Any) -> Backbone:
+                  device: str | torch.device = "cpu", expected_sha256: str | None = None,
+                  **arch_overrides: Any) -> Backbone:
     """The registered backbone `name`, frozen on `device`.
 
     `weights` overrides where the file comes from; `checkpoint_key` picks another sub-network of it (e.g. a
-    student); `arch_overrides` change the architecture (e.g. tiny test sizes). `random_init` entries read no file.
+    student); `expected_sha256` is the content `weights` must still have (what the plan hashed);
+    `arch_overrides` change the architecture (e.g. tiny test sizes). `random_init` entries read no file.
     """
     entry = load_registry().backbone(name)
     if entry.random_init:
@@ -251,7 +253,7 @@ def load_backbone(name: str, weights: str | Path | None = None, *, checkpoint_ke
             raise HarnessError(f"backbone {name!r} is a random-init demo variant and reads no weights; pass "
                                "weights only to an entry with released weights.")
         return Backbone(build_model(entry, **arch_overrides), entry, RANDOM_INIT_SHA256).to(device)
-    path, sha256 = resolve_weights(entry, weights)  # file problems surface before a large model is built
+    path, sha256 = resolve_weights(entry, weights, expected_sha256)  # file problems surface before a large model is built
     sd = convert_checkpoint(load_checkpoint(path), entry, checkpoint_key, path)
     model = build_model(entry, **arch_overrides)
     _load_strict(model, sd, entry, path)

@@ -2,9 +2,10 @@
 
 Resolution order: an explicit path (the CLI's `--weights`), the local weights folder
 (`setting("weights_dir")`) holding the entry's file name, the download cache (`setting("download_dir")`),
-then a download from the entry's URL into the cache. A file found by name is checked against the entry's
-sha256 before it is unpickled; an explicit path is the user's own file and is only hashed, so its hash is
-what the results record. Unpickling uses `weights_only=True`: a pickle that would import code is refused.
+then a download from the entry's URL into the cache. A file found by name is checked before it is unpickled
+against the entry's sha256 when the publisher gives one, else against the weights lock (`digests.check_lock`:
+the sha256 recorded at the file's first use); an explicit path is the user's own file and is only hashed (by
+content, cached by path, size and mtime), so its hash is what the plan and the results record. Unpickling uses `weights_only=True`: a pickle that would import code is refused.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import torch
 
 from harness.config import setting
+from harness.models.digests import cached_sha256, check_lock, remember_sha256
 from harness.errors import HarnessError
 from harness.registry import BackboneEntry
 
@@ -42,44 +44,56 @@ def file_name(entry: BackboneEntry) -> str:
                        "accepted: a file name for the weights folder, or a download address.")
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks so multi-GB checkpoints do not sit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+def local_file(entry: BackboneEntry) -> Path | None:
+    """The entry's file in the local weights folder, else in the download cache; None when in neither."""
+    for folder in (setting("weights_dir"), setting("download_dir")):
+        if folder is not None and (folder / file_name(entry)).is_file():
+            return folder / file_name(entry)
+    return None
 
 
-def verify_sha256(path: Path, expected: str | None, what: str) -> str:
-    """The file's sha256; raises when it differs from `expected` (when one is registered)."""
-    actual = sha256_of(path)
-    if expected is not None and actual != expected:
-        raise HarnessError(f"{path}: sha256 is {actual}, but {what} registers {expected}; the file is corrupt, "
-                           "incomplete or a different release. Delete it and download it again.")
+def verify_sha256(path: Path, entry: BackboneEntry) -> str:
+    """The file's sha256; raises when it differs from the entry's registered one, else from the weights lock."""
+    actual = cached_sha256(path)
+    if entry.sha256 is None:
+        check_lock(entry.name, path, actual)
+    elif actual != entry.sha256:
+        raise HarnessError(f"{path}: sha256 is {actual}, but backbone {entry.name!r} ({entry.source}) registers "
+                           f"{entry.sha256}; the file is corrupt, incomplete or a different release. Delete it and "
+                           "download it again.")
     return actual
 
 
-def resolve_weights(entry: BackboneEntry, weights: str | Path | None = None) -> tuple[Path, str]:
-    """The weight file for `entry` and its sha256, found or downloaded in the documented order."""
+def resolve_weights(entry: BackboneEntry, weights: str | Path | None = None,
+                    expected_sha256: str | None = None) -> tuple[Path, str]:
+    """The weight file for `entry` and its sha256, found or downloaded in the documented order; an explicit file
+    must still hash to `expected_sha256` when given (what the plan saw)."""
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise HarnessError(f"weights file {path} (given for backbone {entry.name!r}) does not exist or is not "
                                "a file; accepted: the path of a checkpoint file.")
-        return path, sha256_of(path)
+        actual = cached_sha256(path)
+        if expected_sha256 is not None and actual != expected_sha256:
+            raise HarnessError(f"weights file {path} (given for backbone {entry.name!r}) changed since the sweep "
+                               f"was planned: sha256 {actual}, planned {expected_sha256}; accepted: a file left "
+                               "alone while its sweep runs (rerun the sweep to use the new file).")
+        return path, actual
     name = file_name(entry)
     what = f"backbone {entry.name!r} ({entry.source})"
-    folders = [d for d in (setting("weights_dir"), setting("download_dir")) if d is not None]
-    for folder in folders:
-        if (folder / name).is_file():
-            return folder / name, verify_sha256(folder / name, entry.sha256, what)
+    local = local_file(entry)
+    if local is not None:
+        return local, verify_sha256(local, entry)
     if entry.manual_download or not entry.url:
-        target = folders[0] / name
+        target = (setting("weights_dir") or setting("download_dir")) / name
         raise HarnessError(f"{what}: the file {name} cannot be downloaded by script. {entry.manual_download or ''} "
                            f"Then put it at {target} (or set HARNESS_WEIGHTS_DIR / [paths] weights_dir to its folder, "
                            "or pass its path with --weights).")
-    return download(entry.url, setting("download_dir") / name, entry.sha256, what)
+    path, actual = download(entry.url, setting("download_dir") / name, entry.sha256, what)
+    remember_sha256(path, actual)
+    if entry.sha256 is None:
+        check_lock(entry.name, path, actual)
+    return path, actual
 
 
 def download(url: str, target: Path, expected_sha256: str | None, what: str) -> tuple[Path, str]:

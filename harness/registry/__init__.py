@@ -18,12 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.heads.kinds import kinds, resolve_options
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "registry"
 FAMILIES = ("mae", "simmim", "dino", "ibot", "ijepa")
-AGGREGATOR_KINDS = ("cls", "mean", "abmilp", "query", "ep",  # efficient probing's other poolings (harness/heads/poolings):
-                    "simpool", "esimpool", "clip", "siglip", "aim", "cbam", "coca", "cait", "dinovit", "jepa", "dolg",
-                    "cae")
 TOKEN_TAPS = ("norm", "prenorm")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PROTOCOLS = ("cached", "online")
@@ -303,13 +301,14 @@ def _parse_aggregators(path: Path, data: dict[str, Any]) -> dict[str, Aggregator
         t = _Table(path, table, name)
         out[name] = AggregatorEntry(
             name=name,
-            kind=t.choice("kind", AGGREGATOR_KINDS),
+            kind=t.choice("kind", tuple(kinds())),
             tap=t.choice("tap", TOKEN_TAPS),
             options=dict(t.get("options", dict, {})),
             description=t.get("description", str, ""),
             source=str(path),
         )
         t.finish()
+        resolve_options(out[name])
     return out
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from harness.models.digests import cached_sha256
 from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_only
 from harness.registry import BackboneEntry, DatasetEntry, Grid, Registry
 
@@ -41,6 +42,7 @@ class TrialPlan:
     claim_margin: float
     heads: tuple[HeadPlan, ...]
     weights: str | None = None  # explicit weights file for the backbone (--weights)
+    weights_sha256: str | None = None  # that file's content when planned; the trial refuses another
     provenance: dict = field(default_factory=dict)  # git commit etc., read once by the driver
     cache_dir: str | None = None  # token cache folder (--cache-dir); None: the worker's HARNESS_CACHE_DIR/config
     download: bool = False  # let torchvision download missing datasets (--download)
@@ -57,13 +59,14 @@ def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _backbone_identity(entry: BackboneEntry, weights: str | None) -> dict:
-    """What makes a backbone's tokens what they are: weights identity, architecture and preprocessing."""
+def _backbone_identity(entry: BackboneEntry, weights_sha256: str | None) -> dict:
+    """What makes a backbone's tokens what they are: weights identity (an explicit file by its content, never its
+    path), architecture and preprocessing."""
     return {
         "name": entry.name, "arch": entry.arch, "arch_overrides": entry.arch_overrides, "img_size": entry.img_size,
         "random_init": entry.random_init, "checkpoint_key": entry.checkpoint_key, "mean": entry.mean,
         "std": entry.std, "crop_pct": entry.crop_pct, "interpolation": entry.interpolation,
-        "weights": weights or entry.sha256 or entry.url or entry.filename,
+        "weights": weights_sha256 or entry.sha256 or entry.url or entry.filename,
     }
 
 
@@ -83,10 +86,11 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
     trials = []
     for backbone_name in grid.backbones:
         backbone = registry.backbone(backbone_name)
+        sha256 = cached_sha256(weights[backbone_name]) if backbone_name in weights else None
         for dataset_name in grid.datasets:
             dataset = registry.dataset(dataset_name)
             settings = grid.settings(dataset_name)
-            shared = {"backbone": _backbone_identity(backbone, weights.get(backbone_name)),
+            shared = {"backbone": _backbone_identity(backbone, sha256),
                       "dataset": _dataset_identity(dataset), **settings}
             heads = []
             for group in grid.heads:
@@ -103,7 +107,7 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
             trials.append(TrialPlan(
                 trial_id=_digest(shared)[:16], grid=grid.name, backbone=backbone_name, dataset=dataset_name,
                 **settings, claim_margin=grid.claim_margin, heads=tuple(heads),
-                weights=weights.get(backbone_name), provenance=dict(provenance or {}),
+                weights=weights.get(backbone_name), weights_sha256=sha256, provenance=dict(provenance or {}),
             ))
     return trials
 

@@ -48,7 +48,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     registry = load_registry()
-    backbone = load_backbone(plan.backbone, plan.weights, device=device)
+    backbone = load_backbone(plan.backbone, plan.weights, device=device, expected_sha256=plan.weights_sha256)
     dataset = registry.dataset(plan.dataset)
     splits = load_splits(dataset, backbone.entry, download=plan.download)
     sizes = splits.sizes()

@@ -3,8 +3,9 @@
 The backbone is the expensive part, so every tap a grid asks for comes out of ONE forward per batch, and the
 `cached` protocol writes them once (float16, memory-mapped for training) so a later sweep over the same
 backbone and dataset reruns nothing. A cache entry is one (backbone, weights checksum, dataset, split,
-transform, tap, and every token or only the [cls]/mean summary); it is written in a temporary folder, fsynced,
-and renamed into place as the last step, so an interrupted writer leaves only a temporary folder that is never
+transform, tap, and every token or only the [cls]/mean summary); its meta.json records that key and the sha256
+of its files, and every read verifies both, so a damaged entry or another one's files are rebuilt, never trained
+on. It is written in a temporary folder, fsynced, and renamed into place as the last step, so an interrupted writer leaves only a temporary folder that is never
 read, and two writers of the same key cannot mix their files (the second rename fails and that writer reads the
 first one's entry).
 """
@@ -35,6 +36,7 @@ from harness.registry import BackboneEntry, DatasetEntry
 
 CACHE_FORMAT = 1
 _TMP_PREFIX = ".tmp-"
+_DATA_FILES = ("tokens.npy", "labels.npy")  # hashed into meta.json when written, verified on every read
 log = logging.getLogger(__name__)
 
 
@@ -212,22 +214,38 @@ def cache_entry_dir(cache_dir: Path, key: dict) -> Path:
     return folder / f"{key['split']}.{key['tap']}.{digest}"
 
 
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _open_entry(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(tokens, labels) of a complete entry, memory-mapped; None when there is none."""
+    """(tokens, labels) of a complete entry, memory-mapped, after checking that its files hash to what was written
+    and that it was computed for `key`; None when there is none. A damaged or foreign entry is deleted (with a
+    warning naming it) and None returned, so it is rebuilt and never trained on."""
     if not path.is_dir():
         return None
     try:
         meta = json.loads((path / "meta.json").read_text())
+        problem = "it was computed for another key" if meta.get("key") != _canonical(key) else next(
+            (f"{name} does not hash to the sha256 written with it" for name in _DATA_FILES
+             if _file_sha256(path / name) != meta.get("sha256", {}).get(name)), None)
         tokens = np.load(path / "tokens.npy", mmap_mode="c")
         labels = np.load(path / "labels.npy", mmap_mode="c")
-    except (OSError, ValueError) as e:
-        raise HarnessError(f"token cache entry {path} is damaged ({e}); delete that folder and rerun to "
-                           "rebuild it.") from None
-    consistent = list(tokens.shape) == meta.get("shape") and tokens.shape[0] == len(labels)
-    if meta.get("key") != _canonical(key) or not consistent:
-        raise HarnessError(f"token cache entry {path} does not match its key or shape; delete that folder and "
-                           "rerun to rebuild it.")
-    return torch.from_numpy(tokens), torch.from_numpy(labels)
+    except (OSError, ValueError, AttributeError) as e:
+        problem = f"it cannot be read ({e})"
+    if problem is None and (list(tokens.shape) != meta.get("shape") or tokens.shape[0] != len(labels)):
+        problem = "its shape differs from the one written with it"
+    if problem is None:
+        return torch.from_numpy(tokens), torch.from_numpy(labels)
+    log.warning("token cache entry %s is damaged (%s); deleting it and extracting again", path, problem)
+    doomed = path.parent / f"{_TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}-damaged@{socket.gethostname()}"
+    try:
+        os.rename(path, doomed)  # out of the way at once; a killed delete leaves only a stale temporary
+    except FileNotFoundError:
+        return None  # another reader moved it first
+    shutil.rmtree(doomed, ignore_errors=True)
+    return None
 
 
 def _fsync(path: Path) -> None:
@@ -257,7 +275,8 @@ def _publish(tmp: Path, final: Path, tokens: np.memmap, labels: torch.Tensor, ke
     """Make the entry durable in `tmp`, then rename it to `final`; a concurrent writer's entry wins if first."""
     tokens.flush()
     np.save(tmp / "labels.npy", labels.numpy())
-    meta = {"key": _canonical(key), "shape": list(tokens.shape), "dtype": "float16"}
+    meta = {"key": _canonical(key), "shape": list(tokens.shape), "dtype": "float16",
+            "sha256": {name: _file_sha256(tmp / name) for name in _DATA_FILES}}
     (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
     for file in ("tokens.npy", "labels.npy", "meta.json"):
         _fsync(tmp / file)

@@ -11,22 +11,21 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.heads.kinds import kinds
 from harness.registry import DatasetEntry
 
 TOKEN_BYTES = 2  # float16
 LABEL_BYTES = 8  # int64
 NPY_HEADER_BYTES = 128  # numpy's .npy header for these shapes (padded to a multiple of 64)
 META_BYTES = 2048  # upper bound on one entry's meta.json
-SUMMARY_KINDS = frozenset({"cls", "mean"})  # aggregators that read only the prefix tokens and the patch-token mean
 
 
-def summary_only(kinds: Iterable[str]) -> bool:
+def summary_only(names: Iterable[str]) -> bool:
     """Whether heads of these aggregator kinds need no more than each image's prefix tokens and the mean of its
-    patch tokens: then a cached trial stores those `num_prefix + 1` tokens instead of all (ViT-B/16: 2 of 197)."""
-    kinds = set(kinds)
-    return bool(kinds) and kinds <= SUMMARY_KINDS
-
-
+    patch tokens (their kinds declare `summary_only`): then a cached trial stores those `num_prefix + 1` tokens
+    instead of all (ViT-B/16: 2 of 197)."""
+    names = set(names)
+    return bool(names) and all(kinds()[n].summary_only for n in names)
 def predict_cache_bytes(num_images: int, num_tokens: int, embed_dim: int, taps: Sequence[str]) -> int:
     """Bytes on disk for one split's cache entries, one per tap (tokens, labels, headers, meta); an upper bound."""
     per_tap = (num_images * num_tokens * embed_dim * TOKEN_BYTES + num_images * LABEL_BYTES

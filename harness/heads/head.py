@@ -1,0 +1,59 @@
+"""Readout heads: how a frozen backbone's tokens become class logits.
+
+Every head is `pool -> (BatchNorm1d(affine=False) | nothing) -> Linear`, built by `build_head` from a registry
+entry plus grid overrides and its kind's declaration (harness/heads/kinds). All heads take the same input, the
+backbone's tokens `(B, T, D)` with its `num_prefix_tokens` prefix tokens first, so a head bank can feed one backbone
+pass to every head. Each pooler reproduces its official module (see the fixtures' aggregators folder), but applies
+linear maps that commute with the attention-weighted sum after pooling, on one vector per query, not on every token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.heads.kinds import Dims, NotApplicable, kinds, resolve_options
+from harness.registry import AggregatorEntry
+
+BN_EPS = 1e-6  # MAE main_linprobe, beyond_cls and efficient-probing all use BatchNorm1d(affine=False, eps=1e-6)
+
+
+class Head(nn.Module):
+    """pool -> BatchNorm1d(affine=False, eps 1e-6) or nothing -> Linear; `tap` names the tokens it reads."""
+
+    def __init__(self, pooler: nn.Module, pooled_dim: int, num_classes: int, *, tap: str, batchnorm: bool,
+                 linear_std: float | None):
+        super().__init__()
+        self.tap = tap
+        self.pooler = pooler
+        self.norm = nn.BatchNorm1d(pooled_dim, affine=False, eps=BN_EPS) if batchnorm else nn.Identity()
+        self.linear = nn.Linear(pooled_dim, num_classes)
+        if linear_std is not None:
+            nn.init.trunc_normal_(self.linear.weight, std=linear_std)
+            nn.init.zeros_(self.linear.bias)
+
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, D') before the BatchNorm and the linear layer."""
+        return self.pooler(tokens)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(self.pool(tokens)))
+
+
+def build_head(entry: AggregatorEntry, *, embed_dim: int, num_heads: int, num_prefix_tokens: int,
+               num_classes: int, options: dict[str, Any] | None = None,
+               patch_grid: tuple[int, int] | None = None) -> Head:
+    """The head for `entry` on a backbone of that width, heads and prefix tokens; float32.
+
+    `options` (from a grid) override `entry.options`. Raises NotApplicable for a kind that needs a [cls] token on a
+    backbone without one.
+    """
+    kind = kinds()[entry.kind]
+    opts = resolve_options(entry, options)
+    if kind.needs_cls and num_prefix_tokens == 0:
+        raise NotApplicable(f"aggregator {entry.name!r} reads the [cls] token, and this backbone has none")
+    pooler, pooled_dim = kind.build_pooler(Dims(embed_dim, num_heads, num_prefix_tokens, patch_grid), opts)
+    return Head(pooler, pooled_dim, num_classes, tap=entry.tap, batchnorm=kind.batchnorm,
+                linear_std=kind.linear_std).float()

@@ -1,0 +1,133 @@
+"""Aggregator kinds: each kind is one module that declares everything about it in one `register(Kind(...))` call.
+
+The registry validator (kind names, options), `build_head` (pooler and the head around it) and the token cache
+(`summary_only`) read that declaration and nothing else. This side imports no torch, so `harness list` and
+registry validation stay instant; the torch pooler is named by `pooler` and imported only when a head is built.
+
+Built-in kinds are the modules of this package (a new file here is a new kind, no list to edit); any other module,
+a test's for instance, registers one the same way at import, before the registry entry using it is read:
+
+    register(Kind(name="max", pooler="my_module:build_max", options={"content": CONTENT}))
+
+Kind fields:
+- `pooler`: `build(dims: Dims, opts: dict) -> (module, pooled_width)`, a callable or a "module:attr" reference.
+  The module maps tokens (B, T, D), `dims.num_prefix_tokens` prefix tokens first, to features (B, pooled_width).
+  A `StackedPool` (harness/heads/pool/kernels.py) trains in the bank's attention groups through its `stacked`
+  kernel; any other module must be parameter-free and trains in the linear groups (one pooling for all heads).
+- `options`: name -> Option(default, accepted text, validity test); `resolve_options` checks entries and grids.
+- `needs_cls`: a backbone without a [cls] token gets NotApplicable (recorded as such, never replaced).
+- `summary_only`: reads only the prefix tokens and the patch-token mean, so a cached trial whose heads are all
+  such kinds stores `num_prefix + 1` tokens per image instead of all of them.
+- `batchnorm`, `linear_std`: the head around the pooler, BatchNorm1d(affine=False) or none, and the linear
+  layer's init (trunc_normal std, zero bias; None keeps PyTorch's default).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.registry import AggregatorEntry
+
+LINEAR_STD = 0.01  # MAE main_linprobe (after MoCo v3): head weight ~ trunc_normal(std=0.01), bias 0
+
+
+class NotApplicable(Exception):
+    """The aggregator cannot read this backbone (e.g. `cls` without a [cls] token); recorded, never replaced."""
+
+
+@dataclass(frozen=True)
+class Option:
+    default: Any
+    accepted: str
+    valid: Callable[[Any], bool]
+
+
+def positive_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def positive_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def choice(*values: str) -> Option:
+    """An option taking one of `values`, the first by default."""
+    return Option(values[0], " or ".join(repr(v) for v in values), lambda v: v in values)
+
+
+FLAG_FALSE = Option(False, "true or false", lambda v: isinstance(v, bool))
+CONTENT = choice("patch", "all")  # "patch": prefix tokens dropped before pooling; "all": pooled with the patches
+
+
+@dataclass(frozen=True)
+class Dims:
+    """What a pooler may know of the backbone; `patch_grid` (rows, cols) is None where the caller does not know it."""
+
+    embed_dim: int
+    num_heads: int
+    num_prefix_tokens: int
+    patch_grid: tuple[int, int] | None = None
+
+    def skip(self, opts: dict[str, Any]) -> int:
+        """Leading tokens a pooler drops: the prefix tokens unless its `content` option is "all"."""
+        return self.num_prefix_tokens if opts.get("content", "patch") == "patch" else 0
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    pooler: str | Callable[[Dims, dict[str, Any]], tuple[Any, int]]
+    options: dict[str, Option] = field(default_factory=dict)
+    needs_cls: bool = False
+    summary_only: bool = False
+    batchnorm: bool = True
+    linear_std: float | None = LINEAR_STD
+
+    def build_pooler(self, dims: Dims, opts: dict[str, Any]) -> tuple[Any, int]:
+        build = self.pooler
+        if isinstance(build, str):
+            module, attr = build.split(":")
+            build = getattr(importlib.import_module(module), attr)
+        return build(dims, opts)
+
+
+_KINDS: dict[str, Kind] = {}
+_builtins_loaded = False
+
+
+def register(kind: Kind) -> Kind:
+    """Make `kind` known by its name; registering a name twice is a programming error."""
+    if kind.name in _KINDS:
+        raise ValueError(f"aggregator kind {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+    return kind
+
+
+def kinds() -> dict[str, Kind]:
+    """Every registered kind by name, the built-in modules of this package imported on the first call."""
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for info in pkgutil.iter_modules(__path__):
+            importlib.import_module(f"{__name__}.{info.name}")
+    return _KINDS
+
+
+def resolve_options(entry: AggregatorEntry, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults <- entry options <- grid overrides; an unknown option or a bad value raises HarnessError."""
+    spec, overrides = kinds()[entry.kind].options, options or {}
+    merged = {**entry.options, **overrides}
+    for key, value in merged.items():
+        where = f"aggregator {entry.name!r} ({'grid options' if key in overrides else entry.source or 'entry'})"
+        if key not in spec:
+            accepted = ", ".join(sorted(spec)) or "none (this aggregator has no options)"
+            raise HarnessError(f"{where}: unknown option {key!r}; accepted: {accepted}.")
+        if not spec[key].valid(value):
+            raise HarnessError(f"{where}: option {key!r} is {value!r}; accepted: {spec[key].accepted}.")
+    return {key: merged.get(key, opt.default) for key, opt in spec.items()}
