@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from harness.heads.head import Head, build_head
 from harness.heads.kinds import NotApplicable
-from harness.heads.pool.kernels import StackedPool
+from harness.heads.pool.kernels import StackedPool, stat_buffers
 from harness.heads.optim import effective_lr, new_state, update
 from harness.registry import AggregatorEntry
 
@@ -101,6 +101,10 @@ class _Group:
     def stacked(self) -> list[Tensor]:
         """The parameters as (N, ...) tensors that share storage with the trained ones."""
         raise NotImplementedError
+
+    def statistics(self) -> list[Tensor]:
+        """Running statistics inside the poolings, (N, ...) each (none but for aim, cbam, dolg)."""
+        return []
 
     def logits(self, tokens: Tensor, train: bool) -> Tensor:
         """(N, B, num_classes) logits of every head of the group."""
@@ -187,10 +191,11 @@ class _LinearGroup(_Group):
 
 
 class _AttentionGroup(_Group):
-    """Heads whose pooling has parameters (abmilp, query, ep): each parameter stacked on a head axis, the pooler's
-    `stacked` pools the shared tokens for every head in batched kernels, then BatchNorm (per head and channel, as
-    one BatchNorm over N * D' channels) and the linear layers as in _LinearGroup. Gradients by autograd of the
-    heads' summed losses: heads share nothing, so each head's gradient is that of its own loss."""
+    """Heads whose pooling has parameters (abmilp, query, ep, ...): each parameter stacked on a head axis, the
+    pooler's `stacked` pools the shared tokens for every head in batched kernels, then BatchNorm (per head and
+    channel, as one BatchNorm over N * D' channels) and the linear layers as in _LinearGroup. A pooling's own
+    running statistics (aim, cbam, dolg hold a BatchNorm) are stacked the same way, each head's its own. Gradients
+    by autograd of the heads' summed losses: heads share nothing, so each head's gradient is that of its own loss."""
 
     def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
                  device: torch.device):
@@ -199,6 +204,8 @@ class _AttentionGroup(_Group):
         own = [dict(h.pooler.named_parameters()) for h in heads]
         stacks = [torch.stack([o[name].detach() for o in own]).to(device).contiguous() for name in self.names]
         self.params = [p.requires_grad_() for p in (*stacks, *_stacked_linear(heads, device))]
+        buffers = [dict(stat_buffers(h.pooler)) for h in heads]
+        self.stats = {name: torch.stack([b[name] for b in buffers]).to(device).contiguous() for name in buffers[0]}
         self.norm, self.running = heads[0].norm, None  # its eps and momentum
         if isinstance(self.norm, nn.BatchNorm1d):
             self.running = [torch.stack([getattr(h.norm, k) for h in heads]).to(device).contiguous()
@@ -208,9 +215,13 @@ class _AttentionGroup(_Group):
     def stacked(self) -> list[Tensor]:
         return [p.detach() for p in self.params]
 
+    def statistics(self) -> list[Tensor]:
+        return list(self.stats.values())
+
     def logits(self, tokens: Tensor, train: bool) -> Tensor:
         *pool, weight, bias = self.params
-        feats = self.pooler.stacked(dict(zip(self.names, pool)), tokens)  # (N, B, D')
+        self.pooler.train(train)  # an inner BatchNorm: batch statistics (moving `stats`) or the running ones
+        feats = self.pooler.stacked({**dict(zip(self.names, pool)), **self.stats}, tokens)  # (N, B, D')
         if self.running is not None:
             n, b, d = feats.shape
             flat = F.batch_norm(feats.transpose(0, 1).reshape(b, n * d), self.running[0].view(-1),
@@ -223,12 +234,15 @@ class _AttentionGroup(_Group):
         with torch.enable_grad():
             logp = self.logits(tokens, train=True).log_softmax(-1)
             loss = -logp.gather(-1, labels.view(1, -1, 1).expand(len(self.members), -1, 1)).squeeze(-1).mean(1)
-            grads = torch.autograd.grad(loss.sum(), self.params)
-        return loss.detach(), list(grads)
+            grads = torch.autograd.grad(loss.sum(), self.params, allow_unused=True)
+        # a parameter the stacked kernel never reads (cait's key bias: it moves every score equally, so it cancels
+        # in the softmax) has a zero gradient, as in the official module up to rounding
+        return loss.detach(), [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
 
     def keep(self, slots: list[int]) -> None:
         index = torch.tensor(slots, dtype=torch.long, device=self.params[0].device)
         self.params = [p.detach()[index].requires_grad_() for p in self.params]
+        self.stats = {k: v[index] for k, v in self.stats.items()}
         if self.running is not None:
             self.running = [r[index] for r in self.running]
         super().keep(slots)
@@ -275,12 +289,12 @@ class HeadBank:
         return sorted({seed for g in self.groups for seed in g.seeds})
 
     def parameters_of(self, i: int) -> list[Tensor]:
-        """Head `i`'s current parameters (its slices of the stacks, linear weights as (D, C)); empty when it is
-        not training."""
+        """Head `i`'s current parameters (its slices of the stacks, linear weights as (D, C)), then its poolings'
+        running statistics; empty when it is not training."""
         for g in self.groups:
             if i in g.members:
                 slot = g.members.index(i)
-                return [p[slot].detach() for p in g.stacked()]
+                return [p[slot].detach() for p in (*g.stacked(), *g.statistics())]
         return []
 
     def live(self) -> list[int]:

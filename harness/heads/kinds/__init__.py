@@ -20,11 +20,15 @@ Kind fields:
   such kinds stores `num_prefix + 1` tokens per image instead of all of them.
 - `batchnorm`, `linear_std`: the head around the pooler, BatchNorm1d(affine=False) or none, and the linear
   layer's init (trunc_normal std, zero bias; None keeps PyTorch's default).
+- `refuse`: `refuse(opts, num_patches, width) -> why | None`, for a kind whose official module cannot read some
+  backbones (a fixed position table, a width split into a fixed number of heads); the plan refuses such a
+  combination before anything runs (either size may be None where the registry does not say).
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -88,6 +92,7 @@ class Kind:
     summary_only: bool = False
     batchnorm: bool = True
     linear_std: float | None = LINEAR_STD
+    refuse: Callable[[dict[str, Any], int | None, int | None], str | None] | None = None
 
     def build_pooler(self, dims: Dims, opts: dict[str, Any]) -> tuple[Any, int]:
         build = self.pooler
@@ -95,6 +100,15 @@ class Kind:
             module, attr = build.split(":")
             build = getattr(importlib.import_module(module), attr)
         return build(dims, opts)
+
+
+def square_grid(kind: str) -> Callable[[dict[str, Any], int | None, int | None], str | None]:
+    """`refuse` of a kind that lays the patch tokens out on a square grid (cbam, dolg)."""
+    def refuse(opts: dict[str, Any], num_patches: int | None, width: int | None) -> str | None:
+        if num_patches is None or math.isqrt(num_patches) ** 2 == num_patches:
+            return None
+        return f"aggregator kind {kind!r} needs a square patch grid; this backbone gives {num_patches} patch tokens"
+    return refuse
 
 
 _KINDS: dict[str, Kind] = {}
