@@ -12,9 +12,11 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 
+from harness.errors import HarnessError
+from harness.heads.kinds import kinds, resolve_options
 from harness.models.digests import cached_sha256
 from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_only
-from harness.registry import BackboneEntry, DatasetEntry, Grid, Registry
+from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, Registry
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
             for group in grid.heads:
                 agg = registry.aggregator(group.aggregator)
                 options = {**agg.options, **group.options}
+                _refuse_unreadable(grid, agg, group.options, backbone)
                 for seed in grid.seeds:
                     for lr in group.lrs:
                         for wd in group.wds:
@@ -110,6 +113,20 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                 weights=weights.get(backbone_name), weights_sha256=sha256, provenance=dict(provenance or {}),
             ))
     return trials
+
+
+def _refuse_unreadable(grid: Grid, agg: AggregatorEntry, options: dict, backbone: BackboneEntry) -> None:
+    """A pooling whose official module cannot read this backbone (clip's position table, esimpool's 12-way width
+    split, a square grid for cbam and dolg) is a user error before anything runs, not a failed trial."""
+    refuse = kinds()[agg.kind].refuse
+    if refuse is None:
+        return
+    tokens, width = token_shape(backbone)
+    why = refuse(resolve_options(agg, options), tokens - int(backbone.class_token), width)
+    if why:
+        raise HarnessError(f"grid {grid.name!r} ({grid.source}): aggregator {agg.name!r} on backbone "
+                           f"{backbone.name!r}: {why}; accepted: backbones it can read, or the grid without "
+                           f"[heads.{agg.name}].")
 
 
 def without_done(trials: list[TrialPlan], done: set[str]) -> list[TrialPlan]:
