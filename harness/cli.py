@@ -19,7 +19,9 @@ from rich.text import Text
 
 from harness.config import setting
 from harness.errors import HarnessError
+from harness.heads import recipes
 from harness.registry import load_registry
+from harness.report.plain import printable
 
 EXIT_USER_ERROR = 2
 EXIT_FAILED_TRIALS = 1
@@ -32,7 +34,7 @@ def _results_dir(args: argparse.Namespace) -> Path:
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
     reg = load_registry()
-    kinds = [args.kind] if args.kind else ["backbones", "aggregators", "datasets", "grids"]
+    kinds = [args.kind] if args.kind else ["backbones", "aggregators", "datasets", "recipes", "grids"]
     for kind in kinds:
         table = Table(title=kind, title_justify="left")
         if kind == "backbones":
@@ -53,6 +55,11 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
             for e in reg.datasets.values():
                 _row(table, e.name, e.source, str(e.num_classes), f"{e.val_fraction:g} (seed {e.split_seed})",
                               e.description)
+        elif kind == "recipes":
+            for col in ("name", "heads", "optimizer", "source"):
+                table.add_column(col)
+            for r in recipes.RECIPES.values():
+                _row(table, r.name, ", ".join(r.kinds), r.optimizer, r.source)
         else:
             for col in ("name", "description"):
                 table.add_column(col)
@@ -63,8 +70,8 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 
 def _row(table: Table, *cells: str) -> None:
-    """Registry text is data, not rich markup: "[cls]" must print as written."""
-    table.add_row(*(Text(c) for c in cells))
+    """Registry text is data, not rich markup: "[cls]" must print as written, control characters written out."""
+    table.add_row(*(Text(printable(c)) for c in cells))
 
 
 def _parse_weights(pairs: list[str]) -> dict[str, str]:
@@ -141,7 +148,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[red]{len(summary.failed)} trials failed after {summary.retries} retries each; their heads "
                       "are recorded in the results with status 'failed' and rerun by the next sweep:[/red]")
         for name, error in summary.failed.items():
-            console.print(Text(f"  {name}: {error}"))
+            console.print(Text(printable(f"  {name}: {error}")))
         return EXIT_FAILED_TRIALS
     return 0
 
@@ -323,10 +330,34 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
         console.print(f"Wrote {out}")
         return 0
     frame = store.query(results_dir, args.where, args.columns.split(",") if args.columns else None)
+    frame = frame.map(lambda v: printable(v) if isinstance(v, str) else v)  # results files can hold anything
     if args.csv:
         sys.stdout.write(frame.to_csv(index=False))
     else:
         console.print(frame.to_string(index=False, max_rows=args.limit), markup=False, highlight=False)
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace, console: Console) -> int:
+    import json
+
+    from harness.diagnostics.attention import diagnose
+    from harness.report.attention import terminal_summary
+
+    if args.images < 1:
+        raise HarnessError(f"--images {args.images}; accepted: a positive number of validation images.")
+    grid = _sweep_grid(args, load_registry())
+    quiet = args.format == "json"
+
+    def done(path: Path, rows: list[dict]) -> None:
+        if not quiet:
+            terminal_summary(rows, console)
+            console.print(Text(f"Wrote {path}"))
+
+    rows = diagnose(grid.backbones, grid.datasets, results_dir=_results_dir(args), images=args.images,
+                    seed=args.seed, weights=_parse_weights(args.weights), download=args.download, on_done=done)
+    if quiet:
+        sys.stdout.write(json.dumps(rows, indent=1) + "\n")
     return 0
 
 
@@ -372,9 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--results-dir", metavar="DIR",
                        help="results folder (default: HARNESS_RESULTS_DIR, [paths] results_dir, or ./results)")
 
-    p = add("list", "list registry entries", "List the backbones, aggregators, datasets and grids in the registry.",
+    p = add("list", "list registry entries", "List the backbones, aggregators, datasets, training recipes and grids in the registry.",
             "example: harness list backbones")
-    p.add_argument("kind", nargs="?", choices=["backbones", "aggregators", "datasets", "grids"])
+    p.add_argument("kind", nargs="?", choices=["backbones", "aggregators", "datasets", "recipes", "grids"])
     p.set_defaults(func=cmd_list)
 
     p = add("sweep", "run a grid on Ray Tune", textwrap.dedent("""\
@@ -432,6 +463,29 @@ def build_parser() -> argparse.ArgumentParser:
     results_dir_arg(p)
     p.set_defaults(func=cmd_claim)
 
+    p = add("attention", "measure where each block's tokens attend", textwrap.dedent("""\
+        The attention analysis of "Beyond [cls]" as a diagnostic: one frozen pass per backbone x dataset over
+        seeded validation images, with every block's attention computed explicitly and reduced per block and
+        head ([cls] to itself and to the patches, patches to themselves, to each other, to the prefix tokens,
+        mean attention distance). Rows go to <results>/attention/; the leaderboard pages show them."""),
+            "examples:\n  harness attention --grid demo\n"
+            "  harness attention --grid claim --backbones mae-vit-b16 --datasets cifar100 --images 2000\n"
+            "  harness attention --grid demo --format json")
+    p.add_argument("--grid", required=True,
+                   help="grid whose backbones and datasets to measure (see `harness list grids`) or a .toml path")
+    p.add_argument("--backbones", metavar="A,B", help="replace the grid's backbones (comma-separated names)")
+    p.add_argument("--datasets", metavar="X,Y", help="replace the grid's datasets (comma-separated names)")
+    p.add_argument("--images", type=int, default=1000, metavar="N",
+                   help="validation images per backbone and dataset (default 1000; all if fewer)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the image sample (default 0)")
+    p.add_argument("--weights", action="append", default=[], metavar="NAME=PATH",
+                   help="use this checkpoint file for backbone NAME (repeatable)")
+    p.add_argument("--download", action="store_true", help="download missing torchvision datasets")
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table (default): a summary per backbone; json: every row on stdout")
+    results_dir_arg(p)
+    p.set_defaults(func=cmd_attention)
+
     p = add("results", "export or query raw results", "Export or query the raw result rows.",
             "examples:\n  harness results export --format csv --out results.csv\n"
             "  harness results query --where aggregator=mean --where lr>=0.01 --columns backbone,lr,test_top1")
@@ -460,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, console)
     except HarnessError as e:
-        Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), str(e)))
+        Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), printable(str(e))))
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted; results of finished trials are kept, rerun to resume.")

@@ -15,12 +15,13 @@ from harness.models.backbones import Backbone, build_model, convert_checkpoint
 from harness.errors import HarnessError
 from harness.registry import ARCH_OVERRIDE_KEYS, load_registry
 from harness.models.digests import sha256_of
-from harness.models.weights import load_checkpoint
+from harness.models.weights import file_name, load_checkpoint
 from conftest import fixtures_root, manifests
 
 # The registered ViT-B (or, for I-JEPA, ViT-H) entry whose layout each family's parity fixture shares.
 FAMILY_ENTRY = {"mae": "mae-vit-b16", "simmim": "simmim-vit-b16", "dino": "dino-vit-b16", "ibot": "ibot-vit-b16",
-                "ijepa": "ijepa-vit-h14-in1k"}
+                "ijepa": "ijepa-vit-h14-in1k", "dinov2": "dinov2-vit-b14", "dinov2_reg": "dinov2-vit-b14-reg4",
+                "dinov3": "dinov3-vit-b16", "mocov3": "mocov3-vit-b16"}
 DEMOS = ["demo-mae-tiny", "demo-simmim-tiny", "demo-dino-tiny", "demo-ibot-tiny", "demo-ijepa-tiny"]
 
 
@@ -68,17 +69,54 @@ def test_parity_with_official_tokens(manifest_path, manifest, check):
     ref = torch.load(manifest_path.parent / "reference.pt", weights_only=True)
     out = bb.forward_taps(ref["x"].float(), ["norm", "prenorm"])
     assert out["norm"].shape[1] == manifest["arch"]["num_tokens"]
-    assert bb.num_prefix_tokens == int(manifest["arch"]["class_token"])
+    assert bb.num_prefix_tokens == _num_prefix_tokens(manifest) == bb.entry.num_prefix_tokens
     for tap, name in (("norm", check["expect_tokens"]), ("prenorm", check["expect_tokens_prenorm"])):
         err = (out[tap] - ref[name]).abs().max().item()
         assert err <= manifest["tolerance"], f"{tap} vs {name}: max abs error {err}"
     assert bb.weights_sha256 == sha256_of(manifest_path.parent / check["file"])
 
 
+def _num_prefix_tokens(manifest: dict) -> int:
+    """[cls] plus registers; manifests of families without registers only say whether there is a [cls]."""
+    return manifest["arch"].get("num_prefix_tokens", int(manifest["arch"]["class_token"]))
+
+
+def _other_inputs() -> list:
+    """Each extra input a fixture's reference holds (`<name>.x` with `<name>.tokens*`: another size or shape)."""
+    cases = []
+    for path in manifests("backbone"):
+        manifest = json.loads(path.read_text())
+        ref = torch.load(path.parent / "reference.pt", weights_only=True)
+        cases += [pytest.param(path, manifest, key[:-2], id=f"{manifest['family']}/{key[:-2]}")
+                  for key in sorted(ref) if key.endswith(".x")]
+    return cases
+
+
 @pytest.mark.parity
-@pytest.mark.parametrize("family, other", [("ijepa", "encoder"), ("dino", "student"), ("ibot", "student")])
+@pytest.mark.parametrize("manifest_path, manifest, name", _other_inputs())
+def test_parity_at_another_input_size(manifest_path, manifest, name):
+    """A square input of another size is evaluated by a model built at that size (DINOv2: the file's own grid, so
+    no resampling); a non-square one by the model built at the fixture's size (DINOv3's RoPE takes any grid)."""
+    ref = torch.load(manifest_path.parent / "reference.pt", weights_only=True)
+    x = ref[f"{name}.x"].float()
+    height, width = x.shape[-2:]
+    overrides = {**_overrides(manifest), **({"img_size": height} if height == width else {})}
+    check = next(c for c in manifest["checks"] if c["is_family_default"])
+    bb = harness.load_backbone(FAMILY_ENTRY[manifest["family"]], manifest_path.parent / check["file"], **overrides)
+    out = bb.forward_taps(x, ["norm", "prenorm"])
+    patch = manifest["arch"]["patch_size"]
+    assert out["norm"].shape[1] == (height // patch) * (width // patch) + _num_prefix_tokens(manifest)
+    for tap, key in (("norm", f"{name}.tokens"), ("prenorm", f"{name}.tokens_prenorm")):
+        err = (out[tap] - ref[key]).abs().max().item()
+        assert err <= manifest["tolerance"], f"{tap} vs {key}: max abs error {err}"
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("family, other", [("ijepa", "encoder"), ("dino", "student"), ("ibot", "student"),
+                                           ("mocov3", "momentum_encoder")])
 def test_default_is_the_evaluated_subnetwork(family, other):
-    """I-JEPA defaults to the target encoder, DINO/iBOT to the teacher; the other sub-network gives other tokens."""
+    """I-JEPA defaults to the target encoder, DINO/iBOT to the teacher, MoCo v3 to the base encoder; the other
+    sub-network gives other tokens."""
     manifest, _ = _fixture(family)
     full = next(c for c in manifest["checks"] if c["checkpoint_key"] == other)
     ref = _reference(family)
@@ -118,9 +156,6 @@ def test_taps_match_tokens_and_run_blocks_once(name):
     assert torch.equal(taps["norm"], bb.forward_tokens(x, norm=True))
     assert torch.equal(taps["prenorm"], bb.forward_tokens(x, norm=False))
     assert not torch.equal(taps["norm"], taps["prenorm"])
-    inter = bb.forward_intermediates(x, 2)
-    assert len(inter) == 2 and torch.equal(inter[-1], taps["prenorm"])
-    assert torch.equal(bb.forward_intermediates(x, 1, norm=True)[0], taps["norm"])
     assert torch.equal(bb.model.forward_features(x), taps["norm"])
 
 
@@ -128,8 +163,6 @@ def test_bad_requests_are_harness_errors():
     bb = harness.load_backbone("demo-dino-tiny")
     with pytest.raises(HarnessError, match="accepted: norm, prenorm"):
         bb.forward_taps(torch.zeros(1, 3, 32, 32), ["pooled"])
-    with pytest.raises(HarnessError, match="accepted: 1 to 2"):
-        bb.forward_intermediates(torch.zeros(1, 3, 32, 32), 3)
     with pytest.raises(HarnessError, match="'ln_eps'.*accepted: img_size"):
         harness.load_backbone("demo-dino-tiny", ln_eps=1e-5)
     with pytest.raises(HarnessError, match="reads no weights"):
@@ -242,6 +275,8 @@ def test_registered_entries_build_their_declared_shape(name):
     assert model.patch_embed.patch_size == (entry.patch_size, entry.patch_size)
     assert model.patch_embed.img_size == (entry.img_size, entry.img_size)
     assert (model.cls_token is not None) == entry.class_token
-    assert entry.checkpoint_key is not None and entry.filename and (entry.url or entry.manual_download)
+    assert model.num_prefix_tokens == entry.num_prefix_tokens
+    bare = entry.family in ("dinov2", "dinov2_reg", "dinov3")  # the release file is the state dict itself
+    assert (entry.checkpoint_key is None) == bare and file_name(entry) and (entry.url or entry.manual_download)
     for key in entry.published:
         assert key.startswith("imagenet-1k/")

@@ -11,8 +11,8 @@ from PIL import Image
 from harness.tokens.space import planned_split_sizes
 from harness.data.splits import load_splits
 from harness.errors import HarnessError
-from harness.registry import load_registry
-from harness.data.sources import imagefolder_entry, stratified_split
+from harness.registry import DatasetEntry, load_registry
+from harness.data.images import stratified_split
 from token_fakes import ENTRY
 
 DEMO = replace(ENTRY, img_size=32, patch_size=8)
@@ -150,9 +150,13 @@ def _folder(root: Path, train=("cat", "dog"), test=("cat", "dog"), per_class: in
     return root
 
 
-def test_imagefolder_from_the_command_line(tmp_path):
-    entry = imagefolder_entry(_folder(tmp_path / "pics", test=("dog",)), val_fraction=0.25)
-    assert entry.name == "pics" and entry.num_classes == 2 and entry.source == "imagefolder"
+def _folder_entry(path: Path, val_fraction: float = 0.1) -> DatasetEntry:
+    return DatasetEntry(name=path.name, source="imagefolder", num_classes=2, val_fraction=val_fraction,
+                        options={"path": str(path)})
+
+
+def test_imagefolder_reads_class_folders(tmp_path):
+    entry = _folder_entry(_folder(tmp_path / "pics", test=("dog",)), val_fraction=0.25)
     splits = load_splits(entry, DEMO)
     assert splits.sizes() == {"train": 9, "val": 3, "test": 6}
     assert splits.test.labels.tolist() == [1] * 6  # "dog" keeps train's index although val lacks "cat"
@@ -175,17 +179,9 @@ def test_imagenet_root_errors_say_where_and_how(tmp_path, layout, problem):
 
 
 def test_imagefolder_test_classes_must_exist_in_train(tmp_path):
-    entry = imagefolder_entry(_folder(tmp_path, test=("cat", "dog", "eel")))
+    entry = _folder_entry(_folder(tmp_path, test=("cat", "dog", "eel")))
     with pytest.raises(HarnessError, match=r"class folders missing from .*train \(eel\)"):
         load_splits(entry, DEMO)
-
-
-def test_imagefolder_entry_needs_class_folders(tmp_path):
-    with pytest.raises(HarnessError, match=f"{tmp_path / 'train'} is not a folder"):
-        imagefolder_entry(tmp_path)
-    (tmp_path / "train").mkdir()
-    with pytest.raises(HarnessError, match="has no class sub-folders"):
-        imagefolder_entry(tmp_path)
 
 
 def test_synthetic_patch_puts_the_object_where_it_says():

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from harness.registry import load_registry
 from harness.results import store
 from harness.report.claim import claim_analysis
 from harness.results.selection import select_best
@@ -26,7 +27,8 @@ def test_demo_sweep_writes_parquet_and_a_leaderboard_from_its_rows(tmp_path):
     root = tmp_path / "results"
     assert list((root / "rows" / "grid=demo").glob("*.parquet"))
     rows = store.read_results(root)
-    assert len(rows) == 5 * 2 * 5 * 2  # backbones x aggregators x lrs x seeds
+    grid = load_registry().grid("demo")
+    assert len(rows) == len(grid.backbones) * grid.num_heads
     na = rows[rows.status == "not-applicable"]
     assert set(na.backbone) == {"demo-ijepa-tiny"} and set(na.aggregator) == {"cls"}
     assert (rows[rows.status != "not-applicable"].status == "ok").all()
@@ -39,6 +41,14 @@ def test_demo_sweep_writes_parquet_and_a_leaderboard_from_its_rows(tmp_path):
     assert f"{cell.mean():.2f} ± {cell.std():.2f}" in markdown
     assert "demo-mae-tiny (random-init)" in markdown and (root / "leaderboard.html").is_file()
     assert "demo-mae-tiny" in run.stdout and "(random-init)" in run.stdout  # the terminal table
+
+    # the demo shows the claim machinery working: every optimum inside the grid, the starred cells the board's
+    table = claim_analysis(rows).table
+    assert not (table.cls_lr_edge | table.mean_lr_edge).any() and "grid too narrow" not in set(table.verdict)
+    assert "(edge) |" not in markdown
+    for r in table[table.verdict != "not applicable"].itertuples():
+        assert f"| selected per seed |  | {r.cls_test:.2f}\\* |  | {r.mean_test:.2f}\\* |" in markdown
+        assert f"{r.cls_test:.2f} ± " in markdown and f"{r.mean_test:.2f} ± " in markdown
 
     again = harness("sweep", "--grid", "demo", "--no-progress", tmp_path=tmp_path)
     assert again.returncode == 0 and "Nothing to run" in again.stdout

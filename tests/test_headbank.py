@@ -3,6 +3,7 @@ presets follow their published updates, and cached and online training agree whe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 
 from harness.heads.head import build_head
 from harness.heads.optim import effective_lr, new_state, update
-from harness.heads.bank import HeadBank, HeadSpec, lr_at
+from harness.heads.bank import HeadBank, HeadSpec
+from harness.heads.recipes import harness_default, lr_factor
 from harness.registry import AggregatorEntry
 from harness.tokens.cache import TokenSet
 from harness.heads.train import epoch_order, online_loader, token_batches, train_cached, train_online
@@ -64,15 +66,41 @@ BANK = [spec("cls", "sgd", 0.1), spec("cls", "sgd", 1.0), spec("cls", "sgd", 1.0
         spec("query-2", "adamw", 1e-3), spec("query-2", "adamw", 3e-3)]
 
 
-def test_bank_equals_heads_trained_alone_bit_for_bit():
+LINEAR_KINDS = ("cls", "mean")
+# An attention stack runs its heads through batched matmuls (bmm) where a head alone runs plain ones; on CPUs with
+# AVX-512 the two kernels block their float32 reductions differently, so a stacked attention head drifts from its
+# lone twin by a few float32 ulps per step (6e-10 to 1e-6 after this test's 12 steps). Linear groups use the same
+# kernel either way and stay bit for bit.
+ATTENTION_TOL = {"rtol": 1e-4, "atol": 1e-5}
+
+
+def _numbers(outcome) -> list[float]:
+    """An outcome's accuracies and losses, its curves' included, flat (NaN for a diverged head's missing ones)."""
+    fields = [v for k, v in dataclasses.asdict(outcome).items() if k not in ("status", "error", "diverged_step",
+                                                                             "curves")]
+    fields += [v for epoch in outcome.curves for v in epoch.values()]
+    return [math.nan if v is None else float(v) for v in fields]
+
+
+def test_bank_equals_heads_trained_alone_bit_for_bit_where_linear():
+    """Linear groups: bit for bit. Attention stacks: within float32 rounding (ATTENTION_TOL), same statuses and
+    divergence steps."""
     together, outcomes = train(BANK)
     assert [o.status for o in outcomes].count("diverged") == 2
     for i, s in enumerate(BANK):
         alone, (outcome,) = train([s])
-        assert outcome == outcomes[i], s.head_id
         mine, theirs = together.parameters_of(i), alone.parameters_of(0)
         assert len(mine) == len(theirs)
-        assert all(torch.equal(a, b) for a, b in zip(mine, theirs)), s.head_id
+        if s.aggregator.kind in LINEAR_KINDS:
+            assert outcome == outcomes[i], s.head_id
+            assert all(torch.equal(a, b) for a, b in zip(mine, theirs)), s.head_id
+            continue
+        assert _numbers(outcomes[i]) == pytest.approx(_numbers(outcome), rel=ATTENTION_TOL["rtol"],
+                                                     abs=ATTENTION_TOL["atol"], nan_ok=True), s.head_id
+        assert (outcomes[i].status, outcomes[i].error, outcomes[i].diverged_step) == \
+            (outcome.status, outcome.error, outcome.diverged_step), s.head_id
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a, b, **ATTENTION_TOL, msg=s.head_id)
 
 
 @pytest.mark.parametrize("agg", ["abmilp", "abmilp-sa", "query", "query-2", "ep"])
@@ -113,8 +141,8 @@ def test_not_applicable_head_is_recorded_and_the_rest_train():
 def test_curves_record_the_effective_lr_of_each_epoch():
     _, (sgd, adamw) = train([spec("cls", "sgd", 0.4), spec("cls", "adamw", 0.4)], epochs=2)
     steps_per_epoch, total = 4, 8
-    assert sgd.curves[0]["lr"] == pytest.approx(0.4 * 16 / 256 * lr_at(steps_per_epoch - 1, total, 2))
-    assert adamw.curves[1]["lr"] == pytest.approx(0.4 * lr_at(total - 1, total, 2))
+    assert sgd.curves[0]["lr"] == pytest.approx(0.4 * 16 / 256 * lr_factor(harness_default("sgd"), steps_per_epoch - 1, total, 2))
+    assert adamw.curves[1]["lr"] == pytest.approx(0.4 * lr_factor(harness_default("adamw"), total - 1, total, 2))
     assert effective_lr("lars", 0.1, 1024) == pytest.approx(0.4)
 
 

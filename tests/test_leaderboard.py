@@ -186,7 +186,8 @@ def test_html_page_in_headless_chromium(tmp_path, registry):
     if chromium is None:
         if os.environ.get("CI"):  # .ci/run installs it: a CI run must never skip the browser check
             pytest.fail("headless Chromium is not installed; .ci/run should have installed Debian's chromium")
-        pytest.skip("headless Chromium not installed (apt-get install chromium)")
+        pytest.skip("the HTML page was not loaded in a browser: headless Chromium is not installed "
+                    "(apt-get install chromium, or run .ci/run, which installs it)")
     lower = [{**r, "test_top1": r["test_top1"] and r["test_top1"] - 50} for r in _hand(HOSTILE)]
     rows = lower + _hand("b-vit", trial_id="t2")  # rendered by name: hostile first, so each click must reorder
     page = render_html(pd.DataFrame(rows), registry)

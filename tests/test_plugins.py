@@ -1,5 +1,5 @@
 """Plug-ins: a kind or a family registered from outside the package with one module-level call and one TOML entry
-in a temporary registry folder is validated, built and trained like the built-in ones."""
+in a temporary registry folder is validated, built, loaded and trained like the built-in ones."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import pytest
 import torch
 from torch import nn
 
+import harness
 from harness.errors import HarnessError
 from harness.heads.bank import HeadBank, HeadSpec
 from harness.heads.kinds import Dims, Kind, Option, positive_number, register
 from harness.heads.pool.kernels import Params, StackedPool, pool_shared, rows_shared
 from harness.heads.train import train_cached
+from harness.models.families import Family, register as register_family
+from harness.models.families.mae import convert as convert_mae
 from harness.registry import load_registry, registry_dir
 from single_thread import one_thread  # noqa: F401 (autouse fixture)
 from test_headbank import C, D, HEADS, PREFIX, tokens
@@ -42,11 +45,27 @@ register(Kind(name="one_query", pooler=_build, options={"temperature": Option(1.
                                                                               positive_number)}))
 
 
-def _registry_with(tmp_path: Path, entry: str) -> Path:
+def _toy_convert(sd: dict) -> dict:
+    """A layout that differs from MAE's only in key names: `trunk.layers.N` for `blocks.N`."""
+    return convert_mae({k.replace("trunk.layers.", "blocks.").replace("trunk.", ""): v for k, v in sd.items()})
+
+
+register_family(Family(name="toy", convert=_toy_convert))
+TOY_ENTRY = """["toy-vit-tiny"]
+extends = "mae-vit-b16"
+family = "toy"
+img_size = 32
+patch_size = 8
+checkpoint_key = "weights"
+arch_overrides = { img_size = 32, patch_size = 8, embed_dim = 64, depth = 2, num_heads = 2 }
+"""
+
+
+def _registry_with(tmp_path: Path, entry: str, folder: str = "aggregators") -> Path:
     root = tmp_path / "registry"
     shutil.copytree(registry_dir(), root)
-    (root / "aggregators").mkdir()
-    (root / "aggregators" / "plugin.toml").write_text(entry)
+    (root / folder).mkdir(exist_ok=True)
+    (root / folder / "plugin.toml").write_text(entry)
     return root
 
 
@@ -68,3 +87,15 @@ def test_a_registered_kind_s_options_are_checked_when_the_registry_is_read(tmp_p
     root = _registry_with(tmp_path, '[toy]\nkind = "one_query"\ntap = "norm"\noptions = { temperature = 0 }\n')
     with pytest.raises(HarnessError, match=r"plugin.toml\): option 'temperature' is 0; accepted: a positive number"):
         load_registry(root)
+
+
+def test_a_family_registered_by_a_test_module_loads_its_checkpoint_layout(tmp_path: Path, monkeypatch):
+    reference = harness.load_backbone("demo-mae-tiny")  # random-init weights in MAE's layout, saved renamed
+    renamed = {"trunk." + k.replace("blocks.", "layers."): v for k, v in reference.model.state_dict().items()}
+    torch.save({"weights": renamed}, tmp_path / "toy.pth")
+    monkeypatch.setenv("HARNESS_REGISTRY_DIR", str(_registry_with(tmp_path, TOY_ENTRY, folder="backbones")))
+    toy = harness.load_backbone("toy-vit-tiny", tmp_path / "toy.pth")
+    assert toy.entry.family == "toy" and toy.num_prefix_tokens == 1
+    x = torch.randn(2, 3, 32, 32)
+    want, got = reference.forward_taps(x, ["norm", "prenorm"]), toy.forward_taps(x, ["norm", "prenorm"])
+    assert all(torch.equal(got[tap], want[tap]) for tap in want)

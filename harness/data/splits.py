@@ -6,9 +6,7 @@ official validation set). Datasets that ship an official val split (Flowers-102,
 into the training pool and carve the same kind of hold-out from train+val, so one rule holds for every
 dataset and the scarce per-class images of those sets all serve either training or selection.
 
-Sources: `sklearn_digits` (embedded, offline, for the demo), `torchvision` (downloadable sets),
-`imagefolder` (ImageNet-1k or any `train/<class>/*`, `val/<class>/*` folder) and `synthetic` (one object
-among clutter, for the aggregators' known-answer tests).
+Sources (where the images come from) are the modules of harness/data/sources.
 """
 
 from __future__ import annotations
@@ -24,7 +22,8 @@ from torch.utils.data import Dataset
 
 from harness.errors import HarnessError
 from harness.registry import BackboneEntry, DatasetEntry
-from harness.data.sources import Source, load_source, option, stratified_split
+from harness.data.images import Source, stratified_split
+from harness.data.sources import load_source, option, source_kinds
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class LabelledView(Dataset):
 
 def _crop_pct(dataset: DatasetEntry, backbone: BackboneEntry) -> float:
     """Tensor sources (digits, synthetic) are resized whole: their images have no border to crop away."""
-    return 1.0 if dataset.source in ("sklearn_digits", "synthetic") else backbone.crop_pct
+    return 1.0 if source_kinds()[dataset.source].whole_images else backbone.crop_pct
 
 
 def transform_key(dataset: DatasetEntry, backbone: BackboneEntry) -> str:

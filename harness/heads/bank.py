@@ -24,7 +24,6 @@ so every other head's results are the same as without it.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
@@ -32,16 +31,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from harness.heads import recipes
 from harness.heads.head import Head, build_head
 from harness.heads.kinds import NotApplicable
 from harness.heads.pool.kernels import StackedPool, stat_buffers
-from harness.heads.optim import effective_lr, new_state, update
+from harness.heads.optim import clip_per_head, new_state, update
+from harness.heads.recipes import Recipe
 from harness.registry import AggregatorEntry
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """One head of the bank: an aggregator with its optimizer settings and seed."""
+    """One head of the bank: an aggregator with its optimizer settings, seed and recipe (None: the harness's
+    own training for `optimizer`, recipes.harness_default)."""
 
     head_id: str
     config_hash: str
@@ -51,6 +53,11 @@ class HeadSpec:
     lr: float
     wd: float
     seed: int
+    recipe: Recipe | None = None
+
+    @property
+    def training(self) -> Recipe:
+        return self.recipe or recipes.harness_default(self.optimizer)
 
 
 @dataclass
@@ -68,30 +75,30 @@ class HeadOutcome:
     curves: list[dict] = field(default_factory=list)
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Multiplier of the base lr: linear warmup, then half-cosine to zero (the MAE linear-probe schedule)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
 _WHY = ("non-finite training loss", "non-finite weights after the optimizer step")
 
 
 class _Group:
-    """Heads that step together: one data order, one optimizer, parameters stacked on a head axis."""
+    """Heads that step together: one data order, one recipe, parameters stacked on a head axis."""
 
-    def __init__(self, members: list[int], specs: Sequence[HeadSpec], batch_size: int, device: torch.device):
+    def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
+                 device: torch.device):
         self.members = members
         first = specs[members[0]]
         self.seeds = {specs[i].seed for i in members}
-        self.optimizer, self.tap = first.optimizer, first.aggregator.tap
-        self.base_lr = torch.tensor([effective_lr(specs[i].optimizer, specs[i].lr, batch_size) for i in members],
+        self.recipe, self.tap = first.training, heads[0].tap
+        self.optimizer = self.recipe.optimizer
+        self.base_lr = torch.tensor([recipes.effective_lr(self.recipe, specs[i].lr, batch_size) for i in members],
                                     dtype=torch.float64, device=device)
-        wd = torch.tensor([specs[i].wd for i in members], dtype=torch.float32, device=device)
-        self.wd = wd if any(specs[i].wd for i in members) else None  # None: no decay pass at all
+        self.ref_wd = [specs[i].wd for i in members]
+        wd = torch.tensor(self.ref_wd, dtype=torch.float32, device=device)
+        # None: no decay pass at all (exact when every head's wd is 0 at every step)
+        self.wd = wd if any(self.ref_wd) or self.recipe.final_wd else None
+        self.decayed = [recipes.decayed(self.recipe, name, p.dim() - 1)
+                        for name, p in zip(self.names(), self.stacked())]
         self.step = 0
+        self.forwards = 0  # training forwards: the BatchNorm's num_batches_tracked
+        self.last: tuple[Tensor, Tensor | None, list[Tensor]] | None = None  # lr, wd and losses of the last step
         self.bad_step = torch.full((len(members),), -1, dtype=torch.int64, device=device)
         self.bad_why = torch.zeros(len(members), dtype=torch.int64, device=device)
         self.loss_sum = torch.zeros(len(members), dtype=torch.float64, device=device)
@@ -102,9 +109,29 @@ class _Group:
         """The parameters as (N, ...) tensors that share storage with the trained ones."""
         raise NotImplementedError
 
-    def statistics(self) -> list[Tensor]:
-        """Running statistics inside the poolings, (N, ...) each (none but for aim, cbam, dolg)."""
-        return []
+    def statistics(self) -> dict[str, Tensor]:
+        """Running statistics inside the poolings by name in the pooler, (N, ...) each (aim, cbam, dolg)."""
+        return {}
+
+    def names(self) -> list[str]:
+        """The parameters' names in a head module (`pooler.*`, `linear.weight`, `linear.bias`), as `stacked()`."""
+        raise NotImplementedError
+
+    def head_state(self, slot: int) -> dict[str, Tensor]:
+        """One head's parameters and BatchNorm statistics as views under its module's names (linear weight
+        (C, D)); writing into them sets the head."""
+        state = {name: p[slot] for name, p in zip(self.names(), self.stacked())}
+        state["linear.weight"] = state["linear.weight"].T
+        state |= {f"pooler.{name}": v[slot] for name, v in self.statistics().items()}
+        running = self.running_stats()
+        if running is not None:
+            state |= {"norm.running_mean": running[0][slot], "norm.running_var": running[1][slot],
+                      "norm.num_batches_tracked": torch.tensor(self.forwards)}
+        return state
+
+    def running_stats(self) -> tuple[Tensor, Tensor] | None:
+        """(N, D') running mean and variance of the heads' BatchNorm, None without one."""
+        raise NotImplementedError
 
     def logits(self, tokens: Tensor, train: bool) -> Tensor:
         """(N, B, num_classes) logits of every head of the group."""
@@ -119,16 +146,42 @@ class _Group:
         index = torch.tensor(slots, dtype=torch.long, device=self.bad_step.device)
         self.members = [self.members[s] for s in slots]
         self.base_lr, self.wd = self.base_lr[index], None if self.wd is None else self.wd[index]
+        self.ref_wd = [self.ref_wd[s] for s in slots]
         self.bad_step, self.bad_why, self.loss_sum = self.bad_step[index], self.bad_why[index], self.loss_sum[index]
         self.state = [{k: v[index] for k, v in s.items()} for s in self.state]
 
-    def train_step(self, tokens: Tensor, labels: Tensor, multiplier: float) -> None:
-        """Loss, gradients and the optimizer step of every head, then the per-head non-finite bookkeeping."""
-        loss, grads = self.loss_and_grads(tokens, labels)
+    def _accumulated(self, tokens: Tensor, labels: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Each micro-batch's (N,) losses and the gradients of their mean: the recipe's `accum_iter` forwards, each
+        with its own BatchNorm statistics, as the scripts divide each loss by accum_iter before backward."""
+        accum = self.recipe.accum_iter
+        losses, total = [], None
+        for part_tokens, part_labels in zip(tokens.tensor_split(accum), labels.tensor_split(accum)):
+            loss, grads = self.loss_and_grads(part_tokens, part_labels)
+            self.forwards += 1
+            losses.append(loss)
+            if accum == 1:
+                return losses, grads
+            total = [g / accum for g in grads] if total is None else [t.add_(g, alpha=1 / accum)
+                                                                      for t, g in zip(total, grads)]
+        return losses, total
+
+    def train_step(self, tokens: Tensor, labels: Tensor, total_steps: int, warmup_steps: int) -> None:
+        """Loss, gradients, clipping and the optimizer step of every head at the recipe's lr and wd of this step,
+        then the per-head non-finite bookkeeping."""
+        losses, grads = self._accumulated(tokens, labels)
         with torch.no_grad():
+            loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean(0)
+            if self.recipe.clip is not None:
+                clip_per_head(grads, self.recipe.clip)
+            lr = self.base_lr * recipes.lr_factor(self.recipe, self.step, total_steps, warmup_steps)  # float64
+            wd = self.wd
+            if wd is not None and self.recipe.final_wd is not None:
+                wd = torch.tensor([recipes.wd_at(self.recipe, w, self.step, total_steps) for w in self.ref_wd],
+                                  dtype=torch.float64, device=lr.device)
+            self.last = (lr, wd, losses)
             params = self.stacked()
-            update(self.optimizer, params, grads, self.state, lr=(self.base_lr * multiplier).float(), wd=self.wd,
-                   step=self.step)
+            update(self.optimizer, params, grads, self.state, lr=lr.float(), wd=None if wd is None else wd.float(),
+                   step=self.step, decayed=self.decayed)
             loss_bad = ~torch.isfinite(loss)
             weights_bad = torch.zeros_like(loss_bad)
             for p in params:  # a head's sum is non-finite iff one of its weights is (or they overflow)
@@ -155,13 +208,23 @@ class _LinearGroup(_Group):
 
     def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
                  device: torch.device):
-        self.pool, self.norm = heads[0].pooler.to(device), heads[0].norm.to(device)
+        self.pool, self.norm = heads[0].to(device).pool, heads[0].norm
         self.weight, self.bias = _stacked_linear(heads, device)
         self.grads = [torch.empty_like(self.weight), torch.empty_like(self.bias)]
-        super().__init__(members, specs, batch_size, device)
+        super().__init__(members, specs, heads, batch_size, device)
 
     def stacked(self) -> list[Tensor]:
         return [self.weight, self.bias]
+
+    def names(self) -> list[str]:
+        return ["linear.weight", "linear.bias"]
+
+    def running_stats(self) -> tuple[Tensor, Tensor] | None:
+        """The one BatchNorm every head of the group shares (a function of the batch alone), per head."""
+        if not isinstance(self.norm, nn.BatchNorm1d):
+            return None
+        n = len(self.members)
+        return self.norm.running_mean.expand(n, -1), self.norm.running_var.expand(n, -1)
 
     def _features(self, tokens: Tensor, train: bool) -> Tensor:
         self.norm.train(train)
@@ -200,9 +263,10 @@ class _AttentionGroup(_Group):
     def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
                  device: torch.device):
         self.pooler = heads[0].pooler.to(device)  # its structure and options; its own weights are not read
-        self.names = [name for name, _ in self.pooler.named_parameters()]
+        self.names_in_pooler = [name for name, _ in self.pooler.named_parameters()]
         own = [dict(h.pooler.named_parameters()) for h in heads]
-        stacks = [torch.stack([o[name].detach() for o in own]).to(device).contiguous() for name in self.names]
+        stacks = [torch.stack([o[name].detach() for o in own]).to(device).contiguous()
+                  for name in self.names_in_pooler]
         self.params = [p.requires_grad_() for p in (*stacks, *_stacked_linear(heads, device))]
         buffers = [dict(stat_buffers(h.pooler)) for h in heads]
         self.stats = {name: torch.stack([b[name] for b in buffers]).to(device).contiguous() for name in buffers[0]}
@@ -210,18 +274,24 @@ class _AttentionGroup(_Group):
         if isinstance(self.norm, nn.BatchNorm1d):
             self.running = [torch.stack([getattr(h.norm, k) for h in heads]).to(device).contiguous()
                             for k in ("running_mean", "running_var")]
-        super().__init__(members, specs, batch_size, device)
+        super().__init__(members, specs, heads, batch_size, device)
 
     def stacked(self) -> list[Tensor]:
         return [p.detach() for p in self.params]
 
-    def statistics(self) -> list[Tensor]:
-        return list(self.stats.values())
+    def statistics(self) -> dict[str, Tensor]:
+        return self.stats
+
+    def names(self) -> list[str]:
+        return [f"pooler.{name}" for name in self.names_in_pooler] + ["linear.weight", "linear.bias"]
+
+    def running_stats(self) -> tuple[Tensor, Tensor] | None:
+        return None if self.running is None else (self.running[0], self.running[1])
 
     def logits(self, tokens: Tensor, train: bool) -> Tensor:
         *pool, weight, bias = self.params
         self.pooler.train(train)  # an inner BatchNorm: batch statistics (moving `stats`) or the running ones
-        feats = self.pooler.stacked({**dict(zip(self.names, pool)), **self.stats}, tokens)  # (N, B, D')
+        feats = self.pooler.stacked({**dict(zip(self.names_in_pooler, pool)), **self.stats}, tokens)  # (N, B, D')
         if self.running is not None:
             n, b, d = feats.shape
             flat = F.batch_norm(feats.transpose(0, 1).reshape(b, n * d), self.running[0].view(-1),
@@ -265,12 +335,13 @@ class HeadBank:
             torch.manual_seed(spec.seed)  # the seed sets the initialisation
             try:
                 head = build_head(spec.aggregator, embed_dim=embed_dim, num_heads=num_heads,
-                                  num_prefix_tokens=num_prefix_tokens, num_classes=num_classes, options=spec.options)
+                                  num_prefix_tokens=num_prefix_tokens, num_classes=num_classes, options=spec.options,
+                                  recipe=spec.recipe)
             except NotApplicable as e:
                 self.outcomes[i].status, self.outcomes[i].error = "not-applicable", str(e)
                 continue
             order = None if shared_order else spec.seed
-            key = json.dumps([spec.aggregator.name, spec.options, spec.optimizer, order], sort_keys=True)
+            key = json.dumps([spec.aggregator.name, spec.options, spec.training.describe(), order], sort_keys=True)
             members, heads = stacks.setdefault(key, ([], []))
             members.append(i)
             heads.append(head)
@@ -291,11 +362,38 @@ class HeadBank:
     def parameters_of(self, i: int) -> list[Tensor]:
         """Head `i`'s current parameters (its slices of the stacks, linear weights as (D, C)), then its poolings'
         running statistics; empty when it is not training."""
+        found = self._slot(i)
+        if not found:
+            return []
+        g, slot = found
+        return [p[slot].detach() for p in (*g.stacked(), *g.statistics().values())]
+
+    def _slot(self, i: int) -> tuple[_Group, int] | None:
         for g in self.groups:
             if i in g.members:
-                slot = g.members.index(i)
-                return [p[slot].detach() for p in (*g.stacked(), *g.statistics())]
-        return []
+                return g, g.members.index(i)
+        return None
+
+    def head_state(self, i: int) -> dict[str, Tensor]:
+        """Head `i`'s parameters and BatchNorm statistics under its module's names (`pooler.*`, `norm.*`,
+        `linear.*`), as views: writing into them sets the head. Empty when it is not training."""
+        found = self._slot(i)
+        return found[0].head_state(found[1]) if found else {}
+
+    def last_step(self, i: int) -> dict | None:
+        """The lr, weight decay and loss of each forward of head `i`'s last optimizer step (floats; a sync)."""
+        found = self._slot(i)
+        if found is None or found[0].last is None:
+            return None
+        (g, slot), (lr, wd, losses) = found, found[0].last
+        return {"lr": lr[slot].item(), "wd": 0.0 if wd is None else wd[slot].item(),
+                "losses": [loss[slot].item() for loss in losses]}
+
+    @torch.no_grad()
+    def logits(self, i: int, tokens: Mapping[str, Tensor]) -> Tensor:
+        """Head `i`'s evaluation-mode logits (B, num_classes) on a batch (BatchNorm on its running statistics)."""
+        g, slot = self._slot(i)
+        return g.logits(tokens[g.tap], train=False)[slot]
 
     def live(self) -> list[int]:
         """Indices of the heads still training (applicable, not recorded as diverged)."""
@@ -305,7 +403,7 @@ class HeadBank:
         """One optimisation step, on one batch, of every head (or of the heads of `seed`, without shared order)."""
         for g in self.groups:
             if seed is None or g.seeds == {seed}:
-                g.train_step(tokens[g.tap], labels, lr_at(g.step, self.total_steps, self.warmup_steps))
+                g.train_step(tokens[g.tap], labels, self.total_steps, self.warmup_steps)
 
     def _retire_diverged(self) -> None:
         """Record the heads marked non-finite since the last call and drop them from their stacks (one sync)."""
@@ -348,7 +446,8 @@ class HeadBank:
         """Record each live head's curve point (effective lr of its last step, mean train loss, val top-1)."""
         for g in self.groups:
             losses = (g.loss_sum / max(g.loss_count, 1)).tolist()
-            lrs = (g.base_lr * lr_at(max(g.step - 1, 0), self.total_steps, self.warmup_steps)).tolist()
+            factor = recipes.lr_factor(g.recipe, max(g.step - 1, 0), self.total_steps, self.warmup_steps)
+            lrs = (g.base_lr * factor).tolist()
             for i, loss, lr in zip(g.members, losses, lrs):
                 self.outcomes[i].train_loss = loss
                 self.outcomes[i].curves.append({"epoch": epoch, "lr": lr, "train_loss": loss,

@@ -14,29 +14,34 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.heads.kinds import Dims, NotApplicable, kinds, resolve_options
+from harness.heads.kinds import LINEAR_STD, Dims, NotApplicable, kinds, resolve_options
+from harness.heads.recipes import Recipe
 from harness.registry import AggregatorEntry
 
 BN_EPS = 1e-6  # MAE main_linprobe, beyond_cls and efficient-probing all use BatchNorm1d(affine=False, eps=1e-6)
 
 
 class Head(nn.Module):
-    """pool -> BatchNorm1d(affine=False, eps 1e-6) or nothing -> Linear; `tap` names the tokens it reads."""
+    """pool -> (frozen LayerNorm) -> BatchNorm1d(affine=False, eps 1e-6) or nothing -> Linear; `tap` names the
+    tokens it reads. The linear weight is drawn from trunc_normal (MAE) or normal (DINOv2, `normal_init`) with
+    `linear_std` and a zero bias, or keeps PyTorch's default init (`linear_std` None). `fc_norm`: MAE's
+    --global_pool LayerNorm (eps 1e-6, weight 1, bias 0, never trained)."""
 
     def __init__(self, pooler: nn.Module, pooled_dim: int, num_classes: int, *, tap: str, batchnorm: bool,
-                 linear_std: float | None):
+                 linear_std: float | None, normal_init: bool = False, fc_norm: bool = False):
         super().__init__()
         self.tap = tap
         self.pooler = pooler
+        self.fc_norm = nn.LayerNorm(pooled_dim, eps=1e-6, elementwise_affine=False) if fc_norm else nn.Identity()
         self.norm = nn.BatchNorm1d(pooled_dim, affine=False, eps=BN_EPS) if batchnorm else nn.Identity()
         self.linear = nn.Linear(pooled_dim, num_classes)
         if linear_std is not None:
-            nn.init.trunc_normal_(self.linear.weight, std=linear_std)
+            (nn.init.normal_ if normal_init else nn.init.trunc_normal_)(self.linear.weight, std=linear_std)
             nn.init.zeros_(self.linear.bias)
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, D') before the BatchNorm and the linear layer."""
-        return self.pooler(tokens)
+        return self.fc_norm(self.pooler(tokens))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.linear(self.norm(self.pool(tokens)))
@@ -44,16 +49,23 @@ class Head(nn.Module):
 
 def build_head(entry: AggregatorEntry, *, embed_dim: int, num_heads: int, num_prefix_tokens: int,
                num_classes: int, options: dict[str, Any] | None = None,
-               patch_grid: tuple[int, int] | None = None) -> Head:
+               patch_grid: tuple[int, int] | None = None, recipe: Recipe | None = None) -> Head:
     """The head for `entry` on a backbone of that width, heads and prefix tokens; float32.
 
-    `options` (from a grid) override `entry.options`. Raises NotApplicable for a kind that needs a [cls] token on a
-    backbone without one.
+    `options` (from a grid) override the recipe's option defaults, which override `entry.options`; a recipe's head
+    layers, init and tap replace the kind's where it sets them. Raises NotApplicable for a kind that needs a [cls]
+    token on a backbone without one.
     """
     kind = kinds()[entry.kind]
-    opts = resolve_options(entry, options)
+    opts = resolve_options(entry, {**(recipe.options_for(entry.kind) if recipe else {}), **(options or {})})
     if kind.needs_cls and num_prefix_tokens == 0:
         raise NotApplicable(f"aggregator {entry.name!r} reads the [cls] token, and this backbone has none")
     pooler, pooled_dim = kind.build_pooler(Dims(embed_dim, num_heads, num_prefix_tokens, patch_grid), opts)
-    return Head(pooler, pooled_dim, num_classes, tap=entry.tap, batchnorm=kind.batchnorm,
-                linear_std=kind.linear_std).float()
+    if recipe is None:
+        return Head(pooler, pooled_dim, num_classes, tap=entry.tap, batchnorm=kind.batchnorm,
+                    linear_std=kind.linear_std).float()
+    init = recipe.linear_init or ("default" if kind.linear_std is None else "trunc_normal")
+    return Head(pooler, pooled_dim, num_classes, tap=recipe.tap_for(entry.kind, entry.tap),
+                batchnorm=kind.batchnorm if recipe.batchnorm is None else recipe.batchnorm,
+                linear_std=None if init == "default" else LINEAR_STD, normal_init=init == "normal",
+                fc_norm=recipe.pools_globally(entry.kind)).float()

@@ -12,33 +12,19 @@ Presets (checked against the official code):
 - `sgd`: DINOv2 `eval/linear.py`: SGD, momentum 0.9, lr scaled by batch / 256 (`scale_lr`); the grid's wd is
   added to the gradient as in `torch.optim.SGD` (DINOv2 uses 0).
 - `adamw`: V-JEPA `evals/*_frozen` (`init_opt`): AdamW, betas (0.9, 0.999), eps 1e-8, the lr as given (not
-  scaled by batch), decoupled weight decay. V-JEPA also anneals wd on a cosine; its released eval configs keep
-  start and final wd equal, so a constant wd reproduces them.
-The schedule (linear warmup, then half-cosine to zero) is the caller's: it passes this step's lr tensor.
+  scaled by batch), decoupled weight decay.
+Which parameters take the decay, the lr and wd schedules, clipping and accumulation are the recipe's
+(harness/heads/recipes.py): the caller passes this step's lr and wd tensors and the decay mask.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class Preset:
-    """How a grid's lr becomes the effective one, and where the recipe comes from."""
-
-    name: str
-    scale_by_batch: bool
-    source: str
+from harness.heads import recipes
 
 
-PRESETS = {
-    "lars": Preset("lars", True, "facebookresearch/mae util/lars.py + main_linprobe.py"),
-    "sgd": Preset("sgd", True, "facebookresearch/dinov2 dinov2/eval/linear.py"),
-    "adamw": Preset("adamw", False, "facebookresearch/jepa evals (AttentiveClassifier, init_opt)"),
-}
 MOMENTUM = 0.9
 LARS_TRUST = 0.001
 ADAM_BETAS = (0.9, 0.999)
@@ -46,8 +32,8 @@ ADAM_EPS = 1e-8
 
 
 def effective_lr(optimizer: str, lr: float, batch_size: int) -> float:
-    """The peak lr the optimizer applies: `lr * batch / 256` for lars and sgd, `lr` for adamw."""
-    return lr * batch_size / 256 if PRESETS[optimizer].scale_by_batch else lr
+    """The peak lr a head group without a recipe applies: `lr * batch / 256` for lars and sgd, `lr` for adamw."""
+    return recipes.effective_lr(recipes.harness_default(optimizer), lr, batch_size)
 
 
 def _per_head(v: Tensor, p: Tensor) -> Tensor:
@@ -66,13 +52,24 @@ def new_state(optimizer: str, params: list[Tensor]) -> list[dict[str, Tensor]]:
 
 
 @torch.no_grad()
+def clip_per_head(grads: list[Tensor], max_norm: float) -> None:
+    """`torch.nn.utils.clip_grad_norm_` over each head's own gradients: scaled by min(1, max_norm / (norm + 1e-6))
+    with the L2 norm of the per-tensor norms, so no head's gradients depend on another's."""
+    norms = torch.stack([_head_norm(g) for g in grads]).norm(dim=0)
+    scale = (max_norm / (norms + 1e-6)).clamp_(max=1.0)
+    for g in grads:
+        g.mul_(_per_head(scale, g))
+
+
+@torch.no_grad()
 def update(optimizer: str, params: list[Tensor], grads: list[Tensor], state: list[dict[str, Tensor]], *,
-           lr: Tensor, wd: Tensor | None, step: int) -> None:
+           lr: Tensor, wd: Tensor | None, step: int, decayed: list[bool] | None = None) -> None:
     """One in-place step of every head; `lr` and `wd` are (N,), `wd` None when every head's is 0 (skipping it is
-    exact: g + 0 * p == g for finite p); `step` counts from 0. A zero momentum buffer reproduces torch's first-step
-    `buf = d_p` exactly, so no first-step branch is needed."""
-    decay = wd is not None
-    for p, g, s in zip(params, grads, state):
+    exact: g + 0 * p == g for finite p); `decayed` says which parameters take the decay (default: all; LARS never
+    decays 1-D ones); `step` counts from 0. A zero momentum buffer reproduces torch's first-step `buf = d_p`
+    exactly, so no first-step branch is needed."""
+    for i, (p, g, s) in enumerate(zip(params, grads, state)):
+        decay = wd is not None and (decayed is None or decayed[i])
         lr_p, wd_p = _per_head(lr, p), _per_head(wd, p) if decay else None
         if optimizer == "sgd":
             torch.add(g + wd_p * p if decay else g, s["mu"], alpha=MOMENTUM, out=s["mu"])  # one pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
@@ -18,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.heads import recipes
 from harness.heads.kinds import kinds, resolve_options
+from harness.data.sources import source_kinds
+from harness.models.families import families
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "registry"
-FAMILIES = ("mae", "simmim", "dino", "ibot", "ijepa")
 TOKEN_TAPS = ("norm", "prenorm")
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PROTOCOLS = ("cached", "online")
-DATASET_SOURCES = ("sklearn_digits", "torchvision", "imagefolder", "synthetic")
 ARCH_OVERRIDE_KEYS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
 TRIAL_SETTINGS = ("protocol", "epochs", "batch_size", "warmup_epochs")  # what a grid may set per dataset
 
@@ -153,6 +155,11 @@ class BackboneEntry:
     source: str = ""
 
     @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens ([cls], registers), as the entry's family declares them."""
+        return families()[self.family].prefix_tokens(self)
+
+    @property
     def label(self) -> str:
         """The name as every output shows it: random-init variants say so."""
         return f"{self.name} (random-init)" if self.random_init else self.name
@@ -186,13 +193,16 @@ class DatasetEntry:
 
 @dataclass(frozen=True)
 class HeadGroup:
-    """One aggregator's part of a grid: its optimizer and its own learning-rate and weight-decay grids."""
+    """One aggregator's part of a grid: its optimizer and its own learning-rate and weight-decay grids, and the
+    named training recipe (harness/heads/recipes.py) when it has one."""
 
     aggregator: str
     optimizer: str
     lrs: tuple[float, ...]
     wds: tuple[float, ...]
     options: dict[str, Any] = field(default_factory=dict)  # overrides of the aggregator entry's options
+    recipe: str | None = None
+    recipe_options: dict[str, Any] = field(default_factory=dict)  # the recipe's named departures (recipes.OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -266,7 +276,7 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
     speed = t.get("images_per_s", float, None)
     entry = BackboneEntry(
         name=name,
-        family=t.choice("family", FAMILIES),
+        family=t.choice("family", tuple(families())),
         arch=t.get("arch", str),
         img_size=t.positive_int("img_size"),
         patch_size=t.positive_int("patch_size"),
@@ -295,9 +305,23 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
     return entry
 
 
+NAME_MAX = 100
+_SAFE_NAME = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{NAME_MAX - 1}}}")
+NAME_RULE = (f"1 to {NAME_MAX} characters: letters, digits and . _ + -, starting with a letter or digit (names "
+             "become file names, Markdown, HTML and terminal text)")
+
+
+def check_name(path: Path, kind: str, name: str) -> str:
+    """`name` if it is in the safe alphabet of NAME_RULE, else the registry's file/field/accepted error."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise HarnessError(f"{path}: {kind} name {name!r} is not accepted; accepted: {NAME_RULE}.")
+    return name
+
+
 def _parse_aggregators(path: Path, data: dict[str, Any]) -> dict[str, AggregatorEntry]:
     out = {}
     for name, table in data.items():
+        check_name(path, "aggregator", name)
         t = _Table(path, table, name)
         out[name] = AggregatorEntry(
             name=name,
@@ -315,10 +339,11 @@ def _parse_aggregators(path: Path, data: dict[str, Any]) -> dict[str, Aggregator
 def _parse_datasets(path: Path, data: dict[str, Any]) -> dict[str, DatasetEntry]:
     out = {}
     for name, table in data.items():
+        check_name(path, "dataset", name)
         t = _Table(path, table, name)
         out[name] = DatasetEntry(
             name=name,
-            source=t.choice("source", DATASET_SOURCES),
+            source=t.choice("source", tuple(source_kinds())),
             num_classes=t.positive_int("num_classes"),
             val_fraction=t.get("val_fraction", float, 0.1),
             split_seed=t.get("split_seed", int, 0),
@@ -349,6 +374,24 @@ def _lr_grid(t: _Table, key: str) -> tuple[float, ...]:
     return tuple(float(f"{v:.6g}") for v in values)
 
 
+def _recipe(h: _Table, kind: str) -> tuple[Any, dict[str, Any]]:
+    """A head group's `recipe` and `recipe_options`, checked against harness/heads/recipes.py (torch-free)."""
+    name = h.get("recipe", str, None, accepted="the name of a recipe")
+    options = dict(h.get("recipe_options", dict, {}))
+    if name is None:
+        if options:
+            raise h.fail("recipe_options", "is set without a recipe", "a recipe field beside it")
+        return None, {}
+    try:
+        recipe = recipes.resolve(name, options)
+    except recipes.RecipeError as e:
+        raise h.fail("recipe_options" if name in recipes.RECIPES else "recipe", e.problem, e.accepted) from None
+    if kind not in recipe.kinds:
+        raise h.fail("recipe", f"is {name!r}, which trains {', '.join(recipe.kinds)} heads, not {kind!r}",
+                     ", ".join(sorted(n for n, r in recipes.RECIPES.items() if kind in r.kinds)) or "no recipe")
+    return recipe, options
+
+
 _SETTING_DEFAULTS = {"protocol": "cached", "warmup_epochs": 0}  # epochs and batch_size have none
 
 
@@ -362,6 +405,7 @@ def _trial_setting(t: _Table, key: str, default: Any = ...) -> Any:
 
 
 def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
+    check_name(path, "grid", path.stem)
     t = _Table(path, data, "")
     heads_table = t.get("heads", dict, accepted="a table [heads.<aggregator>] per aggregator")
     heads = []
@@ -369,13 +413,19 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         h = _Table(path, table, f"heads.{agg}")
         if agg not in reg.aggregators:
             raise t.fail(f"heads.{agg}", "is not a registered aggregator", _accepted_names(agg, reg.aggregators))
+        recipe, recipe_options = _recipe(h, reg.aggregators[agg].kind)
         heads.append(HeadGroup(
             aggregator=agg,
-            optimizer=h.choice("optimizer", OPTIMIZERS),
+            optimizer=h.choice("optimizer", OPTIMIZERS, recipe.optimizer if recipe else ...),
             lrs=_lr_grid(h, "lr"),
             wds=_lr_grid(h, "wd") if "wd" in h.table else (0.0,),
             options=dict(h.get("options", dict, {})),
+            recipe=recipe.name if recipe else None,
+            recipe_options=recipe_options,
         ))
+        if recipe and heads[-1].optimizer != recipe.optimizer:
+            raise h.fail("optimizer", f"is {heads[-1].optimizer!r}, but recipe {recipe.name!r} trains with "
+                         f"{recipe.optimizer!r}", f"{recipe.optimizer!r} or no optimizer field")
         h.used.add("wd")
         h.finish()
     if not heads:
@@ -468,6 +518,7 @@ def _load(root: Path) -> Registry:
     raw: dict[str, tuple[Path, dict[str, Any]]] = {}
     for path in sorted((root / "backbones").glob("*.toml")):
         for name, table in _read_toml(path).items():
+            check_name(path, "backbone", name)
             if name in raw:
                 raise HarnessError(f"{path}: backbone {name!r} is already registered in {raw[name][0]}; "
                                    "names must be unique across registry files.")

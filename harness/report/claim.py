@@ -17,8 +17,8 @@ paired by seed, d = mean - cls in top-1 points. With the paired t statistics of 
   (noncentral t, as statsmodels' `TTestPower`): for TOST when |mean d| < delta (a conservative bound, P(both
   one-sided tests reject) >= P(lower) + P(upper) - 1), for the beyond-the-margin test otherwise. Fewer than 2 paired
   seeds is "inconclusive" with no estimate.
-- "grid too narrow" when a seed's selected lr sits at the lowest or highest lr of its aggregator's grid (the
-  distinct lrs in its rows): the optimum may lie outside, so nothing is said about pooling.
+- "grid too narrow" when an aggregator's lr* (its most frequent selected lr over seeds) is the lowest or highest lr
+  of its grid (the distinct lrs in its rows): the optimum may lie outside, so nothing is said about pooling.
 - "not applicable" when one of the two has no "ok" head (I-JEPA has no [cls] token).
 The same test is repeated at a shared lr ("untuned"): the mean head at the lr each seed's cls head selected
 (best wd there by validation) against that cls head; only the cls optimum's grid edge matters for it.
@@ -27,20 +27,19 @@ Random-init demo backbones are labelled "(random-init)" in every output: their n
 
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from scipy import special
 
 from harness.report.boards import Curve
 from harness.report.svg import lr_plot
 from harness.report.markdown import md_escape, md_table
+from harness.report.plain import html_text, markup_text
 from harness.results.selection import SELECTION_KEYS, select_best
 
 CLS, MEAN = "cls", "mean"
@@ -193,15 +192,15 @@ def claim_curves(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _optima(rows: pd.DataFrame, best: pd.DataFrame, groups: pd.Index) -> pd.DataFrame:
-    """Per group of `groups`: each aggregator's most frequent selected lr over seeds (ties: lowest), and whether any
-    seed selected an edge of its grid (the distinct lrs of its rows, any status); NaN / False without an ok head."""
+    """Per group of `groups`: each aggregator's lr* (its most frequent selected lr over seeds, ties: lowest) and
+    whether lr* is an edge of its grid (the distinct lrs of its rows, any status); NaN / False without an ok head.
+    lr*, not any seed's pick: on a plateau single seeds land on the edge by validation noise alone."""
     bounds = rows.groupby(_AGG_KEYS)["lr"].agg(["min", "max"])
-    selected = best[[*_AGG_KEYS, "lr"]].join(bounds, on=_AGG_KEYS)
-    selected["edge"] = (selected["lr"] == selected["min"]) | (selected["lr"] == selected["max"])
-    counts = selected.groupby([*_AGG_KEYS, "lr"]).size().rename("count").reset_index()
+    counts = best.groupby([*_AGG_KEYS, "lr"]).size().rename("count").reset_index()
     mode = counts.sort_values(["count", "lr"], ascending=[False, True]).drop_duplicates(_AGG_KEYS)
-    per_agg = selected.groupby(_AGG_KEYS)[["edge"]].any().join(mode.set_index(_AGG_KEYS)["lr"])
-    wide = per_agg.unstack("aggregator").reindex(
+    per_agg = mode.set_index(_AGG_KEYS)[["lr"]].join(bounds)
+    per_agg["edge"] = (per_agg["lr"] == per_agg["min"]) | (per_agg["lr"] == per_agg["max"])
+    wide = per_agg[["edge", "lr"]].unstack("aggregator").reindex(
         index=groups, columns=pd.MultiIndex.from_product([["edge", "lr"], [CLS, MEAN]]))
     return pd.DataFrame({**{f"{agg}_lr": wide[("lr", agg)].astype(float) for agg in (CLS, MEAN)},
                          **{f"{agg}_lr_edge": wide[("edge", agg)].eq(True) for agg in (CLS, MEAN)}})
@@ -346,9 +345,9 @@ METHOD = (
     "alpha 0.05 for the grid's margin (90% CI of d inside ±margin; a significant difference smaller than the margin "
     "counts as equivalent). Mean better / cls better: the whole 95% CI lies beyond +margin / below -margin. "
     "Inconclusive otherwise (or fewer than 2 seeds), with the seeds needed for 80% power at the observed mean and "
-    "sd of d (TOST when |mean d| < margin, else the beyond-the-margin test). Grid too narrow: a seed's optimum sat "
-    "at the edge of its lr grid, so nothing is said about pooling. lr* is the most frequent selected lr, (edge) at "
-    "the grid's edge. \"At cls lr\" repeats the test with the mean head at the lr each seed's cls head selected: "
+    "sd of d (TOST when |mean d| < margin, else the beyond-the-margin test). Grid too narrow: an aggregator's lr* (its "
+    "most frequent selected lr over seeds) is the lowest or highest lr of its grid, so nothing is said about "
+    "pooling; (edge) marks such an lr*. \"At cls lr\" repeats the test with the mean head at the lr each seed's cls head selected: "
     "the untuned comparison public leaderboards make. Random-init demo backbones carry no scientific meaning."
 )
 
@@ -405,18 +404,22 @@ def _curve_groups(claim: ClaimAnalysis):
     for backbone, dataset, protocol, *point in zip(*columns):
         points.setdefault((backbone, dataset, protocol), []).append(tuple(point))
     for r in claim.table.itertuples(index=False):
-        yield _title(r), points[(r.backbone, r.dataset, r.protocol)], {CLS: r.cls_lr, MEAN: r.mean_lr}
+        yield (_title(r), points[(r.backbone, r.dataset, r.protocol)], {CLS: r.cls_lr, MEAN: r.mean_lr},
+               {CLS: r.cls_test, MEAN: r.mean_test})
 
 
 def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return md_table(headers, [[md_escape(cell) for cell in row] for row in rows])
 
 
-def _md_curve(points: list[Point], optimum: dict[str, float]) -> list[str]:
-    """val/test top-1 per lr for cls and mean; the selected optimum's test value is starred."""
-    cells = {(agg, lr): [_acc(val), _acc(test) + ("*" if lr == optimum[agg] else "")] for agg, lr, val, test in points}
+def _md_curve(points: list[Point], optimum: dict[str, float], selected: dict[str, float]) -> list[str]:
+    """val/test top-1 per lr for cls and mean, lr*'s test value marked °, then the starred per-seed selection: the
+    leaderboard's number (seeds may pick other lrs than lr*, so it need not equal any row above)."""
+    cells = {(agg, lr): [_acc(val), _acc(test) + ("°" if lr == optimum[agg] else "")] for agg, lr, val, test in points}
     rows = [[f"{lr:.1e}"] + cells.get((CLS, lr), ["—"] * 2) + cells.get((MEAN, lr), ["—"] * 2)
             for lr in sorted({point[1] for point in points})]
+    star = {agg: "" if math.isnan(v) else _acc(v) + "*" for agg, v in selected.items()}  # unpaired: no claim row
+    rows.append(["selected per seed", "", star[CLS] or "—", "", star[MEAN] or "—"])
     return _md_table(["lr", "cls val", "cls test", "mean val", "mean test"], rows)
 
 
@@ -433,9 +436,10 @@ def claim_markdown(claim: ClaimAnalysis) -> str:
     notes = _notes(table)
     if notes:
         lines += [""] + [f"- {md_escape(note)}" for note in notes]
-    lines += ["", "### Top-1 against learning rate (mean over seeds; * = selected optimum)", ""]
-    for title, points, optimum in _curve_groups(claim):
-        lines += [f"**{md_escape(title)}**", ""] + _md_curve(points, optimum) + [""]
+    lines += ["", "### Top-1 against learning rate (mean over seeds; ° = lr*; * = the selected heads' mean, as on "
+              "the leaderboard)", ""]
+    for title, points, optimum, selected in _curve_groups(claim):
+        lines += [f"**{md_escape(title)}**", ""] + _md_curve(points, optimum, selected) + [""]
     return "\n".join(lines)
 
 
@@ -446,20 +450,20 @@ def claim_terminal(table: pd.DataFrame, console: Console) -> None:
         return
     caption = "d = mean - cls, top-1 points; TOST at the grid's margin, alpha 0.05"
     if console.width >= WIDE_TERMINAL:
-        out = Table(title=escape(TITLE), caption=caption)
+        out = Table(title=markup_text(TITLE), caption=caption)
         for header in VERDICT_HEADERS:
-            out.add_column(escape(header), overflow="fold")
+            out.add_column(markup_text(header), overflow="fold")
         for row in _display_rows(table):
-            out.add_row(*(escape(cell) for cell in row))
+            out.add_row(*(markup_text(cell) for cell in row))
         console.print(out)
     else:  # thirteen columns do not fit: one two-column record per backbone, dataset and protocol
-        console.print(escape(TITLE), style="bold", highlight=False)
+        console.print(markup_text(TITLE), style="bold", highlight=False)
         for row in _display_rows(table):
-            record = Table(title=escape(" · ".join(row[:3])), show_header=False, title_justify="left")
+            record = Table(title=markup_text(" · ".join(row[:3])), show_header=False, title_justify="left")
             record.add_column(style="bold")
             record.add_column(overflow="fold")
             for header, cell in zip(VERDICT_HEADERS[3:], row[3:]):
-                record.add_row(escape(header), escape(cell))
+                record.add_row(markup_text(header), markup_text(cell))
             console.print(record)
         console.print(caption, markup=False, highlight=False)
     for note in _notes(table):
@@ -474,26 +478,26 @@ def _svg(points: list[Point], optimum: dict[str, float], title: str) -> str:
     curves = [Curve(title, agg, tuple(p[1] for p in line), tuple(p[2] for p in line), tuple(p[3] for p in line))
               for agg in (CLS, MEAN) if (line := [p for p in ok if p[0] == agg])]
     return lr_plot(title, curves, (CLS, MEAN), optimum, css_class="claim-plot") or \
-        f'<p class="claim-nocurve">No curve: {html.escape(title)} has no ok heads at a positive lr.</p>'
+        f'<p class="claim-nocurve">No curve: {html_text(title)} has no ok heads at a positive lr.</p>'
 
 
 def claim_html(claim: ClaimAnalysis) -> str:
     """An escaped HTML fragment: verdict table, method, and an inline SVG of top-1 against lr per backbone."""
     table = claim.table
-    out = [f'<section class="claim" id="claim"><h2>{html.escape(TITLE)}</h2>', f"<p>{html.escape(METHOD)}</p>"]
+    out = [f'<section class="claim" id="claim"><h2>{html_text(TITLE)}</h2>', f"<p>{html_text(METHOD)}</p>"]
     if table.empty:
-        return "\n".join(out + [f"<p>{html.escape(EMPTY)}</p></section>"])
-    out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in VERDICT_HEADERS)
+        return "\n".join(out + [f"<p>{html_text(EMPTY)}</p></section>"])
+    out.append("<table><thead><tr>" + "".join(f"<th>{html_text(h)}</th>" for h in VERDICT_HEADERS)
                + "</tr></thead><tbody>")
     for row, verdict in zip(_display_rows(table), table["verdict"]):
         out.append(f'<tr class="verdict-{verdict.replace(" ", "-")}">'
-                   + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+                   + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>")
     out.append("</tbody></table>")
     notes = _notes(table)
     if notes:
-        out.append("<ul>" + "".join(f"<li>{html.escape(note)}</li>" for note in notes) + "</ul>")
+        out.append("<ul>" + "".join(f"<li>{html_text(note)}</li>" for note in notes) + "</ul>")
     out.append("<h3>Top-1 against learning rate (mean over seeds; large dot = selected optimum)</h3>")
-    for title, points, optimum in _curve_groups(claim):
-        out.append(f"<figure>{_svg(points, optimum, title)}<figcaption>{html.escape(title)}</figcaption></figure>")
+    for title, points, optimum, _ in _curve_groups(claim):
+        out.append(f"<figure>{_svg(points, optimum, title)}<figcaption>{html_text(title)}</figcaption></figure>")
     out.append("</section>")
     return "\n".join(out)

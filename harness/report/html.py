@@ -1,16 +1,16 @@
 """The HTML leaderboard: one self-contained page (inline CSS, JS and SVG; nothing fetched from a network).
 
 Tables sort by clicking a header. Every string that comes from results or the registry goes through
-`html.escape` (quotes included, so it is safe in attributes too); the script reads only the DOM and never builds
+`plain.html_text` (quotes included, so it is safe in attributes too); the script reads only the DOM and never builds
 markup from data. No torch, no Ray.
 """
 
 from __future__ import annotations
 
-from html import escape
 
 import pandas as pd
 
+from harness.report.plain import html_text
 from harness.report.boards import EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
 from harness.report.svg import gain_chart, lr_plot
 from harness.registry import Registry
@@ -51,31 +51,27 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 """
 
 
-def _e(text: str) -> str:
-    return escape(text, quote=True)
-
-
 def _table(board: Board) -> str:
-    head = "".join(f"<th>{_e(name)}</th>" for name in ("backbone", *board.aggregators, "published"))
+    head = "".join(f"<th>{html_text(name)}</th>" for name in ("backbone", *board.aggregators, "published"))
     body = []
     for row in board.rows:
-        tds = [f'<td data-sort="{_e(row.label)}">{_e(row.label)}</td>']
+        tds = [f'<td data-sort="{html_text(row.label)}">{html_text(row.label)}</td>']
         for agg in board.aggregators:
             cell = row.cells.get(agg)
             if cell is None:
                 tds.append('<td data-sort="">—</td>')
                 continue
             sort = "" if cell.mean is None else f"{cell.mean:.4f}"
-            gain = f' <span class="gain">{_e(cell.gain_text())}</span>' if cell.gain_text() else ""
+            gain = f' <span class="gain">{html_text(cell.gain_text())}</span>' if cell.gain_text() else ""
             best = ' class="best"' if cell.best else ""
-            tds.append(f'<td{best} data-sort="{sort}">{_e(cell.text())}{gain}</td>')
-        tds.append(f"<td>{_e(row.published_text())}</td>")
+            tds.append(f'<td{best} data-sort="{sort}">{html_text(cell.text())}{gain}</td>')
+        tds.append(f"<td>{html_text(row.published_text())}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     return f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
 
 def _picks(board: Board) -> str:
-    items = [f"<li>{_e(row.label)} · {_e(agg)}: {_e('; '.join(p.text() for p in cell.picks))}</li>"
+    items = [f"<li>{html_text(row.label)} · {html_text(agg)}: {html_text('; '.join(p.text() for p in cell.picks))}</li>"
              for row in board.rows for agg, cell in row.cells.items() if cell.picks]
     return ("<details><summary>Selected heads (val-selected per seed; config hash prefix)</summary>"
             f"<ul>{''.join(items)}</ul></details>")
@@ -89,8 +85,8 @@ def _plots(board: Board) -> str:
 
 
 def _section(board: Board) -> str:
-    note = f'<p class="note">{_e(RANDOM_INIT_NOTE)}</p>' if board.has_random_init else ""
-    return (f"<section><h2>{_e(board.title)}</h2><p>{_e(board.source_text())}</p>{_table(board)}{note}"
+    note = f'<p class="note">{html_text(RANDOM_INIT_NOTE)}</p>' if board.has_random_init else ""
+    return (f"<section><h2>{html_text(board.title)}</h2><p>{html_text(board.source_text())}</p>{_table(board)}{note}"
             f"{_picks(board)}{_plots(board)}</section>")
 
 
@@ -98,7 +94,7 @@ def html_page(boards: list[Board], claim_fragment: str) -> str:
     """The whole page: a section per board (table, picks, plots), then the claim section (escaped by claim.py)."""
     sections = "".join(_section(b) for b in boards) or "<p>No results yet.</p>"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Leaderboard</title>"
-            f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1><p>{_e(EXPLANATION)}</p>{sections}"
+            f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1><p>{html_text(EXPLANATION)}</p>{sections}"
             f"{claim_fragment}<script>{_JS}</script></body></html>\n")
 
 

@@ -13,11 +13,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from harness.report.attention import html_section, markdown_section
 from harness.report.claim import INPUT_COLUMNS, claim_analysis, claim_html, claim_markdown
 from harness.report.html import html_page
 from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
 from harness.report.markdown import md_escape, md_table
+from harness.report.plain import printable
 from harness.registry import Registry
+from harness.results.attention import read_attention
 from harness.results.store import read_results
 
 # The store columns a regeneration reads (boards and claim section): far faster than all of them on large stores.
@@ -36,7 +39,7 @@ def _md_board(board: Board) -> list[str]:
             text = f"**{md_escape(cell.text())}**" if cell.best else md_escape(cell.text())
             cells.append(", ".join(t for t in (text, cell.gain_text()) if t))
         rows.append([md_escape(row.label), *cells, md_escape(row.published_text())])
-    lines = [f"## {md_escape(board.title)}", "", board.source_text(), ""]
+    lines = [f"## {md_escape(board.title)}", "", md_escape(board.source_text()), ""]
     lines += md_table(["backbone", *board.aggregators, "published"], rows)
     if board.has_random_init:
         lines += ["", f"> {RANDOM_INIT_NOTE}"]
@@ -67,16 +70,16 @@ def render_markdown(results: pd.DataFrame, registry: Registry | None = None) -> 
 def render_terminal(boards: list[Board], console: Console) -> None:
     """The boards (`build_boards`) as rich Tables (cells are Text, so names are never read as rich markup)."""
     for board in boards:
-        table = Table(title=Text(board.title), caption=Text(board.source_text()), show_lines=False)
+        table = Table(title=Text(printable(board.title)), caption=Text(printable(board.source_text())))
         for name in ("backbone", *board.aggregators, "published"):
-            table.add_column(Text(name), overflow="fold")
+            table.add_column(Text(printable(name)), overflow="fold")
         for row in board.rows:
-            cells = [Text(row.label)]
+            cells = [Text(printable(row.label))]
             for agg in board.aggregators:
                 cell = row.cells.get(agg)
                 text = "—" if cell is None else " ".join(t for t in (cell.text(), cell.gain_text()) if t)
-                cells.append(Text(text, style="bold green" if cell is not None and cell.best else ""))
-            table.add_row(*cells, Text(row.published_text()))
+                cells.append(Text(printable(text), style="bold green" if cell is not None and cell.best else ""))
+            table.add_row(*cells, Text(printable(row.published_text())))
         console.print(table)
         if board.has_random_init:
             console.print(Text(RANDOM_INIT_NOTE, style="yellow"))
@@ -93,9 +96,10 @@ def write_leaderboards(root: Path, registry: Registry | None = None, *, results:
     results = read_results(root, COLUMNS) if results is None else results
     boards = build_boards(results, registry) if boards is None else boards
     claim = claim_analysis(results)
+    attention = read_attention(root)
     root.mkdir(parents=True, exist_ok=True)
-    pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(claim)),
-             root / "leaderboard.html": html_page(boards, claim_html(claim))}
+    pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention)),
+             root / "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention))}
     for path, text in pages.items():
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")

@@ -9,12 +9,14 @@ from __future__ import annotations
 import html
 import re
 
+from harness.report.plain import printable
+
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
 
 
 def md_escape(text: str) -> str:
-    """Text as literal Markdown: no markup, no raw HTML, no broken table cells."""
-    return _MD_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
+    """Text as literal Markdown: no markup, no raw HTML, no broken table cells or rows, no control characters."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(printable(text), quote=False))
 
 
 def md_table(headers: list[str], rows: list[list[str]]) -> list[str]:

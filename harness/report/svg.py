@@ -8,9 +8,9 @@ Every label is escaped; coordinates are rounded so regenerations are byte-identi
 from __future__ import annotations
 
 import math
-from html import escape
 
 from harness.report.boards import BASELINE, Board, Curve
+from harness.report.plain import html_text
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 _W, _H, _L, _R, _T, _B = 460, 280, 52, 120, 28, 40  # size and margins (left, right, top, bottom)
@@ -29,7 +29,7 @@ def _span(lo: float, hi: float, pad: float) -> tuple[float, float]:
 
 
 def _text(x: float, y: float, text: str, anchor: str = "middle", extra: str = "") -> str:
-    return f'<text x="{_n(x)}" y="{_n(y)}" text-anchor="{anchor}"{extra}>{escape(text)}</text>'
+    return f'<text x="{_n(x)}" y="{_n(y)}" text-anchor="{anchor}"{extra}>{html_text(text)}</text>'
 
 
 def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...],
@@ -52,7 +52,7 @@ def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...],
         return _T + (y1 - y) / (y1 - y0) * ph
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot {css_class}" width="{_W}" height="{_H}" '
-             f'viewBox="0 0 {_W} {_H}" role="img">', f"<title>{escape(title)}</title>",
+             f'viewBox="0 0 {_W} {_H}" role="img">', f"<title>{html_text(title)}</title>",
              _text(_W / 2, 16, title, extra=' class="plot-title"'),
              f'<rect x="{_L}" y="{_T}" width="{pw}" height="{ph}" class="frame"/>']
     for k in range(math.ceil(x0), math.floor(x1) + 1):
@@ -69,7 +69,7 @@ def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...],
             line = " ".join(f"{_n(x)},{_n(y)}" for x, y, _, _ in points)
             parts.append(f'<polyline class="curve" points="{line}" fill="none" stroke="{colour}"{dash}/>')
             parts += [f'<circle cx="{_n(x)}" cy="{_n(y)}" r="{_radius(curve.aggregator, split, lr, optimum)}" '
-                      f'fill="{colour}"><title>{escape(f"{curve.aggregator} {split}: lr {lr:g}, top-1 {v:.2f}")}'
+                      f'fill="{colour}"><title>{html_text(f"{curve.aggregator} {split}: lr {lr:g}, top-1 {v:.2f}")}'
                       "</title></circle>" for x, y, lr, v in points]
     for i, agg in enumerate(a for a in aggregators if any(c.aggregator == a for c in curves)):
         y = _T + 10 + 16 * i
@@ -95,14 +95,14 @@ def gain_chart(board: Board) -> str:
     reach = max(max(abs(g) for _, _, g in bars), 0.5)
     zero, half = label_w + (width - label_w - 20) / 2, (width - label_w - 20) / 2
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="plot gain-chart" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img">', f"<title>{escape(f'gain over cls, {board.title}')}</title>",
+             f'viewBox="0 0 {width} {height}" role="img">', f"<title>{html_text(f'gain over cls, {board.title}')}</title>",
              _text(width / 2, 16, f"test top-1 gain over cls (points), {board.title}", extra=' class="plot-title"')]
     for i, (label, agg, gain) in enumerate(bars):
         y = _T + i * bar_h
         x, w = (zero, gain / reach * half) if gain >= 0 else (zero + gain / reach * half, -gain / reach * half)
         parts.append(_text(label_w - 6, y + bar_h - 4, f"{label} · {agg}", anchor="end"))
         parts.append(f'<rect class="bar" x="{_n(x)}" y="{y + 2}" width="{_n(w)}" height="{bar_h - 4}" '
-                     f'fill="{color(board.aggregators.index(agg))}"><title>{escape(f"{label} · {agg}: {gain:+.2f}")}'
+                     f'fill="{color(board.aggregators.index(agg))}"><title>{html_text(f"{label} · {agg}: {gain:+.2f}")}'
                      "</title></rect>")
     bottom = _T + bar_h * len(bars)
     parts.append(f'<line x1="{_n(zero)}" y1="{_T}" x2="{_n(zero)}" y2="{bottom}" class="axis"/>')

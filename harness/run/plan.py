@@ -13,7 +13,9 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 
 from harness.errors import HarnessError
+from harness.heads import recipes
 from harness.heads.kinds import kinds, resolve_options
+from harness.heads.recipes import Recipe
 from harness.models.digests import cached_sha256
 from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_only
 from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, Registry
@@ -29,6 +31,12 @@ class HeadPlan:
     lr: float
     wd: float
     seed: int
+    recipe: str | None = None  # harness/heads/recipes.py
+    recipe_options: dict = field(default_factory=dict)
+
+    def training(self) -> Recipe | None:
+        """The head's resolved recipe, None for the harness's own training."""
+        return recipes.resolve(self.recipe, self.recipe_options) if self.recipe else None
 
 
 @dataclass(frozen=True)
@@ -96,23 +104,32 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                       "dataset": _dataset_identity(dataset), **settings}
             heads = []
             for group in grid.heads:
-                agg = registry.aggregator(group.aggregator)
-                options = {**agg.options, **group.options}
-                _refuse_unreadable(grid, agg, group.options, backbone)
+                recipe = recipes.resolve(group.recipe, group.recipe_options) if group.recipe else None
+                agg = trained_entry(registry.aggregator(group.aggregator), recipe)
+                options = {**agg.options, **(recipe.options_for(agg.kind) if recipe else {}), **group.options}
+                _refuse_unreadable(grid, agg, options, backbone)
+                # a head without a recipe keeps the hash it had before recipes existed
+                training = {"recipe": recipe.describe()} if recipe else {}
                 for seed in grid.seeds:
                     for lr in group.lrs:
                         for wd in group.wds:
                             config = {**shared, "aggregator": {"name": agg.name, "kind": agg.kind, "tap": agg.tap,
                                                                "options": options},
-                                      "optimizer": group.optimizer, "lr": lr, "wd": wd, "seed": seed}
+                                      "optimizer": group.optimizer, "lr": lr, "wd": wd, "seed": seed, **training}
                             heads.append(HeadPlan(head_id(agg.name, lr, wd, seed), _digest(config), agg.name,
-                                                  options, group.optimizer, lr, wd, seed))
+                                                  options, group.optimizer, lr, wd, seed, group.recipe,
+                                                  dict(group.recipe_options)))
             trials.append(TrialPlan(
                 trial_id=_digest(shared)[:16], grid=grid.name, backbone=backbone_name, dataset=dataset_name,
                 **settings, claim_margin=grid.claim_margin, heads=tuple(heads),
                 weights=weights.get(backbone_name), weights_sha256=sha256, provenance=dict(provenance or {}),
             ))
     return trials
+
+
+def trained_entry(entry: AggregatorEntry, recipe: Recipe | None) -> AggregatorEntry:
+    """The aggregator entry as a recipe trains it: MAE's global pool reads the tokens before the final norm."""
+    return replace(entry, tap=recipe.tap_for(entry.kind, entry.tap)) if recipe else entry
 
 
 def _refuse_unreadable(grid: Grid, agg: AggregatorEntry, options: dict, backbone: BackboneEntry) -> None:
@@ -162,7 +179,7 @@ def token_shape(entry: BackboneEntry) -> tuple[int, int | None]:
     patch = entry.arch_overrides.get("patch_size", entry.patch_size)
     width = entry.arch_overrides.get("embed_dim") or next(
         (w for size, w in _WIDTHS.items() if f"_{size}_" in entry.arch), None)
-    return (img // patch) ** 2 + int(entry.class_token), width
+    return (img // patch) ** 2 + entry.num_prefix_tokens, width
 
 
 def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str, float],
@@ -178,9 +195,9 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
             passes = images + (trial.epochs - 1) * (sizes["train"] if sizes else images)
         tokens, width = token_shape(backbone)
         if trial.protocol == "cached" and width is not None:
-            aggregators = [registry.aggregator(h.aggregator) for h in trial.heads]
+            aggregators = [trained_entry(registry.aggregator(h.aggregator), h.training()) for h in trial.heads]
             if summary_only(a.kind for a in aggregators):
-                tokens = int(backbone.class_token) + 1  # the prefix tokens and the patch mean
+                tokens = backbone.num_prefix_tokens + 1  # the prefix tokens and the patch mean
             taps = sorted({a.tap for a in aggregators})
             cache = sum(predict_cache_bytes(n, tokens, width, taps) for n in (sizes.values() if sizes else [images]))
     speed, source = backbone.images_per_s, "registered 1-GPU"

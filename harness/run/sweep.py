@@ -28,9 +28,11 @@ from ray import tune
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from harness.results import store
 from harness.errors import HarnessError
+from harness.report.plain import printable
 from harness.run.plan import TrialPlan
 
 _TIMESTAMPS = ("started_at", "ended_at")
@@ -97,8 +99,8 @@ class _StoreAndShow(tune.Callback):
             self.live.update(self.table())
         elif self.console is not None:
             plan = self.plans[index]
-            self.console.print(f"[{time.monotonic() - self.started:6.0f} s] {plan.backbone}/{plan.dataset}: {state} "
-                               f"({self._title()})", highlight=False, soft_wrap=True)
+            self.console.print(Text(f"[{time.monotonic() - self.started:6.0f} s] {printable(plan.backbone)}/"
+                                    f"{printable(plan.dataset)}: {state} ({self._title()})"), soft_wrap=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._set(trial, "running")
@@ -139,7 +141,8 @@ class _StoreAndShow(tune.Callback):
         style = {"done": "green", "failed": "red", "running": "yellow", "retrying": "magenta"}
         for i, plan in enumerate(self.plans):
             state = self.state[i]
-            table.add_row(plan.backbone, plan.dataset, str(len(plan.heads)), f"[{style.get(state, '')}]{state}")
+            table.add_row(Text(printable(plan.backbone)), Text(printable(plan.dataset)), str(len(plan.heads)),
+                          Text(state, style=style.get(state, "")))
         return table
 
 

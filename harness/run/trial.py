@@ -18,7 +18,7 @@ from harness.models.backbones import Backbone, load_backbone
 from harness.tokens.space import summary_only
 from harness.data.splits import Splits, load_splits
 from harness.heads.bank import HeadBank, HeadOutcome, HeadSpec
-from harness.run.plan import HeadPlan, TrialPlan
+from harness.run.plan import HeadPlan, TrialPlan, trained_entry
 from harness.registry import AggregatorEntry, BackboneEntry, load_registry
 from harness.tokens.cache import cached_tokens, extract_tokens, loader_workers
 from harness.heads.train import online_loader, total_steps, train_cached, train_online, warmup_steps
@@ -91,7 +91,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
         "backbone_passes": passes, "images_per_s": extracted / extract_s if extract_s > 0 else 0.0,
         "device": device_name(device),
     }
-    rows = [head_row(shared, head, spec.aggregator, outcome)
+    rows = [head_row(shared, head, trained_entry(spec.aggregator, spec.recipe), outcome)
             for head, spec, outcome in zip(plan.heads, specs, outcomes)]
     curves = [{"config_hash": head.config_hash, **point, "schema_version": store.SCHEMA_VERSION}
               for head, outcome in zip(plan.heads, outcomes) for point in outcome.curves]
@@ -102,7 +102,7 @@ def make_bank(plan: TrialPlan, backbone: Backbone, splits: Splits, device: torch
     """The head bank of a trial: every head of the plan, sized for the backbone's tokens and the train split."""
     registry = load_registry()
     specs = [HeadSpec(h.head_id, h.config_hash, registry.aggregator(h.aggregator), h.options, h.optimizer, h.lr,
-                      h.wd, h.seed) for h in plan.heads]
+                      h.wd, h.seed, h.training()) for h in plan.heads]
     n = len(splits.train)
     return HeadBank(specs, embed_dim=backbone.embed_dim, num_heads=backbone.num_heads,
                     num_prefix_tokens=backbone.num_prefix_tokens, num_classes=splits.num_classes,
@@ -144,4 +144,5 @@ def failed_rows(plan: TrialPlan, error: str, started: datetime) -> list[dict]:
         "split_seed": dataset.split_seed, "wall_s": 0.0, "backbone_passes": 0, "images_per_s": 0.0, "device": "",
     }
     outcome = HeadOutcome(status="failed", error=error)
-    return [head_row(shared, h, registry.aggregator(h.aggregator), outcome) for h in plan.heads]
+    return [head_row(shared, h, trained_entry(registry.aggregator(h.aggregator), h.training()), outcome)
+            for h in plan.heads]

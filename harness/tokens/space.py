@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.data.sources import source_kinds
 from harness.heads.kinds import kinds
 from harness.registry import DatasetEntry
 
@@ -36,12 +37,10 @@ def predict_cache_bytes(num_images: int, num_tokens: int, embed_dim: int, taps: 
 def planned_split_sizes(dataset: DatasetEntry) -> dict[str, int] | None:
     """{"train", "val", "test"} image counts known before reading any file, or None (e.g. a folder from the CLI).
 
-    From `options.num_images` ({pool, test}) or a synthetic entry's `num_train` / `num_test`; val is the
-    stratified hold-out, ceil(val_fraction x pool) images, as `load_splits` carves it.
+    The pool and test counts its source declares (`options.num_images` by default); val is the stratified
+    hold-out, ceil(val_fraction x pool) images, as `load_splits` carves it.
     """
-    counts = dataset.options.get("num_images")
-    if dataset.source == "synthetic":
-        counts = {"pool": dataset.options.get("num_train"), "test": dataset.options.get("num_test")}
+    counts = source_kinds()[dataset.source].planned_counts(dataset)
     if not isinstance(counts, dict) or not all(isinstance(counts.get(k), int) for k in ("pool", "test")):
         return None
     val = math.ceil(dataset.val_fraction * counts["pool"])

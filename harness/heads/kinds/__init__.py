@@ -4,8 +4,9 @@ The registry validator (kind names, options), `build_head` (pooler and the head 
 (`summary_only`) read that declaration and nothing else. This side imports no torch, so `harness list` and
 registry validation stay instant; the torch pooler is named by `pooler` and imported only when a head is built.
 
-Built-in kinds are the modules of this package (a new file here is a new kind, no list to edit); any other module,
-a test's for instance, registers one the same way at import, before the registry entry using it is read:
+Built-in kinds are the modules of this package named in BUILTIN (a new kind is a file here and its name there); any
+other module, a test's for instance, registers one the same way at import, before the registry entry using it is
+read:
 
     register(Kind(name="max", pooler="my_module:build_max", options={"content": CONTENT}))
 
@@ -27,13 +28,12 @@ Kind fields:
 
 from __future__ import annotations
 
-import importlib
 import math
-import pkgutil
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from harness.errors import HarnessError
+from harness.plugins import Plugins, resolve
 
 if TYPE_CHECKING:
     from harness.registry import AggregatorEntry
@@ -95,11 +95,7 @@ class Kind:
     refuse: Callable[[dict[str, Any], int | None, int | None], str | None] | None = None
 
     def build_pooler(self, dims: Dims, opts: dict[str, Any]) -> tuple[Any, int]:
-        build = self.pooler
-        if isinstance(build, str):
-            module, attr = build.split(":")
-            build = getattr(importlib.import_module(module), attr)
-        return build(dims, opts)
+        return resolve(self.pooler)(dims, opts)
 
 
 def square_grid(kind: str) -> Callable[[dict[str, Any], int | None, int | None], str | None]:
@@ -111,26 +107,28 @@ def square_grid(kind: str) -> Callable[[dict[str, Any], int | None, int | None],
     return refuse
 
 
-_KINDS: dict[str, Kind] = {}
-_builtins_loaded = False
-
-
-def register(kind: Kind) -> Kind:
-    """Make `kind` known by its name; registering a name twice is a programming error."""
-    if kind.name in _KINDS:
-        raise ValueError(f"aggregator kind {kind.name!r} is already registered")
-    _KINDS[kind.name] = kind
-    return kind
-
-
-def kinds() -> dict[str, Kind]:
-    """Every registered kind by name, the built-in modules of this package imported on the first call."""
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for info in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{info.name}")
-    return _KINDS
+BUILTIN = (  # in the order listings and error messages show them
+    "cls",
+    "mean",
+    "abmilp",
+    "query",
+    "ep",
+    # efficient probing's other poolings (billpsomas/efficient-probing `--cls_features <name>`)
+    "simpool",
+    "esimpool",
+    "clip",
+    "siglip",
+    "aim",
+    "cbam",
+    "coca",
+    "cait",
+    "dinovit",
+    "jepa",
+    "dolg",
+    "cae",
+)
+_KINDS: Plugins[Kind] = Plugins("aggregator kind", __name__, BUILTIN)
+register, kinds = _KINDS.register, _KINDS.all
 
 
 def resolve_options(entry: AggregatorEntry, options: dict[str, Any] | None = None) -> dict[str, Any]:

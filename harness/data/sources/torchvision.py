@@ -1,0 +1,57 @@
+"""`torchvision`: a torchvision.datasets class, downloadable with `--download` into the data root."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from harness.data.sources import SourceKind, option, register, root_hint
+from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.data.images import Source
+    from harness.registry import BackboneEntry, DatasetEntry
+
+
+def load(dataset: DatasetEntry, backbone: BackboneEntry, download: bool, root: Path) -> Source:
+    """`options.class` built once per `options.train` table (concatenated into the pool) and once for `test`."""
+    import numpy as np
+    import torchvision.datasets
+    from torch.utils.data import ConcatDataset
+
+    from harness.data.images import Source, labels_of
+
+    name = option(dataset, "class", str)
+    cls = getattr(torchvision.datasets, name, None)
+    if not isinstance(cls, type):
+        raise HarnessError(f"{dataset.source_file}: field '{dataset.name}.options.class' is {name!r}; accepted: a "
+                           "dataset class of torchvision.datasets, e.g. CIFAR10.")
+    folder = root / option(dataset, "folder", str, dataset.name)
+    common = option(dataset, "kwargs", dict, {})
+
+    def build(kwargs: dict) -> Dataset:
+        try:
+            return cls(str(folder), **common, **kwargs, download=download)
+        except RuntimeError as e:  # torchvision's "Dataset not found or corrupted" for a missing root
+            raise HarnessError(
+                f"dataset '{dataset.name}': torchvision's {name} found no usable files under {folder} ({e}); "
+                f"expected the files {name} downloads there; run with --download to fetch them into {folder}, or "
+                f"{root_hint(folder)}.") from None
+        except (ValueError, TypeError) as e:  # a split name or keyword the class does not take
+            raise HarnessError(f"{dataset.source_file}: dataset '{dataset.name}': torchvision's {name} rejects "
+                               f"options {kwargs} ({e}).") from None
+        except OSError as e:
+            raise HarnessError(f"dataset '{dataset.name}': reading or downloading {name} into {folder} failed "
+                               f"({e}); check the network and the folder, or place the files there by hand.") from None
+
+    train = option(dataset, "train", list)
+    if not train or not all(isinstance(kwargs, dict) for kwargs in train):
+        raise HarnessError(f"{dataset.source_file}: field '{dataset.name}.options.train' is {train!r}; accepted: a "
+                           "non-empty list of tables of keyword arguments, one per official split in the pool.")
+    parts = [build(kwargs) for kwargs in train]
+    test = build(option(dataset, "test", dict))
+    pool = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    return Source(pool, np.concatenate([labels_of(p) for p in parts]), test, labels_of(test), str(folder))
+
+
+register(SourceKind(name="torchvision", load=load))

@@ -1,0 +1,301 @@
+"""Recipe parity: each named recipe, trained by the head bank beside other heads, follows its official script's
+trajectory step by step (tests/fixtures/recipes: lr, wd and loss of every step, the head's parameters and
+BatchNorm statistics at every checkpoint, eval logits). Sizes, hyperparameters and tolerances come from each
+manifest, so another folder of the same form (HARNESS_FIXTURES_DIR) is tested unchanged."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.errors import HarnessError
+from harness.heads.bank import HeadBank, HeadSpec
+from harness.heads.recipes import RECIPES, Recipe, resolve
+from harness.registry import AggregatorEntry, load_registry
+from harness.run.plan import expand
+from harness.run.trial import run_trial
+from conftest import manifests
+from single_thread import one_thread  # noqa: F401 (autouse fixture)
+
+
+@dataclass
+class Case:
+    """One head under test: how the harness runs the official configuration, and how its keys map to ours."""
+
+    recipe: Recipe
+    kind: str
+    options: dict
+    lr: float
+    wd: float
+    warmup_steps: int
+    keys: dict[str, str | None]  # official key prefix -> ours; None: a parameter the official head never uses
+    embed_dim: int
+    num_heads: int = 1
+    head_name: str | None = None  # DINOv2: the head's name in its dict-valued entries
+    inputs: tuple[str, ...] = ("train_tokens", "eval_tokens")
+    features: dict = field(default_factory=dict)
+
+
+_BN_LINEAR = {"0.": "norm.", "1.": "linear."}
+_POOL_BN_LINEAR = {"1.": "norm.", "2.": "linear."}
+
+
+def _mae(m: dict, variant: str) -> list[Case]:
+    hp, ipe = m["hyperparameters"], m["sizes"]["iterations_per_epoch"]
+    assert hp["eff_batch_size"] == m["sizes"]["B"] and hp["min_lr"] == 0.0 and hp["max_norm (gradient clipping)"] is None
+    wd = hp["weight_decay of variant cls_wd"] if variant == "cls_wd" else hp["weight_decay"]
+    kind = "mean" if variant in ("global_pool", "mean_bn") else "cls"
+    recipe = resolve("mae-linprobe", {"global_pool": False} if variant == "mean_bn" else {})
+    return [Case(recipe, kind, {}, hp["blr"], wd, hp["warmup_epochs"] * ipe, _BN_LINEAR, m["sizes"]["D"])]
+
+
+def _ep(m: dict, variant: str) -> list[Case]:
+    hp, ipe = m["hyperparameters"], m["sizes"]["iterations_per_epoch"]
+    recipe = resolve("ep-linprobe")
+    assert recipe.options_for("ep")["num_queries"] == m["official_defaults"]["ep_queries"]
+    ep = hp["EfficientProbing"]
+    assert ep["num_heads"] == 1 and ep["qk_scale"] is None and hp["accum_iter"] == 1
+    options = {"num_queries": hp["ep_queries"], "d_out": hp["d_out"], "qkv_bias": ep["qkv_bias"],
+               "content": "all" if variant == "ep_all" else "patch"}
+    keys = {"0.cls_token": "pooler.queries", "0.v.": "pooler.v.", **_POOL_BN_LINEAR}
+    return [Case(recipe, "ep", options, hp["blr"], hp["weight_decay"], hp["warmup_epochs"] * ipe, keys,
+                 m["sizes"]["D"])]
+
+
+def _abmilp(m: dict, variant: str) -> list[Case]:
+    hp, ipe = m["hyperparameters"], m["sizes"]["iterations_per_epoch"]
+    accum = hp["variants"][variant]["accum_iter"]
+    assert hp["variants"][variant]["eff_batch_size"] == m["sizes"]["B"]
+    recipe = resolve("beyond-cls-abmilp", {} if accum == RECIPES["beyond-cls-abmilp"].accum_iter
+                     else {"accum_iter": accum})
+    official = {"depth": hp["abmilp_depth"], "activation": hp["abmilp_act"], "self_attention": hp["abmilp_sa"],
+                "cond": hp["abmilp_cond"], "content": hp["abmilp_content"]}
+    assert recipe.options_for("abmilp") == official  # the README setting is the recipe's own
+    readme = m["official_defaults"]["README ImageNet command"]
+    assert RECIPES["beyond-cls-abmilp"].accum_iter == int(re.search(r"--accum_iter (\d+)", readme).group(1))
+    keys = {"0.attention_predictor.": "pooler.attention_predictor.", "0.pos_embed": None, **_POOL_BN_LINEAR}
+    return [Case(recipe, "abmilp", {}, hp["blr"], hp["weight_decay"], hp["warmup_epochs"] * ipe, keys,
+                 m["sizes"]["D"])]
+
+
+def _vjepa(m: dict, variant: str) -> list[Case]:
+    hp = m["hyperparameters"]
+    v, ac = hp["variants"][variant], hp["AttentiveClassifier"]
+    assert hp["final_lr"] == 0.0 and ac["qkv_bias"] and ac["complete_block"]
+    lr = hp["lr (ref_lr)"]
+    recipe = resolve("vjepa-attentive", {"warmup_start": v["start_lr"] / lr})
+    assert recipe.final_wd == hp["final_wd"] and recipe.clip == hp["clip_grad_norm_"]
+    options = {"num_queries": ac["num_queries"], "depth": ac["depth"], "mlp_ratio": ac["mlp_ratio"],
+               "num_heads": ac["num_heads"]}
+    block = "pooler.cross_attention_block."
+    keys = {"pooler.query_tokens": "pooler.query_tokens", block + "norm1.": "pooler.norm1.",
+            block + "xattn.q.": "pooler.q.", block + "xattn.kv.": "pooler.kv.", block + "xattn.proj.": None,
+            block + "norm2.": "pooler.norm2.", block + "mlp.": "pooler.mlp.", "linear.": "linear."}
+    return [Case(recipe, "query", options, lr, v["weight_decay (ref_wd)"], v["warmup_steps = int(warmup * ipe)"],
+                 keys, ac["embed_dim"], ac["num_heads"])]
+
+
+def _dinov2(m: dict, variant: str) -> list[Case]:
+    """Each head reads the [cls] tokens of the last n blocks (oldest first), then the last block's patch mean if
+    avgpool; given to a `cls` head as a one-token input until a multi-block readout exists."""
+    hp = m["hyperparameters"]
+    assert hp["SGD"] == {"momentum": 0.9, "weight_decay": 0, "dampening": 0, "nesterov": False}
+    assert hp["max_iter"] == m["sizes"]["K"]
+    recipe = resolve("dinov2-linear")
+    cases = []
+    for head in m["variants"][variant]["heads"]:
+        base = next(lr for lr in hp["learning_rates"] if abs(lr * hp["batch_size"] / 256 - head["lr_scaled"]) < 1e-12)
+        prefix = f"classifiers_dict.{head['name']}."
+        cases.append(Case(recipe, "cls", {}, base, 0.0, 0, {prefix + "linear.": "linear."}, head["out_dim"],
+                          head_name=head["name"], inputs=("train_blocks", "eval_blocks"),
+                          features={"n_blocks": head["use_n_blocks"], "avgpool": head["use_avgpool"]}))
+    return cases
+
+
+BUILDERS = {"mae_linprobe": _mae, "ep_linprobe": _ep, "beyond_cls_abmilp": _abmilp, "vjepa_attentive": _vjepa,
+            "dinov2_linear": _dinov2}
+CASES = [(path, variant) for path in manifests("recipe")
+         for variant in json.loads(path.read_text())["variants"]]
+
+
+def _dinov2_input(blocks: torch.Tensor, n_blocks: int, avgpool: bool) -> torch.Tensor:
+    """DINOv2 create_linear_input as a (B, 1, D') token tensor: last n blocks' [cls], then the last patch mean."""
+    parts = [b[:, 0] for b in blocks[-n_blocks:]] + ([blocks[-1][:, 1:].mean(1)] if avgpool else [])
+    return torch.cat(parts, dim=-1).unsqueeze(1)
+
+
+def _ours(key: str, keys: dict[str, str | None]) -> str | None:
+    prefix = next(p for p in keys if key.startswith(p))
+    return None if keys[prefix] is None else keys[prefix] + key[len(prefix):]
+
+
+def _specs(case: Case) -> list[HeadSpec]:
+    """The head under test, a neighbour in its stack at another lr, and heads of other kinds and recipes."""
+    agg = AggregatorEntry(case.kind, case.kind, "norm")
+    others = [HeadSpec("other-recipe", "o1", AggregatorEntry("cls", "cls", "norm"), {}, "adamw", 1e-3, 0.05, 0),
+              HeadSpec("no-recipe", "o2", agg, case.options, "sgd", 0.3, 0.0, 0)]
+    return [HeadSpec("under-test", "t", agg, case.options, case.recipe.optimizer, case.lr, case.wd, 0, case.recipe),
+            HeadSpec("neighbour", "n", agg, case.options, case.recipe.optimizer, case.lr * 0.5, case.wd, 0,
+                     case.recipe), *others]
+
+
+def _run(folder: Path, variant: str, cases: list[Case], m: dict) -> None:
+    sizes, tol = m["sizes"], m["tolerance"]
+    data = torch.load(folder / "data.pt", weights_only=True)
+    traj = torch.load(folder / m["variants"][variant]["file"], weights_only=True)
+    steps = sizes["K"]
+    for column, case in enumerate(cases):
+        def pick(entry):  # DINOv2 stores one entry per head
+            return entry[case.head_name] if case.head_name else entry
+
+        train, evaluation = (data[case.inputs[0]], data[case.inputs[1]])
+        if case.features:
+            train, evaluation = (_dinov2_input(x, **case.features) for x in (train, evaluation))
+        prefix_tokens = sizes["T"] - sizes["n_patch_tokens"] if not case.features else 1
+        bank = HeadBank(_specs(case), embed_dim=case.embed_dim, num_heads=case.num_heads,
+                        num_prefix_tokens=prefix_tokens, num_classes=sizes["C"], batch_size=sizes["B"],
+                        total_steps=steps, warmup_steps=case.warmup_steps)
+        state = bank.head_state(0)
+        mine = [k for k in traj["init"] if k.startswith(tuple(case.keys))]
+        assert case.head_name or len(mine) == len(traj["init"]), "every official key is mapped"
+        init = {_ours(k, case.keys): traj["init"][k] for k in mine}
+        with torch.no_grad():
+            for name, value in init.items():
+                if name is not None and value.is_floating_point():
+                    state[name].copy_(value)
+        assert {n for n in init if n is not None} == set(state), "every parameter of the head is loaded"
+        eval_batch = {"norm": evaluation, "prenorm": evaluation}
+
+        def close(actual: torch.Tensor, expected: torch.Tensor, atol: float, what: str) -> None:
+            err = (actual - expected).abs().max().item()
+            assert err <= atol, f"{what}: max |diff| {err:.3g} > {atol:g}"
+
+        close(bank.logits(0, eval_batch), pick(traj["eval_logits_init"]), tol["eval_logits_atol"], "eval_logits_init")
+        lrs = traj["lr"][:, column] if traj["lr"].dim() == 2 else traj["lr"]
+        losses = traj["loss_per_head"][:, column] if case.head_name else traj["loss"]
+        losses = losses.view(steps, -1)
+        for s in range(1, steps + 1):
+            idx = data["batch_order"][s - 1]
+            bank.step({"norm": train[idx], "prenorm": train[idx]}, data["train_labels"][idx])
+            used = bank.last_step(0)
+            assert abs(used["lr"] - lrs[s - 1].item()) <= tol["lr_rel"] * max(abs(lrs[s - 1].item()), 1e-12), s
+            if "wd" in traj:
+                wd_decayed, wd_excluded = traj["wd"][s - 1].tolist()
+                assert wd_excluded == 0.0
+                assert abs(used["wd"] - wd_decayed) <= tol["lr_rel"] * max(abs(wd_decayed), 1e-12), s
+            close(torch.tensor(used["losses"]), losses[s - 1], tol["loss_atol"], f"loss at step {s}")
+            if s in sizes["checkpoint_steps"]:
+                state = bank.head_state(0)
+                for key, expected in traj[f"step_{s}"].items():
+                    if not key.startswith(tuple(case.keys)):
+                        continue
+                    name = _ours(key, case.keys)
+                    if name is None:  # never applied by the official head: it must never have changed
+                        assert torch.equal(expected, traj["init"][key]), key
+                    elif expected.is_floating_point():
+                        close(state[name], expected, tol["params_atol"], f"{key} after step {s}")
+                    else:
+                        assert state[name].item() == expected.item(), f"{key} after step {s}"
+        close(bank.logits(0, eval_batch), pick(traj["eval_logits"]), tol["eval_logits_atol"], "eval_logits")
+        assert len(bank.live()) == len(bank.specs)
+
+
+@pytest.mark.parametrize("folder,variant", [(p.parent, v) for p, v in CASES],
+                         ids=[f"{p.parent.name}-{v}" for p, v in CASES])
+def test_recipe_follows_the_official_trajectory(folder: Path, variant: str):
+    m = json.loads((folder / "manifest.json").read_text())
+    _run(folder, variant, BUILDERS[m["recipe"]](m, variant), m)
+
+
+def test_vjepa_decay_groups_are_the_official_ones():
+    """The recipe's decay rule puts exactly the manifest's parameters in V-JEPA's decayed group."""
+    for path in manifests("recipe"):
+        m = json.loads(path.read_text())
+        if m["recipe"] != "vjepa_attentive":
+            continue
+        (case,) = _vjepa(m, next(iter(m["variants"])))
+        bank = HeadBank(_specs(case)[:1], embed_dim=case.embed_dim, num_heads=case.num_heads, num_prefix_tokens=1,
+                        num_classes=m["sizes"]["C"], batch_size=m["sizes"]["B"], total_steps=m["sizes"]["K"],
+                        warmup_steps=0)
+        (group,) = bank.groups
+        ours = {name for name, d in zip(group.names(), group.decayed) if d}
+        groups = m["hyperparameters"]["param_groups"]
+        official = {_ours(k, case.keys) for k in groups["0 (decayed)"]} - {None}
+        excluded = {_ours(k, case.keys) for k in groups["1 (WD_exclude, weight_decay 0)"]} - {None}
+        assert ours == official and not ours & excluded and ours | excluded == set(group.names())
+
+
+GRID = """
+description = "Every recipe in one demo trial."
+backbones = ["demo-mae-tiny"]
+datasets = ["digits"]
+epochs = 2
+warmup_epochs = 1
+batch_size = 128
+seeds = [0]
+
+[heads.cls]
+recipe = "dinov2-linear"
+lr = [0.1]
+
+[heads.mean]
+recipe = "mae-linprobe"
+lr = [0.1]
+
+[heads.abmilp]
+recipe = "beyond-cls-abmilp"
+lr = [0.1]
+
+[heads.query]
+recipe = "vjepa-attentive"
+lr = [1e-3]
+wd = [1e-3]
+
+[heads.ep]
+recipe = "ep-linprobe"
+lr = [0.1]
+"""
+
+
+def _grid(tmp_path: Path, text: str):
+    path = tmp_path / "recipes.toml"
+    path.write_text(text)
+    return load_registry().grid(str(path))
+
+
+def test_a_grid_selects_a_recipe_in_one_word_and_a_trial_trains_by_it(tmp_path: Path):
+    grid = _grid(tmp_path, GRID)
+    assert {h.aggregator: (h.recipe, h.optimizer) for h in grid.heads} == {
+        "cls": ("dinov2-linear", "sgd"), "mean": ("mae-linprobe", "lars"), "abmilp": ("beyond-cls-abmilp", "lars"),
+        "query": ("vjepa-attentive", "adamw"), "ep": ("ep-linprobe", "lars")}
+    (trial,) = expand(grid, load_registry())
+    plain = expand(_grid(tmp_path, GRID.replace('recipe = "dinov2-linear"', 'optimizer = "sgd"')), load_registry())[0]
+    assert trial.heads[0].config_hash != plain.heads[0].config_hash  # the recipe is part of the configuration
+    assert trial.heads[1:] == plain.heads[1:]
+    rows, curves = run_trial(trial)
+    by_agg = {r["aggregator"]: r for r in rows}
+    assert all(r["status"] == "ok" for r in rows), [(r["aggregator"], r["error"]) for r in rows]
+    assert by_agg["mean"]["token_tap"] == "prenorm"  # MAE --global_pool reads the last block before its norm
+    assert json.loads(by_agg["ep"]["aggregator_options"])["num_queries"] == RECIPES["ep-linprobe"].options_for("ep")[
+        "num_queries"]
+    assert len(curves) == 2 * len(rows)
+
+
+@pytest.mark.parametrize("change,field_name,accepted", [
+    ('recipe = "mae-linprob"', "heads.cls.recipe", "beyond-cls-abmilp, dinov2-linear"),
+    ('recipe = "vjepa-attentive"', "heads.cls.recipe", "dinov2-linear, mae-linprobe"),
+    ('recipe = "dinov2-linear"\noptimizer = "lars"', "heads.cls.optimizer", "'sgd' or no optimizer field"),
+    ('recipe = "dinov2-linear"\nrecipe_options = { batchnorms = true }', "heads.cls.recipe_options", "accum_iter"),
+    ('recipe = "dinov2-linear"\nrecipe_options = { batchnorm = 1 }', "heads.cls.recipe_options", "true or false"),
+    ('optimizer = "sgd"\nrecipe_options = { batchnorm = true }', "heads.cls.recipe_options", "a recipe field"),
+])
+def test_a_bad_recipe_field_names_the_field_and_what_is_accepted(tmp_path: Path, change: str, field_name: str,
+                                                                 accepted: str):
+    with pytest.raises(HarnessError) as e:
+        _grid(tmp_path, GRID.replace('recipe = "dinov2-linear"', change))
+    assert f"field '{field_name}'" in str(e.value) and accepted in str(e.value) and "\n" not in str(e.value)
