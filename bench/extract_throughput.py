@@ -10,6 +10,10 @@ Random weights, the registered entries' architectures, the harness's own `Backbo
 - `pipeline`: `extract_tokens` over JPEG files decoded by PIL and the harness's ImageNet eval transform (resize,
   centre crop, normalise), with the default loader workers and, for the first shape, with none: the decode
   bottleneck. Plus the host-to-device copy rate from pinned and from pageable memory (CUDA).
+- `online`: the online protocol's feeding from JPEG files (RandomResizedCrop + flip) into the backbone, images/s:
+  `cpu_path` (PIL decode and torchvision transforms in the loader workers, as on a CPU-only machine) and
+  `device_path` (workers read bytes and draw the crops; decode and augmentation batched on the device,
+  `harness.data.device_feed`), side by side.
 Prints a table and writes bench/out/extract_throughput-<device>.json (or --out). Not a test.
 
     python bench/extract_throughput.py                                  # CPU, float32, ViT-S/16 and B/16
@@ -169,7 +173,43 @@ def measure(shape: str, args: argparse.Namespace, device: torch.device, jpegs: l
     if first and workers > 0:
         serial = args.batch_size * max(2, args.iters // 5)
         result["pipeline"]["workers=0"] = extraction(backbone, Cycle(jpegs, serial, decode), args, device, 0)
+    result["online"] = online_rates(backbone, entry, args, device, jpegs, workers)
     return result
+
+
+def online_rates(backbone: Backbone, entry: BackboneEntry, args: argparse.Namespace, device: torch.device,
+                 jpegs: list[bytes], workers: int) -> dict[str, float]:
+    """images/s of augmented batches from JPEG files through the backbone: CPU transforms vs the device feed."""
+    import tempfile
+
+    from harness.data.device_feed import device_feed
+    from harness.tokens.cache import backbone_autocast
+
+    images = args.batch_size * args.iters
+    augment = build_transform(load_registry().dataset("imagenet-1k"), entry, augment=True)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = []
+        for k, data in enumerate(jpegs):
+            paths.append(str(Path(folder) / f"{k}.jpg"))
+            Path(paths[-1]).write_bytes(data)
+        files = [paths[i % len(paths)] for i in range(images)]
+        cpu = torch.utils.data.DataLoader(Cycle(files, images, lambda f: augment(Image.open(f).convert("RGB"))),
+                                          batch_size=args.batch_size, num_workers=workers,
+                                          pin_memory=device.type == "cuda")
+        feed = device_feed(files, [0] * images, augment=True, batch_size=args.batch_size, sampler=range(images),
+                           num_workers=workers, generator=None, device=device, size=entry.img_size,
+                           resize=entry.img_size, interpolation=entry.interpolation, mean=entry.mean, std=entry.std,
+                           drop_last=True)
+
+        def through(batches) -> float:
+            t = time.perf_counter()
+            with torch.no_grad(), backbone_autocast(device):
+                for x, _ in batches:
+                    backbone.forward_taps(x.to(device, non_blocking=True), TAPS)
+            sync(device)
+            return images / (time.perf_counter() - t)
+
+        return {"cpu_path": through(cpu), "device_path": through(feed)}
 
 
 def main() -> None:
@@ -219,6 +259,8 @@ def main() -> None:
         print(f"{shape:7s} model: " + ", ".join(cells))
         print(f"{'':7s} extract_tokens from tensors {r['tensors']:8.1f}; from JPEGs " +
               ", ".join(f"({name}) {v:8.1f}" for name, v in r["pipeline"].items()))
+        print(f"{'':7s} online from JPEGs: cpu path {r['online']['cpu_path']:8.1f}, device path "
+              f"{r['online']['device_path']:8.1f}")
         path.write_text(json.dumps(out, indent=1))  # after every shape: a run cut short keeps what it measured
     print(f"wrote {path}")
 

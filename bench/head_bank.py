@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from harness.heads.head import build_head
 from harness.models.backbones import Backbone, build_model
+from harness.heads.precision import head_matmuls
 from harness.heads.bank import HeadBank, HeadSpec
 from harness.registry import load_registry
 from harness.tokens.cache import backbone_autocast
@@ -140,6 +141,10 @@ def measure(shape: str, args: argparse.Namespace, device: torch.device) -> dict:
                                                                                list(range(args.seeds)))
     stacked = bank(specs)
     bank_s = timed(lambda: stacked.step(tokens, labels), args.reps, device)
+    bank_share = {}  # the bank's share of the forward at each head-matmul precision the device offers
+    for mode in ("fp32", "tf32") if device.type == "cuda" else ("fp32",):
+        with head_matmuls(device, mode):
+            bank_share[mode] = timed(lambda: stacked.step(tokens, labels), args.reps, device) / backbone_s
     del stacked
     loop = LoopBank(specs, dims, b, device)
     loop_bank_s = timed(lambda: loop.step(tokens, labels), args.reps, device)
@@ -153,6 +158,7 @@ def measure(shape: str, args: argparse.Namespace, device: torch.device) -> dict:
         "stack_s_per_head": {k: v / args.stack for k, v in stack_s.items()},
         "stack_speedup_vs_one_at_a_time": {k: per_head[k] * args.stack / v for k, v in stack_s.items()},
         "bank_heads": len(specs), "bank_s": bank_s, "bank_vs_backbone": bank_s / backbone_s,
+        "bank_vs_backbone_by_head_precision": bank_share,
         "bank_s_per_head": bank_s / len(specs), "loop_bank_s": loop_bank_s,
         "loop_bank_vs_backbone": loop_bank_s / backbone_s, "speedup_vs_loop": loop_bank_s / bank_s,
     }
@@ -189,6 +195,8 @@ def main() -> None:
                   f"ms/head  ({r['stack_speedup_vs_one_at_a_time'][kind]:.1f}x one head at a time)")
         print(f"  bank of {r['bank_heads']} cls+mean   {r['bank_s'] * 1e3:10.2f} ms/batch  "
               f"{100 * r['bank_vs_backbone']:8.2f}% of backbone  ({r['bank_s_per_head'] * 1e3:.3f} ms/head)")
+        print("  bank share by head-matmul precision: " + ", ".join(
+            f"{mode} {100 * share:.2f}%" for mode, share in r["bank_vs_backbone_by_head_precision"].items()))
         print(f"  same, loop per head     {r['loop_bank_s'] * 1e3:10.2f} ms/batch  "
               f"{100 * r['loop_bank_vs_backbone']:8.2f}% of backbone  (stacked is {r['speedup_vs_loop']:.1f}x faster)")
         print(f"  stack of 3 vs alone, max |diff| after 3 steps: {r['stack_vs_alone_max_abs_diff']}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -83,8 +85,19 @@ def _parse_weights(pairs: list[str]) -> dict[str, str]:
                                "and the path of its checkpoint file.")
         if not Path(path).is_file():
             raise HarnessError(f"--weights {pair!r}: {path} is not a file.")
+        if name in out:
+            raise HarnessError(f"--weights names backbone {name!r} twice; accepted: one NAME=PATH per backbone.")
         out[name] = str(Path(path).resolve())
     return out
+
+
+def _names_flag(flag: str, text: str, lookup) -> tuple[str, ...]:
+    """A comma-separated list of registered, distinct names."""
+    names = tuple(lookup(name).name for name in text.split(","))
+    if len(set(names)) != len(names):
+        raise HarnessError(f"{flag} {text!r} names an entry twice; accepted: distinct registered names, "
+                           "comma-separated (each backbone x dataset runs once).")
+    return names
 
 
 def _sweep_grid(args: argparse.Namespace, reg):
@@ -92,9 +105,9 @@ def _sweep_grid(args: argparse.Namespace, reg):
     grid = reg.grid(args.grid)
     if args.backbones or args.datasets:
         grid = dataclasses.replace(
-            grid, backbones=tuple(reg.backbone(b).name for b in args.backbones.split(",")) if args.backbones
+            grid, backbones=_names_flag("--backbones", args.backbones, reg.backbone) if args.backbones
             else grid.backbones,
-            datasets=tuple(reg.dataset(d).name for d in args.datasets.split(",")) if args.datasets else grid.datasets)
+            datasets=_names_flag("--datasets", args.datasets, reg.dataset) if args.datasets else grid.datasets)
     return grid
 
 
@@ -106,7 +119,9 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     grid = _sweep_grid(args, reg)
     weights = _parse_weights(args.weights)
     for name in weights:
-        reg.backbone(name)
+        if reg.backbone(name).random_init:
+            raise HarnessError(f"--weights {name}=...: backbone {name!r} is a random-init demo variant and reads no "
+                               "weights; accepted: --weights for an entry with released weights.")
     results_dir = _results_dir(args)
     trials = expand(grid, reg, weights=weights)
     todo = trials if args.force else without_done(trials, store.completed_hashes(results_dir))
@@ -311,13 +326,18 @@ def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_claim(args: argparse.Namespace, console: Console) -> int:
     from harness.results import store
-    from harness.report.claim import INPUT_COLUMNS, claim_table, claim_terminal
+    from harness.report.claim import INPUT_COLUMNS, claim_records, claim_table
+    from harness.report.claim_pages import claim_terminal
 
     results_dir = _results_dir(args)
     results = store.read_results(results_dir, INPUT_COLUMNS)
     if results.empty:
         raise HarnessError(f"no results yet under {results_dir}; run `harness sweep --grid claim` first.")
-    claim_terminal(claim_table(results), console)
+    table = claim_table(results, lambda hashes: store.read_correct(results_dir, hashes))
+    if args.format == "json":  # one object per group, on stdout alone
+        sys.stdout.write(json.dumps(claim_records(table), indent=2) + "\n")
+    else:
+        claim_terminal(table, console)
     return 0
 
 
@@ -361,6 +381,34 @@ def cmd_attention(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _retries(text: str) -> int:
+    from harness.registry import RETRIES_MAX
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= RETRIES_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted; accepted: an integer from 0 to {RETRIES_MAX}")
+    return value
+
+
+def _number(*, positive: bool):
+    """An argparse type: a finite float, > 0 or >= 0."""
+    accepted = "a number > 0" if positive else "a number >= 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(f"{text!r} is not accepted; accepted: {accepted}")
+        return value
+
+    return parse
+
+
 def _grid_args(p: argparse.ArgumentParser) -> None:
     """What a sweep runs, shared by `sweep` and `submit`."""
     p.add_argument("--grid", required=True,
@@ -368,15 +416,15 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbones", metavar="A,B", help="replace the grid's backbones (comma-separated names)")
     p.add_argument("--datasets", metavar="X,Y", help="replace the grid's datasets (comma-separated names)")
     p.add_argument("--force", action="store_true", help="rerun heads that already have results")
-    p.add_argument("--max-retries", type=int, help="retries of a failing trial (default: the grid's max_retries)")
+    p.add_argument("--max-retries", type=_retries, help="retries of a failing trial (default: the grid's max_retries)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="token cache folder of the cached protocol, as the trials' nodes see it "
                         "(default: HARNESS_CACHE_DIR or [paths] cache_dir there)")
     p.add_argument("--download", action="store_true", help="let the trials download missing torchvision datasets")
-    p.add_argument("--cpus-per-trial", type=float, metavar="N",
+    p.add_argument("--cpus-per-trial", type=_number(positive=True), metavar="N",
                    help="CPUs each trial asks Ray for (default: the grid's)")
-    p.add_argument("--gpus-per-trial", type=float, metavar="N",
+    p.add_argument("--gpus-per-trial", type=_number(positive=False), metavar="N",
                    help="GPUs each trial asks Ray for, possibly fractional (default: the grid's)")
 
 
@@ -461,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
             "validation-selected learning rate (paired by seed, TOST at the grid's margin)? Also shows the "
             "comparison at the [cls] learning rate.")
     results_dir_arg(p)
+    p.add_argument("--format", choices=["table", "json"], default="table",
+                   help="table (default) or json: one object per group with its interval, p-values and verdicts")
     p.set_defaults(func=cmd_claim)
 
     p = add("attention", "measure where each block's tokens attend", textwrap.dedent("""\

@@ -40,9 +40,15 @@ def _file_settings() -> dict[str, str]:
     if path is None:
         return {}
     try:
-        paths = tomllib.loads(path.read_text()).get("paths", {})
+        paths = tomllib.loads(path.read_bytes().decode("utf-8")).get("paths", {})
     except tomllib.TOMLDecodeError as e:
         raise HarnessError(f"{path}: not valid TOML ({e}).") from None
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); accepted: a TOML file saved as "
+                           "UTF-8.") from None
+    if not isinstance(paths, dict):
+        raise HarnessError(f"{path}: field 'paths' is {paths!r}; accepted: a table [paths] with keys "
+                           f"{', '.join(_SETTINGS)} and string values.")
     unknown = sorted(set(paths) - set(_SETTINGS))
     if unknown or not all(isinstance(v, str) for v in paths.values()):
         raise HarnessError(f"{path}: [paths] has {unknown or paths}; accepted keys: {', '.join(_SETTINGS)} "

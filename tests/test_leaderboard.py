@@ -48,7 +48,7 @@ def registry(tmp_path_factory):
     shutil.copytree(REGISTRY_DIR, root, dirs_exist_ok=True)
     (root / "backbones" / "published.toml").write_text(
         '["pub-vit"]\nextends = "mae-vit-b16"\npublished = { "digits/cls" = 91.5, "digits/mean" = 92.25, '
-        '"imagenet-1k/cls" = 12.3 }\n')
+        '"imagenet-1k/cls" = 12.3 }\npublished_protocol = "cached"\npublished_source = "a test table"\n')
     return load_registry(root)
 
 
@@ -59,11 +59,15 @@ def test_cells_are_val_selected_mean_and_std_over_seeds(registry):
     assert [p.test_top1 for p in cls.picks] == [60.0, 71.0] and [p.lr for p in cls.picks] == [0.1, 0.01]
     assert [p.test_top1 for p in mean.picks] == [66.0, 67.0]
     assert [(p.lr, p.wd) for p in mean.picks] == [(0.1, 0.0), (1.0, 0.0)]
-    assert cls.text() == "65.50 ± 7.78 (n=2)" and mean.text() == "66.50 ± 0.71 (n=2)"
-    assert mean.gain_text() == "Δcls +1.00" and mean.best and not cls.best
+    # two seeds with a 7.78 sd cannot tell 65.5 from 66.5: a tie, not a best; lr* (most frequent pick, ties lowest)
+    # of cls is 0.01, the edge of {0.01, 0.1, 1}; of mean 0.1, interior
+    assert cls.text() == "65.50 ± 7.78 (n=2, lr at edge, tied best)"
+    assert mean.text() == "66.50 ± 0.71 (n=2, tied best)"
+    assert mean.gain_text() == "Δcls +1.00" and not mean.best and not cls.best and mean.tied and cls.tied
     assert board.num_results == len(HAND) + 1 and board.grids == ("demo",)
     md = render_markdown(pd.DataFrame(_hand()), registry)
-    assert "| mae-vit-b16 | 65.50 ± 7.78 (n=2) | **66.50 ± 0.71 (n=2)**, Δcls +1.00 | — |" in md
+    assert ("| mae-vit-b16 | 65.50 ± 7.78 (n=2, lr at edge, tied best) | 66.50 ± 0.71 (n=2, tied best), "
+            "Δcls +1.00 | — |") in md
     assert "From 12 result rows (grid: demo)." in md
     board_md = md.split("## Mean pooling")[0]  # the claim section plots every lr, test-best ones included
     assert "seed 0: lr 0.1, wd 0, val 65.00, test 60.00, " in board_md
@@ -83,7 +87,7 @@ def test_not_applicable_no_ok_head_and_random_init(registry):
             make_row(backbone="demo-ijepa-tiny", random_init=True, aggregator="abmilp", status="diverged",
                      val_top1=None, test_top1=None)]
     md = render_markdown(pd.DataFrame(rows), registry)
-    assert ("| demo-ijepa-tiny (random-init) | n/a | **40.00 (n=1)**, Δcls n/a | no ok head (1 diverged) | — |"
+    assert ("| demo-ijepa-tiny (random-init) | n/a | **40.00 (n=1, lr at edge)**, Δcls n/a | no ok head (1 diverged) | — |"
             in md)
     assert "carry no scientific meaning" in md
 
@@ -91,7 +95,9 @@ def test_not_applicable_no_ok_head_and_random_init(registry):
 def test_published_column_and_unregistered_backbone(registry):
     rows = _hand("pub-vit") + _hand("gone-vit")
     md = render_markdown(pd.DataFrame(rows), registry)
-    assert re.search(r"\| pub-vit \|.*\| cls 91\.5, mean 92\.25 \|", md)  # only this dataset's numbers
+    assert re.search(r"\| pub-vit \|.*\| cls 91\.5, mean 92\.25 \(a test table\) \|", md)  # this dataset's only
+    online = render_markdown(pd.DataFrame(_hand("pub-vit", protocol="online")), registry)
+    assert "91.5" not in online  # published under the cached protocol: never beside an online cell
     assert re.search(r"\| gone-vit \|.*\| — \|", md) and "12.3" not in md
 
 
@@ -136,18 +142,18 @@ def test_html_has_a_sortable_table_lr_plots_and_gain_bars(registry):
     assert page.count('<table class="sortable">') == 1 and page.count('class="plot lr-plot"') == 2
     assert page.count('class="bar"') == 2  # mean over cls, per backbone
     assert ">0.1</text>" in page and ">1</text>" in page  # log-x decade ticks
-    assert 'data-sort="66.5000"' in page and '<td class="best" data-sort="66.5000">' in page
+    assert 'data-sort="66.5000"' in page and '<td class="tied" data-sort="66.5000">' in page
     assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing fetched
     only_cls = [r for r in rows if r["aggregator"] == "cls"]
     assert 'class="bar"' not in render_html(pd.DataFrame(only_cls), registry)
 
 
 def test_terminal_tables_show_cells_and_never_read_markup(registry):
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=300)
     rows = pd.DataFrame(_hand("[bold]b[/bold]") + _hand("demo-mae-tiny", random_init=True))
     render_terminal(build_boards(rows, registry), console)
     out = console.export_text()
-    assert "[bold]b[/bold]" in out and "66.50 ± 0.71 (n=2) Δcls +1.00" in out
+    assert "[bold]b[/bold]" in out and "66.50 ± 0.71 (n=2, tied best) Δcls +1.00" in out
     assert "demo-mae-tiny (random-init)" in out and "carry no scientific meaning" in out
 
 
@@ -202,3 +208,24 @@ def test_html_page_in_headless_chromium(tmp_path, registry):
     assert probe["desc"] == ["b-vit", HOSTILE] and probe["asc"] == [HOSTILE, "b-vit"]  # column 2 = mean
     assert probe["tables"] >= 2 and probe["svgs"] >= 3 and probe["polylines"] >= 8
     assert probe["images"] == 0 and probe["alerted"] is None
+
+
+def test_another_grid_in_the_folder_is_its_own_board(registry):
+    """`full` and `claim` rows for one backbone and dataset: each grid's board is what it would be alone."""
+    claim = _hand()
+    other = [dict(r, grid="full", optimizer="sgd", test_top1=(r["test_top1"] or 0) + 10.0, config_hash=r["config_hash"] + "f")
+             for r in _hand()]
+    alone = build_boards(pd.DataFrame(claim), registry)
+    boards = build_boards(pd.DataFrame(claim + other), registry)
+    assert [b.title for b in boards] == ["digits · cached · grid demo", "digits · cached · grid full"]
+    assert boards[0] == alone[0]
+    assert boards[1].rows[0].cells["cls"].mean == pytest.approx(alone[0].rows[0].cells["cls"].mean + 10.0)
+
+
+def test_best_in_row_only_beyond_the_uncertainty(registry):
+    rows = [make_row(aggregator=a, seed=s, lr=lr, val_top1=50.0 + (lr == 0.1), test_top1=t + 0.1 * s)
+            for a, t in (("cls", 70.0), ("mean", 75.0)) for s in range(3) for lr in (0.01, 0.1, 1.0)]
+    (board,) = build_boards(pd.DataFrame(rows), registry)
+    cells = board.rows[0].cells
+    assert cells["mean"].best and not cells["mean"].tied and not cells["cls"].best and not cells["cls"].tied
+    assert not cells["mean"].edge and cells["mean"].text() == "75.10 ± 0.10 (n=3)"

@@ -149,6 +149,8 @@ def _run(folder: Path, variant: str, cases: list[Case], m: dict) -> None:
     data = torch.load(folder / "data.pt", weights_only=True)
     traj = torch.load(folder / m["variants"][variant]["file"], weights_only=True)
     steps = sizes["K"]
+    for name, value in traj.get("fixed_modules", {}).items():  # MAE's global-pool LayerNorm: weight 1, bias 0
+        assert torch.equal(value, torch.ones_like(value) if name.endswith("weight") else torch.zeros_like(value))
     for column, case in enumerate(cases):
         def pick(entry):  # DINOv2 stores one entry per head
             return entry[case.head_name] if case.head_name else entry
@@ -212,6 +214,58 @@ def test_recipe_follows_the_official_trajectory(folder: Path, variant: str):
     _run(folder, variant, BUILDERS[m["recipe"]](m, variant), m)
 
 
+def _rearranged(folder: Path, out: Path, cases: list[Case], seed: int) -> None:
+    """The same fixture with its classes, training samples, evaluation samples and patch tokens permuted (and the
+    channels where every head is linear in them, MAE's), the trajectories mapped to match: an equivalent folder
+    in which no hard-coded label, index or token position would still line up."""
+    m = json.loads((folder / "manifest.json").read_text())
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text(json.dumps(m))
+    s, g = m["sizes"], torch.Generator().manual_seed(seed)
+    prefix = s["T"] - s["n_patch_tokens"]
+    classes, train, evaluation = (torch.randperm(n, generator=g) for n in (s["C"], s["n_train"], s["n_eval"]))
+    tokens = torch.cat([torch.arange(prefix), prefix + torch.randperm(s["n_patch_tokens"], generator=g)])
+    channels = torch.randperm(s["D"], generator=g) if m["recipe"] == "mae_linprobe" else torch.arange(s["D"])
+    data = torch.load(folder / "data.pt", weights_only=True)
+    new = {"train_tokens": data["train_tokens"][train][:, tokens][..., channels],
+           "eval_tokens": data["eval_tokens"][evaluation][:, tokens][..., channels],
+           "train_labels": classes[data["train_labels"][train]], "eval_labels": classes[data["eval_labels"][evaluation]],
+           "batch_order": torch.argsort(train)[data["batch_order"]]}
+    if "train_blocks" in data:
+        new |= {"train_blocks": data["train_blocks"][:, train][:, :, tokens],
+                "eval_blocks": data["eval_blocks"][:, evaluation][:, :, tokens]}
+    torch.save(new, out / "data.pt")
+    back = torch.argsort(classes)
+
+    def state(sd: dict) -> dict:
+        mapped = {}
+        for key, v in sd.items():
+            if any(key.startswith(tuple(c.keys)) and (_ours(key, c.keys) or "").startswith("linear.") for c in cases):
+                v = v[back] if v.dim() == 1 or v.shape[1] != s["D"] else v[back][:, channels]
+            elif key.endswith(("running_mean", "running_var")):
+                v = v[channels]
+            mapped[key] = v
+        return mapped
+
+    def logits(x):
+        return {k: logits(v) for k, v in x.items()} if isinstance(x, dict) else x[evaluation][:, back]
+
+    for v in m["variants"].values():
+        traj = torch.load(folder / v["file"], weights_only=True)
+        traj |= {k: state(traj[k]) for k in traj if k == "init" or k.startswith("step_")}
+        traj |= {k: logits(traj[k]) for k in ("eval_logits", "eval_logits_init")}
+        torch.save(traj, out / v["file"])
+
+
+@pytest.mark.parametrize("folder,variant", [(p.parent, v) for p, v in CASES],
+                         ids=[f"{p.parent.name}-{v}" for p, v in CASES])
+def test_recipe_parity_holds_on_a_rearranged_fixture(folder: Path, variant: str, tmp_path: Path):
+    m = json.loads((folder / "manifest.json").read_text())
+    cases = BUILDERS[m["recipe"]](m, variant)
+    _rearranged(folder, tmp_path / folder.name, cases, seed=1)
+    _run(tmp_path / folder.name, variant, cases, m)
+
+
 def test_vjepa_decay_groups_are_the_official_ones():
     """The recipe's decay rule puts exactly the manifest's parameters in V-JEPA's decayed group."""
     for path in manifests("recipe"):
@@ -219,9 +273,10 @@ def test_vjepa_decay_groups_are_the_official_ones():
         if m["recipe"] != "vjepa_attentive":
             continue
         (case,) = _vjepa(m, next(iter(m["variants"])))
-        bank = HeadBank(_specs(case)[:1], embed_dim=case.embed_dim, num_heads=case.num_heads, num_prefix_tokens=1,
-                        num_classes=m["sizes"]["C"], batch_size=m["sizes"]["B"], total_steps=m["sizes"]["K"],
-                        warmup_steps=0)
+        s = m["sizes"]
+        bank = HeadBank(_specs(case)[:1], embed_dim=case.embed_dim, num_heads=case.num_heads,
+                        num_prefix_tokens=s["T"] - s["n_patch_tokens"], num_classes=s["C"], batch_size=s["B"],
+                        total_steps=s["K"], warmup_steps=0)
         (group,) = bank.groups
         ours = {name for name, d in zip(group.names(), group.decayed) if d}
         groups = m["hyperparameters"]["param_groups"]
@@ -277,9 +332,10 @@ def test_a_grid_selects_a_recipe_in_one_word_and_a_trial_trains_by_it(tmp_path: 
     plain = expand(_grid(tmp_path, GRID.replace('recipe = "dinov2-linear"', 'optimizer = "sgd"')), load_registry())[0]
     assert trial.heads[0].config_hash != plain.heads[0].config_hash  # the recipe is part of the configuration
     assert trial.heads[1:] == plain.heads[1:]
-    rows, curves = run_trial(trial)
+    rows, curves, _ = run_trial(trial)
     by_agg = {r["aggregator"]: r for r in rows}
     assert all(r["status"] == "ok" for r in rows), [(r["aggregator"], r["error"]) for r in rows]
+    assert {r["aggregator"]: r["recipe"] for r in rows} == {h.aggregator: h.recipe for h in grid.heads}
     assert by_agg["mean"]["token_tap"] == "prenorm"  # MAE --global_pool reads the last block before its norm
     assert json.loads(by_agg["ep"]["aggregator_options"])["num_queries"] == RECIPES["ep-linprobe"].options_for("ep")[
         "num_queries"]
@@ -299,3 +355,13 @@ def test_a_bad_recipe_field_names_the_field_and_what_is_accepted(tmp_path: Path,
     with pytest.raises(HarnessError) as e:
         _grid(tmp_path, GRID.replace('recipe = "dinov2-linear"', change))
     assert f"field '{field_name}'" in str(e.value) and accepted in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("options,batchnorm", [({}, False), ({"batchnorm": True}, True)])
+def test_a_departure_from_a_recipe_is_a_named_option_off_by_default(options: dict, batchnorm: bool):
+    """BatchNorm before a DINOv2-style head is the harness's choice, never the recipe's unless asked for."""
+    spec = HeadSpec("cls", "h", AggregatorEntry("cls", "cls", "norm"), {}, "sgd", 0.1, 0.0, 0,
+                    resolve("dinov2-linear", options))
+    bank = HeadBank([spec], embed_dim=8, num_heads=1, num_prefix_tokens=1, num_classes=3, batch_size=4,
+                    total_steps=2, warmup_steps=0)
+    assert ("norm.running_mean" in bank.head_state(0)) == batchnorm

@@ -15,6 +15,7 @@ import pytest
 from results_factory import T0, make_curve, make_row
 
 from harness.errors import HarnessError
+from harness.results import store as results_store
 from harness.results.selection import select_best
 from harness.results.store import (CURVES_SCHEMA, RESULTS_SCHEMA, completed_hashes, export, query, read_curves,
                            read_results, write_trial)
@@ -50,7 +51,7 @@ def test_empty_or_missing_folder_gives_empty_frames(tmp_path):
     assert read_results(tmp_path).empty and read_curves(tmp_path).empty and completed_hashes(tmp_path) == set()
 
 
-@pytest.mark.parametrize("change, word", [({"extra": 1}, "extra"), ({"schema_version": 2}, "schema_version"),
+@pytest.mark.parametrize("change, word", [({"extra": 1}, "extra"), ({"schema_version": 1}, "schema_version"),
                                           ({"status": "done"}, "status.*ok, diverged, failed, not-applicable")])
 def test_bad_rows_are_bugs(tmp_path, change, word):
     row = make_row(**change)
@@ -125,9 +126,9 @@ def _write_raw(root: Path, table: pa.Table) -> Path:
 def test_other_schema_version_is_named(tmp_path):
     table = pa.Table.from_pylist([make_row()], schema=RESULTS_SCHEMA)
     table = table.set_column(table.schema.get_field_index("schema_version"), "schema_version",
-                             pa.array([2], pa.int32()))
+                             pa.array([1], pa.int32()))
     path = _write_raw(tmp_path, table)
-    with pytest.raises(HarnessError, match=rf"{path}.*schema_version 2 found, 1 expected"):
+    with pytest.raises(HarnessError, match=rf"{path}.*schema_version 1 found, 2 expected"):
         read_results(tmp_path)
 
 
@@ -162,8 +163,9 @@ def test_select_best_matches_a_plain_pandas_rule_on_random_data():
         "aggregator": rng.choice(["cls", "mean", "ep"], n), "seed": rng.integers(0, 3, n),
         "lr": rng.choice([0.001, 0.01, 0.1], n), "wd": rng.choice([0.0, 0.1], n),
         "val_top1": rng.integers(0, 5, n).astype(float), "test_top1": rng.random(n),
-        "status": rng.choice(["ok", "ok", "ok", "diverged"], n)})
-    keys = ["backbone", "dataset", "protocol", "aggregator", "seed"]
+        "status": rng.choice(["ok", "ok", "ok", "diverged"], n), "grid": "g", "optimizer": "sgd", "recipe": "",
+        "epochs": 1, "batch_size": 8, "warmup_epochs": 0, "token_tap": "norm", "aggregator_options": "{}"})
+    keys = ["backbone", "dataset", "protocol", "aggregator", "seed"]  # the recipe columns are constant here
     expected = (df[df["status"] == "ok"].sort_values(keys + ["val_top1", "lr", "wd"],
                                                       ascending=[True] * 5 + [False, True, True])
                 .drop_duplicates(keys).reset_index(drop=True))
@@ -242,3 +244,19 @@ def test_export_csv_and_parquet(store, tmp_path):
         export(store, "xlsx", tmp_path / "r.xlsx")
     with pytest.raises(HarnessError, match="is a folder"):
         export(store, "csv", tmp_path)
+
+
+def test_predictions_round_trip_latest_run_only(tmp_path):
+    """Each head's correctness bits come back for its latest run; heads without predictions are absent."""
+    first, other = make_row(ended_at=T0), make_row(seed=1)
+    labels = np.arange(13) % 3
+    wrong = results_store.prediction_record(first["config_hash"], (labels + 1) % 3, labels)
+    write_trial(tmp_path, [first, other], [], [wrong])
+    rerun = make_row(ended_at=T0 + timedelta(hours=1))
+    predicted = labels.copy()
+    predicted[::4] = 0
+    write_trial(tmp_path, [rerun], [], [results_store.prediction_record(rerun["config_hash"], predicted, labels)])
+    correct = results_store.read_correct(tmp_path, {first["config_hash"], other["config_hash"]})
+    assert set(correct) == {first["config_hash"]}
+    assert np.array_equal(correct[first["config_hash"]], predicted == labels)
+    assert results_store.predictions_bytes(heads=1050, test_images=50_000) < 120e6  # the claim grid on ImageNet

@@ -48,7 +48,8 @@ def test_full_grid_runs_imagenet_online_and_transfer_sets_cached():
     reg = load_registry()
     grid = reg.grid("full")
     trials = expand(grid, reg)
-    assert len(trials) == 5 * 9 and {t.backbone for t in trials} >= {"mae-vit-b16", "ijepa-vit-h14-in1k"}
+    assert len(trials) == 7 * 9 and {t.backbone for t in trials} >= {"mae-vit-b16", "ijepa-vit-h14-in1k",
+                                                                    "dinov2-vit-b14-reg4", "dinov3-vit-b16"}
     assert {a.aggregator for a in grid.heads} == {"cls", "mean", "abmilp", "query", "ep"} and grid.seeds == (0, 1, 2)
     for t in trials:
         expected = ("online", 90, 16384, 10) if t.dataset == "imagenet-1k" else ("cached", 100, 256, 10)
@@ -77,6 +78,15 @@ def test_dataset_override_changes_only_that_datasets_hashes(tmp_path):
 def test_bad_overrides_name_the_field(tmp_path, body, field):
     with pytest.raises(HarnessError, match=f"'{field}'"):
         load_registry().grid(_grid_file(tmp_path, body))
+
+
+@pytest.mark.parametrize("margin", ["-0.5", "0", "inf", "nan"])
+def test_claim_margin_must_be_finite_and_positive(tmp_path, margin):
+    """A negative margin would turn "cls better" into "mean better": the grid is refused."""
+    path = tmp_path / "g.toml"
+    path.write_text(Path(_grid_file(tmp_path, "")).read_text().replace("seeds", f"claim_margin = {margin}\nseeds"))
+    with pytest.raises(HarnessError, match="'claim_margin' is .*finite positive"):
+        load_registry().grid(str(path))
 
 
 def test_cost_counts_online_epochs_and_cached_tokens(tmp_path):
@@ -115,8 +125,9 @@ def _run(capsys, *argv: str) -> tuple[int, str]:
 def test_dry_run_prints_trials_passes_cache_and_gpu_hours(capsys, tmp_path):
     code, out = _run(capsys, "sweep", "--grid", "full", "--dry-run", "--results-dir", str(tmp_path))
     assert code == 0
-    assert "45 trials = 45 backbone passes" in out and "6345 heads, 6345 without a result yet" in out
-    assert "Token cache:" in out and "GiB" in out and "GPU-hours" in out and "unknown for" not in out
+    assert "63 trials = 63 backbone passes" in out and "8883 heads, 8883 without a result yet" in out
+    assert "Token cache:" in out and "GiB" in out and "GPU-hours" in out
+    assert "unknown for dinov2-vit-b14-reg4, dinov3-vit-b16 (no registered" in " ".join(out.split())  # not measured yet
 
 
 def test_bad_backbone_name_is_a_user_error(capsys, tmp_path):
@@ -370,7 +381,8 @@ def test_cls_and_mean_trials_cache_summaries_and_attention_trials_every_token(tm
     for body, tokens in (("", 2), ('[heads.ep]\noptimizer = "adamw"\nlr = [0.001]\n', 17)):
         grid = _grid_file(tmp_path, body.replace("[heads", "[overrides.digits]\nepochs = 1\n[heads", 1))
         plan = dataclasses.replace(expand(reg.grid(grid), reg)[0], cache_dir=str(tmp_path / f"cache{tokens}"))
-        rows, _ = run_trial(plan)
+        rows, _, predictions = run_trial(plan)
+        assert len(predictions) == len(rows)  # every ok head's test predictions
         assert {r["status"] for r in rows} == {"ok"}
         metas = [json.loads(p.read_text()) for p in (tmp_path / f"cache{tokens}").rglob("meta.json")]
         assert metas and {m["shape"][1] for m in metas} == {tokens}  # [cls] + patch mean, or [cls] + 16 patches

@@ -71,8 +71,10 @@ class HeadOutcome:
     val_top1: float | None = None
     val_top5: float | None = None
     test_top1: float | None = None
-    test_top5: float | None = None
+    test_top5: float | None = None  # None also where the dataset has 5 classes or fewer (top-5 would be 100)
     curves: list[dict] = field(default_factory=list)
+    # (N,) top-1 class of every test image, in test-split order (compared by the tests, not by ==)
+    test_predicted: Tensor | None = field(default=None, compare=False)
 
 
 _WHY = ("non-finite training loss", "non-finite weights after the optimizer step")
@@ -420,26 +422,36 @@ class HeadBank:
                 g.keep(slots)
 
     @torch.no_grad()
-    def evaluate(self, batches: Iterable[tuple[Mapping[str, Tensor], Tensor]]) -> list[tuple[float, float] | None]:
-        """Top-1 and top-5 accuracy (percent) of every live head; None for the others."""
+    def evaluate(self, batches: Iterable[tuple[Mapping[str, Tensor], Tensor]], predictions: list | None = None
+                 ) -> list[tuple[float, float | None] | None]:
+        """Top-1 and top-5 accuracy (percent; top-5 None with 5 classes or fewer) of every live head; None for the
+        others. With `predictions` (a list), it receives each head's (N,) predicted classes (None if not live)."""
         self._retire_diverged()
         hits1 = [0] * len(self.groups)
         hits5 = [0] * len(self.groups)
-        total = 0
+        picked: list[list[Tensor]] = [[] for _ in self.groups]
+        total, classes = 0, 0
         for tokens, labels in batches:
             total += len(labels)
             for k, g in enumerate(self.groups):
                 logits = g.logits(tokens[g.tap], train=False)
-                top = logits.topk(min(5, logits.shape[-1]), dim=-1).indices
+                classes = logits.shape[-1]
+                top = logits.topk(min(5, classes), dim=-1).indices
                 hits = top == labels[None, :, None]
                 hits1[k] += hits[..., 0].sum(1)
                 hits5[k] += hits.any(-1).sum(1)
-        out: list[tuple[float, float] | None] = [None] * len(self.specs)
+                if predictions is not None:
+                    picked[k].append(top[..., 0].cpu())
+        out: list[tuple[float, float | None] | None] = [None] * len(self.specs)
+        if predictions is not None:
+            predictions[:] = [None] * len(self.specs)
         for k, g in enumerate(self.groups):
             if total == 0:
                 continue
-            for i, c1, c5 in zip(g.members, hits1[k].tolist(), hits5[k].tolist()):
-                out[i] = (100.0 * c1 / total, 100.0 * c5 / total)
+            for slot, (i, c1, c5) in enumerate(zip(g.members, hits1[k].tolist(), hits5[k].tolist())):
+                out[i] = (100.0 * c1 / total, 100.0 * c5 / total if classes > 5 else None)
+                if predictions is not None:
+                    predictions[i] = torch.cat([p[slot] for p in picked[k]])
         return out
 
     def end_epoch(self, epoch: int, val: list[tuple[float, float] | None]) -> None:
@@ -455,11 +467,12 @@ class HeadBank:
             g.loss_sum.zero_()
             g.loss_count = 0
 
-    def finish(self, val: list[tuple[float, float] | None],
-               test: list[tuple[float, float] | None]) -> list[HeadOutcome]:
-        """Store the final validation and test metrics of the live heads and return every outcome."""
+    def finish(self, val: list[tuple[float, float | None] | None], test: list[tuple[float, float | None] | None],
+               test_predicted: list[Tensor | None] | None = None) -> list[HeadOutcome]:
+        """Store the final validation and test metrics (and test predictions) of the live heads; every outcome."""
         for i in self.live():
             o = self.outcomes[i]
             o.val_top1, o.val_top5 = val[i]
             o.test_top1, o.test_top5 = test[i]
+            o.test_predicted = test_predicted[i] if test_predicted is not None else None
         return self.outcomes

@@ -73,9 +73,10 @@ def token_batches(tokens: TokenSet, taps: list[str], batch_size: int,
 
 def _evaluate_and_finish(bank: HeadBank, val: TokenSet, test: TokenSet, batch_size: int,
                          device: torch.device | str) -> list[HeadOutcome]:
-    taps, eval_batch = bank.taps, max(batch_size, 256)
-    return bank.finish(bank.evaluate(token_batches(val, taps, eval_batch, device)),
-                       bank.evaluate(token_batches(test, taps, eval_batch, device)))
+    taps, eval_batch, predicted = bank.taps, max(batch_size, 256), []
+    val_metrics = bank.evaluate(token_batches(val, taps, eval_batch, device))
+    test_metrics = bank.evaluate(token_batches(test, taps, eval_batch, device), predictions=predicted)
+    return bank.finish(val_metrics, test_metrics, predicted)
 
 
 def _end_epoch(bank: HeadBank, epoch: int, val: TokenSet, batch_size: int, device: torch.device | str) -> None:

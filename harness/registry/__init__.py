@@ -33,8 +33,20 @@ TRIAL_SETTINGS = ("protocol", "epochs", "batch_size", "warmup_epochs")  # what a
 
 
 def registry_dir() -> Path:
-    """The registry folder: `HARNESS_REGISTRY_DIR` if set, else the one beside the package."""
+    """The built-in registry folder: `HARNESS_REGISTRY_DIR` if set (a whole replacement), else the one beside the
+    package."""
     return Path(os.environ.get("HARNESS_REGISTRY_DIR", REGISTRY_DIR))
+
+
+def user_registry_dirs() -> tuple[Path, ...]:
+    """Folders whose entries are added to the built-in ones: `HARNESS_USER_REGISTRY`, several separated by
+    `os.pathsep`, so a user registers private checkpoints and grids without editing the package."""
+    return tuple(Path(p).expanduser() for p in os.environ.get("HARNESS_USER_REGISTRY", "").split(os.pathsep) if p)
+
+
+def registry_dirs() -> tuple[Path, ...]:
+    """Every folder the registry reads, the built-in one first."""
+    return (registry_dir(), *user_registry_dirs())
 
 
 class _Table:
@@ -86,8 +98,8 @@ class _Table:
 
     def names(self, key: str, known: dict[str, Any] | None = None, default: Any = ...) -> tuple[str, ...]:
         value = self.get(key, list, default, accepted="a list of names")
-        if not value or not all(isinstance(v, str) for v in value):
-            raise self.fail(key, f"is {value!r}", "a non-empty list of names")
+        if not value or not all(isinstance(v, str) for v in value) or len(set(value)) != len(value):
+            raise self.fail(key, f"is {value!r}", "a non-empty list of distinct names")
         for v in value if known is not None else ():
             if v not in known:
                 raise self.fail(key, f"names {v!r}, which is not registered", _accepted_names(v, known))
@@ -121,6 +133,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise HarnessError(f"{path}: not valid TOML ({e}); fix the syntax of this registry file.") from None
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); accepted: a TOML file saved as "
+                           "UTF-8.") from None
     except OSError as e:
         raise HarnessError(f"{path}: cannot be read ({e.strerror}).") from None
 
@@ -151,6 +166,8 @@ class BackboneEntry:
     interpolation: str = "bicubic"
     images_per_s: float | None = None  # registered extraction throughput on one GPU, for --dry-run
     published: dict[str, float] = field(default_factory=dict)  # "dataset/aggregator" -> test top-1
+    published_protocol: str = "online"  # the protocol the published numbers were measured under
+    published_source: str = ""  # where they come from (paper table, README), shown beside them
     description: str = ""
     source: str = ""
 
@@ -268,7 +285,8 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
     for key in overrides:
         if key not in ARCH_OVERRIDE_KEYS:
             raise t.fail("arch_overrides", f"has {key!r}", ", ".join(ARCH_OVERRIDE_KEYS))
-    published = t.get("published", dict, {})
+    t.get("published", dict, {})
+    published = raw[name][1].get("published", {})  # a published number belongs to its own checkpoint: not inherited
     for key, value in published.items():
         if "/" not in key or not isinstance(value, (int, float)):
             raise t.fail("published", f"has {key!r} = {value!r}", "'dataset/aggregator' = top-1 number")
@@ -294,6 +312,8 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         interpolation=t.choice("interpolation", ("bicubic", "bilinear"), "bicubic"),
         images_per_s=None if random_init else speed,  # a demo's tiny arch runs at another speed than its base's
         published={} if random_init else {k: float(v) for k, v in published.items()},
+        published_protocol=t.choice("published_protocol", PROTOCOLS, "online"),
+        published_source=t.get("published_source", str, ""),
         description=t.get("description", str, ""),
         source=str(path),
     )
@@ -357,8 +377,13 @@ def _parse_datasets(path: Path, data: dict[str, Any]) -> dict[str, DatasetEntry]
     return out
 
 
-def _lr_grid(t: _Table, key: str) -> tuple[float, ...]:
-    """A grid is a list of numbers or a log-spaced range `{min, max, num}`."""
+GRID_POINTS_MAX = 1000  # values of one lr or wd range; more is a typo, and would stall the dry run
+SEED_LIMIT = 2**32  # numpy's and torch's generators take seeds below this
+RETRIES_MAX = 100  # retries of one failing trial; a negative count means forever to Ray Tune
+
+
+def _lr_grid(t: _Table, key: str, *, positive: bool) -> tuple[float, ...]:
+    """A grid is a list of distinct numbers or a log-spaced range `{min, max, num}`; lrs must be positive."""
     value = t.get(key, (list, dict), accepted="a list of numbers or a table {min, max, num} (log-spaced)")
     if isinstance(value, list):
         values = t.floats(key)
@@ -366,12 +391,17 @@ def _lr_grid(t: _Table, key: str) -> tuple[float, ...]:
         r = _Table(t.path, value, t._name(key))
         lo, hi, num = r.get("min", float), r.get("max", float), r.positive_int("num")
         r.finish()
+        if num > GRID_POINTS_MAX:
+            raise r.fail("num", f"is {num}", f"a positive integer, at most {GRID_POINTS_MAX}")
         if not 0 < lo <= hi:
             raise r.fail("min", f"is {lo} with max {hi}", "0 < min <= max")
         values = tuple(lo * (hi / lo) ** (i / max(num - 1, 1)) for i in range(num))
-    if not values or any(v < 0 or not math.isfinite(v) for v in values):
-        raise t.fail(key, f"is {value!r}", "one or more finite, non-negative numbers")
-    return tuple(float(f"{v:.6g}") for v in values)
+    rounded = tuple(float(f"{v:.6g}") for v in values)
+    bad = not values or any((v <= 0 if positive else v < 0) or not math.isfinite(v) for v in values)
+    if bad or len(set(rounded)) != len(rounded) or len(rounded) > GRID_POINTS_MAX:
+        raise t.fail(key, f"is {value!r}", f"1 to {GRID_POINTS_MAX} distinct, finite, "
+                     f"{'positive' if positive else 'non-negative'} numbers")
+    return rounded
 
 
 def _recipe(h: _Table, kind: str) -> tuple[Any, dict[str, Any]]:
@@ -404,6 +434,14 @@ def _trial_setting(t: _Table, key: str, default: Any = ...) -> Any:
     return t.positive_int(key, default)
 
 
+def _margin(t: _Table) -> float:
+    """The claim's equivalence margin: a finite positive number (a negative one would swap its verdicts)."""
+    value = t.get("claim_margin", float, 0.5, accepted="a finite positive number of top-1 points")
+    if not (math.isfinite(value) and value > 0):
+        raise t.fail("claim_margin", f"is {value}", "a finite positive number of top-1 points, e.g. 0.5")
+    return value
+
+
 def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
     check_name(path, "grid", path.stem)
     t = _Table(path, data, "")
@@ -417,12 +455,16 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         heads.append(HeadGroup(
             aggregator=agg,
             optimizer=h.choice("optimizer", OPTIMIZERS, recipe.optimizer if recipe else ...),
-            lrs=_lr_grid(h, "lr"),
-            wds=_lr_grid(h, "wd") if "wd" in h.table else (0.0,),
+            lrs=_lr_grid(h, "lr", positive=True),
+            wds=_lr_grid(h, "wd", positive=False) if "wd" in h.table else (0.0,),
             options=dict(h.get("options", dict, {})),
             recipe=recipe.name if recipe else None,
             recipe_options=recipe_options,
         ))
+        try:
+            resolve_options(reg.aggregators[agg], heads[-1].options)
+        except HarnessError as e:
+            raise HarnessError(f"{path}: field 'heads.{agg}.options': {e}") from None
         if recipe and heads[-1].optimizer != recipe.optimizer:
             raise h.fail("optimizer", f"is {heads[-1].optimizer!r}, but recipe {recipe.name!r} trains with "
                          f"{recipe.optimizer!r}", f"{recipe.optimizer!r} or no optimizer field")
@@ -432,8 +474,8 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         raise t.fail("heads", "is empty", "at least one [heads.<aggregator>] table")
     seeds = t.get("seeds", list, accepted="a non-empty list of integers")
     integers = all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
-    if not seeds or not integers or len(set(seeds)) != len(seeds):
-        raise t.fail("seeds", f"is {seeds!r}", "a non-empty list of distinct integers")
+    if not seeds or not integers or len(set(seeds)) != len(seeds) or not all(0 <= s < SEED_LIMIT for s in seeds):
+        raise t.fail("seeds", f"is {seeds!r}", "a non-empty list of distinct integers, 0 <= seed < 2**32")
     resources = _Table(path, t.get("resources", dict, {}), "resources")
     overrides = {}
     for dataset, table in t.get("overrides", dict, {}).items():
@@ -452,8 +494,8 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         **{key: _trial_setting(t, key, _SETTING_DEFAULTS.get(key, ...)) for key in TRIAL_SETTINGS},
         cpus_per_trial=resources.get("cpus", float, 1.0),
         gpus_per_trial=resources.get("gpus", float, 0.0),
-        max_retries=t.get("max_retries", int, 1),
-        claim_margin=t.get("claim_margin", float, 0.5),
+        max_retries=t.get("max_retries", int, 1, accepted=f"an integer from 0 to {RETRIES_MAX}"),
+        claim_margin=_margin(t),
         overrides=overrides,
         source=str(path),
     )
@@ -461,6 +503,8 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
     t.finish()
     if grid.cpus_per_trial <= 0 or grid.gpus_per_trial < 0:
         raise resources.fail("cpus", f"is {grid.cpus_per_trial} (gpus {grid.gpus_per_trial})", "cpus > 0 and gpus >= 0")
+    if not 0 <= grid.max_retries <= RETRIES_MAX:
+        raise t.fail("max_retries", f"is {grid.max_retries}", f"an integer from 0 to {RETRIES_MAX}")
     for dataset in (None, *overrides):
         s = grid.settings(dataset)
         if not 0 <= s["warmup_epochs"] < s["epochs"]:
@@ -498,25 +542,34 @@ class Registry:
 def _lookup(kind: str, name: str, known: dict[str, Any]) -> Any:
     if name not in known:
         raise HarnessError(f"unknown {kind} {name!r}; accepted: {_accepted_names(name, known)} "
-                           f"(registered under {registry_dir()}).")
+                           f"(registered under {', '.join(map(str, registry_dirs()))}).")
     return known[name]
 
 
 def _merge(kind: str, into: dict[str, Any], new: dict[str, Any], path: Path) -> None:
     for name in new:
         if name in into:
-            raise HarnessError(f"{path}: {kind} {name!r} is already registered in {into[name].source}; "
+            where = getattr(into[name], "source_file", into[name].source)  # a dataset's `source` is its loader
+            raise HarnessError(f"{path}: {kind} {name!r} is already registered in {where}; "
                                "names must be unique across registry files.")
     into.update(new)
 
 
 @cache
-def _load(root: Path) -> Registry:
-    if not root.is_dir():
-        raise HarnessError(f"registry folder {root} does not exist; set HARNESS_REGISTRY_DIR to a folder with "
+def _load(roots: tuple[Path, ...]) -> Registry:
+    """The entries of every folder in `roots` (the first the built-in registry, the others added to it): each
+    folder may hold backbones/*.toml, aggregators*.toml or aggregators/*.toml, datasets*.toml or datasets/*.toml
+    and grids/*.toml; a name registered twice is an error naming both files, and `extends` reaches across folders."""
+    if not roots[0].is_dir():
+        raise HarnessError(f"registry folder {roots[0]} does not exist; set HARNESS_REGISTRY_DIR to a folder with "
                            "backbones/, aggregators.toml, datasets.toml and grids/.")
+    for root in roots[1:]:
+        if not root.is_dir():
+            raise HarnessError(f"user registry folder {root} (from HARNESS_USER_REGISTRY) does not exist; accepted: "
+                               "folders holding any of backbones/*.toml, aggregators*.toml, datasets*.toml and "
+                               f"grids/*.toml, separated by {os.pathsep!r}.")
     raw: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for path in sorted((root / "backbones").glob("*.toml")):
+    for path in [p for root in roots for p in sorted((root / "backbones").glob("*.toml"))]:
         for name, table in _read_toml(path).items():
             check_name(path, "backbone", name)
             if name in raw:
@@ -527,14 +580,21 @@ def _load(root: Path) -> Registry:
     backbones = {name: _backbone(name, raw) for name in sorted(raw, key=lambda n: "extends" in raw[n][1])}
     aggregators: dict[str, AggregatorEntry] = {}
     datasets: dict[str, DatasetEntry] = {}
-    for path in sorted(root.glob("aggregators*.toml")) + sorted((root / "aggregators").glob("*.toml")):
-        _merge("aggregator", aggregators, _parse_aggregators(path, _read_toml(path)), path)
-    for path in sorted(root.glob("datasets*.toml")) + sorted((root / "datasets").glob("*.toml")):
-        _merge("dataset", datasets, _parse_datasets(path, _read_toml(path)), path)
-    grids = {p.stem: p for p in sorted((root / "grids").glob("*.toml"))}
+    grids: dict[str, Path] = {}
+    for root in roots:
+        for path in sorted(root.glob("aggregators*.toml")) + sorted((root / "aggregators").glob("*.toml")):
+            _merge("aggregator", aggregators, _parse_aggregators(path, _read_toml(path)), path)
+        for path in sorted(root.glob("datasets*.toml")) + sorted((root / "datasets").glob("*.toml")):
+            _merge("dataset", datasets, _parse_datasets(path, _read_toml(path)), path)
+        for path in sorted((root / "grids").glob("*.toml")):
+            if path.stem in grids:
+                raise HarnessError(f"{path}: grid {path.stem!r} is already registered in {grids[path.stem]}; "
+                                   "names must be unique across registry folders.")
+            grids[path.stem] = path
     return Registry(backbones, aggregators, datasets, grids)
 
 
 def load_registry(root: Path | str | None = None) -> Registry:
-    """The registry at `root` (default: `registry_dir()`), read once per process."""
-    return _load(Path(root) if root is not None else registry_dir())
+    """The registry at `root` alone, else the built-in one with the user folders (`registry_dirs()`), read once per
+    process."""
+    return _load((Path(root),) if root is not None else registry_dirs())

@@ -1,8 +1,12 @@
 """What every leaderboard shows, computed once from the results and the registry; renderers only format it.
 
-A board is one (dataset, protocol): a row per backbone, a cell per aggregator. A cell is the test top-1 of the
-val-selected head of each seed (see `harness.results.selection`), summarised as mean ± standard deviation over seeds,
-with the picks kept so every figure traces back to its config hashes. No torch, no Ray.
+A board is one (dataset, protocol, grid): a row per backbone, a cell per aggregator, so rows of another grid in the
+same results folder never change a cell. Where one grid's aggregator was run with more than one recipe (its
+settings changed between runs), each recipe is its own column. A cell is the test top-1 of the val-selected head of
+each seed (see `harness.results.selection`), summarised as mean ± standard deviation over seeds, with the picks kept
+so every figure traces back to its config hashes; it is flagged when its lr* (the most frequent selected lr over
+seeds, as in the claim) sits at an edge of its grid. "Best in row" is marked only where the top cell beats the runner-up beyond the uncertainty (Welch's t at 95%
+over seeds); otherwise the tied cells are shown as such. No torch, no Ray.
 """
 
 from __future__ import annotations
@@ -11,21 +15,25 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
+from scipy import special
 
 from harness.registry import Registry, load_registry
-from harness.results.selection import SELECTION_KEYS, select_best
+from harness.results.selection import RECIPE_KEYS, SELECTION_KEYS, select_best
 
-BOARD_KEYS = ("dataset", "protocol")
-CELL_KEYS = ("dataset", "protocol", "backbone", "aggregator")
-BOARD_COLUMNS = (*CELL_KEYS, "seed", "lr", "wd", "status", "val_top1", "test_top1", "config_hash", "grid",
-                 "random_init")  # the results columns build_boards reads
+BOARD_KEYS = ("dataset", "protocol", "grid")
+CELL_KEYS = ("dataset", "protocol", "grid", "backbone", "aggregator")
+BOARD_COLUMNS = tuple(dict.fromkeys((*SELECTION_KEYS, "lr", "wd", "status", "val_top1", "test_top1", "config_hash",
+                                     "random_init")))  # the results columns build_boards reads
 BASELINE = "cls"
 RANDOM_INIT_NOTE = ("(random-init) backbones are untrained pipeline checks: their numbers carry no scientific "
                     "meaning.")
 EXPLANATION = ("Test top-1 (%) of the head selected on validation top-1 (learning rate and weight decay), mean ± "
-               "standard deviation over seeds (n = seeds). Best in row marked. Δcls: gain over `cls` in top-1 "
-               "points (n/a where `cls` does not apply). Published: the registry's literature numbers for the "
-               "dataset.")
+               "standard deviation over seeds (n = seeds), within one grid and recipe. Best in row marked where it "
+               "beats the runner-up beyond the uncertainty (Welch's t, 95%, over seeds), else the tied cells say "
+               "so. \"lr at edge\": the most frequent selected lr is its grid's lowest or highest, the optimum may lie "
+               "outside. Δcls: "
+               "gain over `cls` in top-1 points (n/a where `cls` does not apply). Published: the registry's "
+               "literature numbers for the dataset and protocol, with their source.")
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,9 @@ class Cell:
     picks: tuple[Pick, ...]
     statuses: tuple[tuple[str, int], ...]
     baseline: Cell | None = None  # the row's cls cell, for the gain
-    best: bool = False
+    best: bool = False  # beats every other cell of its row beyond the uncertainty
+    tied: bool = False  # top of its row, or within the uncertainty of the top, with no clear best
+    edge: bool = False  # a seed's selected lr is the lowest or highest of its grid
 
     @property
     def n(self) -> int:
@@ -87,7 +97,8 @@ class Cell:
         if self.mean is None:
             return "no ok head (" + ", ".join(f"{count} {status}" for status, count in self.statuses) + ")"
         spread = f" ± {self.std:.2f}" if self.std is not None else ""
-        return f"{self.mean:.2f}{spread} (n={self.n})"
+        flags = "".join((", lr at edge" if self.edge else "", ", tied best" if self.tied else ""))
+        return f"{self.mean:.2f}{spread} (n={self.n}{flags})"
 
     def gain_text(self) -> str:
         """`Δcls +1.10`, `Δcls n/a` where cls does not apply; empty for cls itself or a cell without a number."""
@@ -103,14 +114,16 @@ class BoardRow:
     backbone: str
     random_init: bool
     cells: dict[str, Cell]
-    published: dict[str, float]  # aggregator -> published test top-1 on this board's dataset
+    published: dict[str, float]  # aggregator -> published test top-1 on this board's dataset and protocol
+    published_source: str = ""
 
     @property
     def label(self) -> str:
         return f"{self.backbone} (random-init)" if self.random_init else self.backbone
 
     def published_text(self) -> str:
-        return ", ".join(f"{agg} {value:g}" for agg, value in self.published.items()) or "—"
+        numbers = ", ".join(f"{agg} {value:g}" for agg, value in self.published.items())
+        return (numbers + (f" ({self.published_source})" if self.published_source else "")) if numbers else "—"
 
 
 @dataclass(frozen=True)
@@ -136,7 +149,7 @@ class Board:
 
     @property
     def title(self) -> str:
-        return f"{self.dataset} · {self.protocol}"
+        return f"{self.dataset} · {self.protocol} · grid {', '.join(self.grids)}"
 
     @property
     def has_random_init(self) -> bool:
@@ -161,7 +174,7 @@ def _columns(frame: pd.DataFrame, columns: list[str]) -> zip:
 def _picks(selected: pd.DataFrame) -> dict[tuple, list[Pick]]:
     out: dict[tuple, list[Pick]] = {}
     for row in _columns(selected, [*CELL_KEYS, "seed", "lr", "wd", "val_top1", "test_top1", "config_hash"]):
-        out.setdefault(row[:4], []).append(Pick(int(row[4]), *map(float, row[5:9]), row[9]))
+        out.setdefault(row[:5], []).append(Pick(int(row[5]), *map(float, row[6:10]), row[10]))
     return out
 
 
@@ -172,54 +185,95 @@ def _curves(per_lr: pd.DataFrame) -> dict[tuple, list[Curve]]:
     for *key, lr, val, test in _columns(means, [*CELL_KEYS, "lr", "val_top1", "test_top1"]):
         points.setdefault(tuple(key), []).append((float(lr), float(val), float(test)))  # sorted by key, then lr
     out: dict[tuple, list[Curve]] = {}
-    for (dataset, protocol, backbone, aggregator), line in points.items():
+    for (*board, backbone, aggregator), line in points.items():
         lrs, val, test = zip(*line)
-        out.setdefault((dataset, protocol), []).append(Curve(backbone, aggregator, lrs, val, test))
+        out.setdefault(tuple(board), []).append(Curve(backbone, aggregator, lrs, val, test))
     return out
 
 
-def _row(board: tuple[str, str], backbone: str, aggregators: tuple[str, ...], picks: dict, statuses: dict,
+def _recipe_columns(results: pd.DataFrame) -> pd.DataFrame:
+    """`aggregator` renamed `aggregator [recipe]` where one board holds that aggregator under several recipes (its
+    grid's settings changed between runs), so each recipe gets its own column and no cell mixes two."""
+    recipe_keys = [k for k in RECIPE_KEYS if k != "grid"]
+    recipe = results[recipe_keys].astype(str).agg(" ".join, axis=1)
+    variants = recipe.groupby([results[k] for k in (*BOARD_KEYS, "aggregator")]).transform("nunique")
+    if not (variants > 1).any():
+        return results
+    named = results["aggregator"].where(variants <= 1, results["aggregator"] + " [" + recipe + "]")
+    return results.assign(aggregator=named)
+
+
+def beats(top: Cell, other: Cell) -> bool:
+    """Whether `top`'s mean exceeds `other`'s beyond the seeds' uncertainty (one-sided Welch t at 2.5%)."""
+    if other.mean is None:
+        return True
+    if top.n < 2 or other.n < 2:
+        return False
+    a, b = top.std ** 2 / top.n, other.std ** 2 / other.n
+    if a + b == 0.0:
+        return top.mean > other.mean
+    df = (a + b) ** 2 / (a * a / (top.n - 1) + b * b / (other.n - 1))
+    return top.mean - other.mean > float(special.stdtrit(df, 0.975)) * math.sqrt(a + b)
+
+
+def _row(board: tuple, backbone: str, aggregators: tuple[str, ...], picks: dict, statuses: dict, edges: set,
          random_init: bool, registry: Registry) -> BoardRow:
-    """One backbone's cells (each non-cls cell knows its cls cell, for the gain), best in row marked."""
-    def cell(agg: str, baseline: Cell | None = None, best: bool = False) -> Cell:
+    """One backbone's cells (each non-cls cell knows its cls cell, for the gain), best in row or ties marked."""
+    def cell(agg: str, baseline: Cell | None = None, best: bool = False, tied: bool = False) -> Cell:
         key = (*board, backbone, agg)
-        return Cell(agg, tuple(picks.get(key, ())), tuple(statuses.get(key, ())), baseline, best)
+        return Cell(agg, tuple(picks.get(key, ())), tuple(statuses.get(key, ())), baseline, best, tied, key in edges)
 
     present = [agg for agg in aggregators if (*board, backbone, agg) in statuses]
     cls = cell(BASELINE) if BASELINE in present else None
-    means = {agg: cell(agg).mean for agg in present}
-    top = max((m for m in means.values() if m is not None), default=None)
-    cells = {agg: cell(agg, None if agg == BASELINE else cls, means[agg] is not None and means[agg] == top)
-             for agg in present}
+    plain = {agg: cell(agg) for agg in present}
+    ranked = sorted((c for c in plain.values() if c.mean is not None), key=lambda c: -c.mean)
+    best = ranked[0].aggregator if ranked and all(beats(ranked[0], c) for c in ranked[1:]) else None
+    tied = set() if best or not ranked else {c.aggregator for c in ranked if not beats(ranked[0], c)}
+    cells = {agg: cell(agg, None if agg == BASELINE else cls, agg == best, agg in tied) for agg in present}
     entry = registry.backbones.get(backbone)
     published = {key.split("/", 1)[1]: value for key, value in sorted(entry.published.items())
-                 if key.split("/", 1)[0] == board[0]} if entry else {}
-    return BoardRow(backbone, random_init or bool(entry and entry.random_init), cells, published)
+                 if key.split("/", 1)[0] == board[0]} if entry and entry.published_protocol == board[1] else {}
+    return BoardRow(backbone, random_init or bool(entry and entry.random_init), cells, published,
+                    entry.published_source if entry else "")
+
+
+def lr_star(picks: list[Pick]) -> float:
+    """The most frequent selected lr over seeds (ties: the lowest), as the claim's lr*."""
+    lrs = [p.lr for p in picks]
+    return min(set(lrs), key=lambda lr: (-lrs.count(lr), lr))
+
+
+def _edges(results: pd.DataFrame, picks: dict[tuple, list[Pick]]) -> set[tuple]:
+    """Cells whose lr* is the lowest or highest lr of the cell's rows (any status). lr*, not any seed's pick: on
+    a plateau single seeds land on an edge by validation noise alone."""
+    bounds = results.groupby(list(CELL_KEYS), sort=False)["lr"].agg(["min", "max"])
+    spans = {key: (low, high) for key, low, high in zip(bounds.index, bounds["min"], bounds["max"])}
+    return {key for key, ps in picks.items() if lr_star(ps) in spans[key]}
 
 
 def build_boards(results: pd.DataFrame, registry: Registry | None = None) -> list[Board]:
-    """Boards sorted by (dataset, protocol), rows by backbone; deterministic for a given results frame."""
+    """Boards sorted by (dataset, protocol, grid), rows by backbone; deterministic for a given results frame."""
     if results.empty:
         return []
     registry = registry if registry is not None else load_registry()
-    slim = results[[*CELL_KEYS, "seed", "lr", "wd", "status", "val_top1", "test_top1", "config_hash"]]
+    results = _recipe_columns(results)
+    slim = results[[*SELECTION_KEYS, "lr", "wd", "status", "val_top1", "test_top1", "config_hash"]]
     per_lr = select_best(slim, by=SELECTION_KEYS + ("lr",))
     # The val-best head of each lr, then the val-best of those, is the rule's pick (ties: lowest lr, then wd).
     picks = _picks(select_best(per_lr))
     curves = _curves(per_lr)
+    edges = _edges(results, picks)
     statuses: dict[tuple, list[tuple[str, int]]] = {}
     for (*key, status), count in results.groupby([*CELL_KEYS, "status"], sort=True).size().items():
         statuses.setdefault(tuple(key), []).append((status, int(count)))
-    grids: dict[tuple, list[str]] = {}
-    for (*board, grid), _ in results.groupby([*BOARD_KEYS, "grid"], sort=True).size().items():
-        grids.setdefault(tuple(board), []).append(grid)
     random_init = results.groupby("backbone")["random_init"].any().to_dict()
     boards = []
-    for board in sorted({key[:2] for key in statuses}):
-        cells = [key for key in statuses if key[:2] == board]
-        aggregators = _aggregator_order({key[3] for key in cells}, registry)
-        rows = tuple(_row(board, backbone, aggregators, picks, statuses, bool(random_init[backbone]), registry)
-                     for backbone in sorted({key[2] for key in cells}))
+    for board in sorted({key[:3] for key in statuses}):
+        cells = [key for key in statuses if key[:3] == board]
+        aggregators = _aggregator_order({key[4] for key in cells}, registry)
+        rows = tuple(_row(board, backbone, aggregators, picks, statuses, edges, bool(random_init[backbone]),
+                          registry) for backbone in sorted({key[3] for key in cells}))
         num_results = sum(count for key in cells for _, count in statuses[key])
-        boards.append(Board(*board, aggregators, rows, num_results, tuple(grids[board]), tuple(curves.get(board, ()))))
+        boards.append(Board(board[0], board[1], aggregators, rows, num_results, (board[2],),
+                            tuple(curves.get(board, ()))))
     return boards

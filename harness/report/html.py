@@ -20,7 +20,7 @@ body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
 th{background:#f3f3f3;cursor:pointer;user-select:none}th:first-child,td:first-child{text-align:left}
 th[data-dir=asc]::after{content:" \\25B2"}th[data-dir=desc]::after{content:" \\25BC"}
-td.best{font-weight:bold;background:#e8f5e9}.gain{color:#555;font-size:.85em}.note{color:#8a6d00}
+td.best{font-weight:bold;background:#e8f5e9}td.tied{background:#f1f8e9}.gain{color:#555;font-size:.85em}.note{color:#8a6d00}
 .plots{display:flex;flex-wrap:wrap;gap:1rem}svg.plot{font-size:11px;background:#fff}
 svg .frame{fill:none;stroke:#999}svg .axis{stroke:#333}svg .plot-title{font-weight:bold}svg .small{font-size:9px}
 """
@@ -63,7 +63,7 @@ def _table(board: Board) -> str:
                 continue
             sort = "" if cell.mean is None else f"{cell.mean:.4f}"
             gain = f' <span class="gain">{html_text(cell.gain_text())}</span>' if cell.gain_text() else ""
-            best = ' class="best"' if cell.best else ""
+            best = ' class="best"' if cell.best else ' class="tied"' if cell.tied else ""
             tds.append(f'<td{best} data-sort="{sort}">{html_text(cell.text())}{gain}</td>')
         tds.append(f"<td>{html_text(row.published_text())}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
@@ -100,6 +100,7 @@ def html_page(boards: list[Board], claim_fragment: str) -> str:
 
 def render_html(results: pd.DataFrame, registry: Registry | None = None) -> str:
     """The HTML page of a results frame, claim section included."""
-    from harness.report.claim import claim_analysis, claim_html
+    from harness.report.claim import claim_analysis
+    from harness.report.claim_pages import claim_html
 
     return html_page(build_boards(results, registry), claim_html(claim_analysis(results)))

@@ -14,14 +14,15 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.report.attention import html_section, markdown_section
-from harness.report.claim import INPUT_COLUMNS, claim_analysis, claim_html, claim_markdown
+from harness.report.claim import INPUT_COLUMNS, claim_analysis
+from harness.report.claim_pages import claim_html, claim_markdown
 from harness.report.html import html_page
 from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
 from harness.report.markdown import md_escape, md_table
 from harness.report.plain import printable
 from harness.registry import Registry
 from harness.results.attention import read_attention
-from harness.results.store import read_results
+from harness.results.store import read_correct, read_results
 
 # The store columns a regeneration reads (boards and claim section): far faster than all of them on large stores.
 COLUMNS = tuple(dict.fromkeys((*BOARD_COLUMNS, *INPUT_COLUMNS)))
@@ -95,7 +96,7 @@ def write_leaderboards(root: Path, registry: Registry | None = None, *, results:
     root = Path(root)
     results = read_results(root, COLUMNS) if results is None else results
     boards = build_boards(results, registry) if boards is None else boards
-    claim = claim_analysis(results)
+    claim = claim_analysis(results, lambda hashes: read_correct(root, hashes))
     attention = read_attention(root)
     root.mkdir(parents=True, exist_ok=True)
     pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention)),

@@ -1,7 +1,10 @@
 """The one selection rule every reported number goes through: choose on validation, report test.
 
-Within one (backbone, dataset, protocol, aggregator, seed), among heads with status "ok", the head with the
-highest `val_top1` is selected (ties: lowest lr, then lowest wd) and its `test_top1` is what gets reported.
+Within one (backbone, dataset, protocol, recipe, aggregator, seed), among heads with status "ok", the head with the
+highest `val_top1` is selected (ties: lowest lr, then lowest wd) and its `test_top1` is what gets reported. The
+recipe (RECIPE_KEYS: the grid and every training setting but lr and wd) is part of the key because a results folder
+may hold several grids for one backbone and dataset (`full` and `claim` both cache CIFAR-100): selecting across
+them would pick LARS and SGD heads together and take the union of their lr grids as the grid's edges.
 Nothing is ever selected on test. Vectorised (factorize, a per-group maximum, then a sort of the few rows that reach
 it), so it scales to millions of rows. No torch, no Ray.
 """
@@ -11,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-SELECTION_KEYS = ("backbone", "dataset", "protocol", "aggregator", "seed")
+RECIPE_KEYS = ("grid", "optimizer", "recipe", "epochs", "batch_size", "warmup_epochs", "token_tap", "aggregator_options")
+SELECTION_KEYS = ("backbone", "dataset", "protocol", *RECIPE_KEYS, "aggregator", "seed")
 
 
 def select_best(results: pd.DataFrame, by: tuple[str, ...] = SELECTION_KEYS) -> pd.DataFrame:

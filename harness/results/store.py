@@ -1,6 +1,7 @@
 """The results store: one Parquet file per finished trial, read back as one table.
 
-Every trial writes its own new files (`rows/grid=<grid>/<trial>-<uuid>.parquet`, and the same under `curves/`),
+Every trial writes its own new files (`rows/grid=<grid>/<trial>-<uuid>.parquet`, and the same under `curves/` and
+`predictions/`),
 first under a temporary name in the same folder and then `os.replace`d into place, so concurrent trials never
 share a file and a reader never sees a torn one. Re-running a configuration appends; readers keep the latest row
 per `config_hash`. The schemas are written down once, here. No torch, no Ray.
@@ -8,6 +9,7 @@ per `config_hash`. The schemas are written down once, here. No torch, no Ray.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import uuid
@@ -23,7 +25,7 @@ import pyarrow.parquet as pq
 from harness.config import safe_name
 from harness.errors import HarnessError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: warmup_epochs and recipe columns, predictions table
 _TS = pa.timestamp("us", tz="UTC")
 
 RESULTS_SCHEMA = pa.schema([
@@ -33,8 +35,9 @@ RESULTS_SCHEMA = pa.schema([
     ("dataset", pa.string()), ("num_classes", pa.int64()), ("train_size", pa.int64()), ("val_size", pa.int64()),
     ("test_size", pa.int64()), ("split_seed", pa.int64()), ("aggregator", pa.string()),
     ("aggregator_kind", pa.string()), ("aggregator_options", pa.string()), ("token_tap", pa.string()),
-    ("protocol", pa.string()), ("optimizer", pa.string()), ("lr", pa.float64()), ("wd", pa.float64()),
-    ("epochs", pa.int64()), ("batch_size", pa.int64()), ("seed", pa.int64()), ("claim_margin", pa.float64()),
+    ("protocol", pa.string()), ("optimizer", pa.string()), ("recipe", pa.string()), ("lr", pa.float64()),
+    ("wd", pa.float64()), ("epochs", pa.int64()), ("batch_size", pa.int64()), ("warmup_epochs", pa.int64()),
+    ("seed", pa.int64()), ("claim_margin", pa.float64()),
     # outcome
     ("status", pa.string()), ("error", pa.string()), ("diverged_step", pa.int64()), ("val_top1", pa.float64()),
     ("val_top5", pa.float64()), ("test_top1", pa.float64()), ("test_top5", pa.float64()),
@@ -52,8 +55,35 @@ CURVES_SCHEMA = pa.schema([
     ("val_top1", pa.float64()), ("schema_version", pa.int32()),
 ])
 
+# Every trained head's test predictions, in test-split order: `predicted` the top-1 class of each image as
+# little-endian uint16, `correct` one bit per image (numpy packbits, big-endian bit order) whether it was right.
+# 2.125 bytes per test image and head: ImageNet's 50,000 test images cost 106 kB per head.
+PREDICTIONS_SCHEMA = pa.schema([
+    ("config_hash", pa.string()), ("test_size", pa.int64()), ("predicted", pa.binary()), ("correct", pa.binary()),
+    ("schema_version", pa.int32()),
+])
+PREDICTION_BYTES_PER_IMAGE = 2 + 1 / 8
+MAX_CLASSES = 2**16  # `predicted` holds uint16
+
 STATUSES = ("ok", "diverged", "failed", "not-applicable")
-_ROWS, _CURVES = "rows", "curves"
+_ROWS, _CURVES, _PREDICTIONS = "rows", "curves", "predictions"
+
+
+def prediction_record(config_hash: str, predicted: np.ndarray, labels: np.ndarray) -> dict:
+    """One head's predictions-table record from its (N,) predicted classes and the (N,) test labels."""
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    if predicted.shape != labels.shape or predicted.ndim != 1:
+        raise ValueError(f"predictions {predicted.shape} and labels {labels.shape} must be one equal-length vector")
+    if len(predicted) and (predicted.min() < 0 or predicted.max() >= MAX_CLASSES):
+        raise ValueError(f"predicted classes must lie in [0, {MAX_CLASSES}) to be stored as uint16")
+    return {"config_hash": config_hash, "test_size": len(predicted),
+            "predicted": predicted.astype("<u2").tobytes(), "correct": np.packbits(predicted == labels).tobytes(),
+            "schema_version": SCHEMA_VERSION}
+
+
+def predictions_bytes(heads: int, test_images: int) -> int:
+    """What `heads` heads' test predictions add to the results folder, before Parquet's compression."""
+    return int(math.ceil(heads * test_images * PREDICTION_BYTES_PER_IMAGE))
 
 
 def _to_table(records: list[dict], schema: pa.Schema, what: str) -> pa.Table:
@@ -84,8 +114,9 @@ def _write_atomic(table: pa.Table, folder: Path, stem: str) -> Path:
     return final
 
 
-def write_trial(root: Path, rows: list[dict], curves: list[dict]) -> Path:
-    """Store one trial's head rows (and their per-epoch curves) as new files; returns the rows file."""
+def write_trial(root: Path, rows: list[dict], curves: list[dict], predictions: list[dict] = ()) -> Path:
+    """Store one trial's head rows (and their per-epoch curves and test predictions) as new files; returns the rows
+    file."""
     if not rows:
         raise ValueError("write_trial needs at least one row")
     grids, trials = {r.get("grid") for r in rows}, {r.get("trial_id") for r in rows}
@@ -96,14 +127,17 @@ def write_trial(root: Path, rows: list[dict], curves: list[dict]) -> Path:
     if bad:
         raise ValueError(f"rows with status {bad}; the schema's statuses are {', '.join(STATUSES)}")
     table = _to_table(rows, RESULTS_SCHEMA, "row")
-    curve_table = _to_table(curves, CURVES_SCHEMA, "curve")
-    unknown = set(curve_table.column("config_hash").to_pylist()) - {r["config_hash"] for r in rows}
-    if unknown:
-        raise ValueError(f"curves for config hashes not in this trial's rows: {sorted(unknown)[:3]}")
+    extras = {_CURVES: _to_table(curves, CURVES_SCHEMA, "curve"),
+              _PREDICTIONS: _to_table(list(predictions), PREDICTIONS_SCHEMA, "prediction")}
+    for kind, extra in extras.items():
+        unknown = set(extra.column("config_hash").to_pylist()) - {r["config_hash"] for r in rows}
+        if unknown:
+            raise ValueError(f"{kind} for config hashes not in this trial's rows: {sorted(unknown)[:3]}")
     grid, trial = safe_name(grids.pop()), safe_name(trials.pop())
     stem = f"{trial}-{uuid.uuid4().hex}"
-    if curves:  # curves first: once a trial's rows are visible (and it counts as done), its curves are too
-        _write_atomic(curve_table, Path(root) / _CURVES / f"grid={grid}", stem)
+    for kind, extra in extras.items():  # first: once a trial's rows are visible (it counts as done), these are too
+        if extra.num_rows:
+            _write_atomic(extra, Path(root) / kind / f"grid={grid}", stem)
     return _write_atomic(table, Path(root) / _ROWS / f"grid={grid}", stem)
 
 
@@ -197,6 +231,17 @@ def read_curves(root: Path) -> pd.DataFrame:
     curves = curves.join(latest.select(["config_hash", "_file"]), ["config_hash", "_file"], join_type="left semi")
     curves = curves.take(pc.sort_indices(curves, sort_keys=[("config_hash", "ascending"), ("epoch", "ascending")]))
     return _to_pandas(curves.select(CURVES_SCHEMA.names))
+
+
+def read_correct(root: Path, config_hashes: set[str] | list[str]) -> dict[str, np.ndarray]:
+    """Per config hash of `config_hashes` whose latest run stored test predictions: a (test_size,) bool vector,
+    whether each test image was classified correctly. Hashes without stored predictions are absent."""
+    latest, ids = _latest_rows(Path(root), [])
+    table, _ = _read_all(Path(root), _PREDICTIONS, PREDICTIONS_SCHEMA, ["config_hash", "test_size", "correct"], ids)
+    table = table.filter(pc.is_in(table.column("config_hash"), pa.array(sorted(config_hashes), pa.string())))
+    table = table.join(latest.select(["config_hash", "_file"]), ["config_hash", "_file"], join_type="left semi")
+    return {h: np.unpackbits(np.frombuffer(bits, np.uint8), count=n).astype(bool)
+            for h, n, bits in zip(*(table.column(c).to_pylist() for c in ("config_hash", "test_size", "correct")))}
 
 
 def completed_hashes(root: Path) -> set[str]:

@@ -34,6 +34,13 @@ class HeadPlan:
     recipe: str | None = None  # harness/heads/recipes.py
     recipe_options: dict = field(default_factory=dict)
 
+    def recipe_label(self) -> str:
+        """The results column: the recipe's name and its options (JSON), "" for the harness's own training."""
+        if not self.recipe:
+            return ""
+        options = f" {json.dumps(self.recipe_options, sort_keys=True)}" if self.recipe_options else ""
+        return f"{self.recipe}{options}"
+
     def training(self) -> Recipe | None:
         """The head's resolved recipe, None for the harness's own training."""
         return recipes.resolve(self.recipe, self.recipe_options) if self.recipe else None

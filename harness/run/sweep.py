@@ -10,6 +10,7 @@ the sweep reports them. `submit_job` runs the same sweep as a Ray job, its drive
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -48,17 +49,26 @@ def _trainable(config: dict, plans: list[dict]) -> None:
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     gpu_ids = ray.get_gpu_ids()
     device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
-    rows, curves = run_trial(plan, device=device)
+    rows, curves, predictions = run_trial(plan, device=device)
     node = ray.get_runtime_context().get_node_id()
     for row in rows:
         row["device"] += f" [ray node {node[:8]}, gpus {','.join(map(str, gpu_ids)) or 'none'}]"
-    tune.report({"payload": json.dumps({"rows": rows, "curves": curves}, default=_iso)})
+    tune.report({"payload": json.dumps({"rows": rows, "curves": curves, "predictions": predictions}, default=_iso)})
 
 
 def _iso(value: object) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _decode_predictions(records: list[dict]) -> list[dict]:
+    for record in records:
+        for key in ("predicted", "correct"):
+            record[key] = base64.b64decode(record[key])
+    return records
 
 
 def _decode(rows: list[dict]) -> list[dict]:
@@ -110,7 +120,8 @@ class _StoreAndShow(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         payload = json.loads(result["payload"])
-        store.write_trial(self.results_dir, _decode(payload["rows"]), payload["curves"])
+        store.write_trial(self.results_dir, _decode(payload["rows"]), payload["curves"],
+                          _decode_predictions(payload["predictions"]))
         self._set(trial, "done")
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -286,6 +297,8 @@ def submit_job(sweep_args: list[str], *, address: str | None, project_dir: Path)
     env = {"RAY_AIR_NEW_OUTPUT": "0"}
     if "--results-dir" not in sweep_args and not os.environ.get("HARNESS_RESULTS_DIR"):
         env["HARNESS_RESULTS_DIR"] = JOB_RESULTS_DIR  # a relative default would land in the job's temporary copy
+    if os.environ.get("HARNESS_USER_REGISTRY"):
+        env["HARNESS_USER_REGISTRY"] = os.environ["HARNESS_USER_REGISTRY"]  # its folders must exist on the nodes
     runtime_env = {"working_dir": str(project_dir), "excludes": _UPLOAD_EXCLUDES, "env_vars": env}
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:
