@@ -27,7 +27,7 @@ from torch.utils.data import TensorDataset
 
 import harness
 from harness.models.backbones import Backbone
-from harness.tokens.space import human_bytes, predict_cache_bytes
+from harness.tokens.space import SUMMARY_TOKEN_BYTES, TOKEN_BYTES, human_bytes, predict_cache_bytes
 from harness.data.splits import load_splits
 from harness.registry import load_registry
 from harness.tokens.cache import cached_tokens, extract_tokens
@@ -110,10 +110,12 @@ def measure(num_images: int, batch_size: int, taps: tuple[str, ...], cache_dir: 
 def vit_b16_imagenet(taps: tuple[str, ...], summary: bool = False) -> dict:
     """Every token, or (`summary`: a grid of [cls] and mean heads only, like the claim grid) [cls] + patch mean."""
     shape = {**VIT_B16, "num_tokens": 2} if summary else VIT_B16
-    per_split = {split: predict_cache_bytes(n, taps=taps, **shape) for split, n in IMAGENET.items()}
+    token_bytes = SUMMARY_TOKEN_BYTES if summary else TOKEN_BYTES  # the summary is stored in float32
+    per_split = {split: predict_cache_bytes(n, taps=taps, token_bytes=token_bytes, **shape)
+                 for split, n in IMAGENET.items()}
     return {"backbone": "ViT-B/16", "dataset": "imagenet-1k", **shape, "taps": list(taps),
-            "kept": "[cls] + patch mean" if summary else "all tokens",
-            "token_bytes_per_image_per_tap": shape["num_tokens"] * shape["embed_dim"] * 2,
+            "kept": "[cls] + patch mean (float32)" if summary else "all tokens (float16)",
+            "token_bytes_per_image_per_tap": shape["num_tokens"] * shape["embed_dim"] * token_bytes,
             "bytes_per_split": per_split, "bytes_total": sum(per_split.values())}
 
 

@@ -16,7 +16,6 @@ import textwrap
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from harness.config import setting
@@ -34,46 +33,87 @@ def _results_dir(args: argparse.Namespace) -> Path:
     return Path(args.results_dir) if args.results_dir else setting("results_dir")
 
 
+def _arch(e) -> str:
+    """The timm architecture, and what a demo variant shrinks of it (a tiny model is not a ViT-H)."""
+    shrunk = {k: e.arch_overrides[k] for k in ("embed_dim", "depth") if k in e.arch_overrides}
+    return e.arch + (f" shrunk to {', '.join(f'{k} {v}' for k, v in shrunk.items())}" if shrunk else "")
+
+
+def _list_rows(kind: str, reg) -> tuple[list[str], list[list[str]]]:
+    if kind == "backbones":
+        return ["name", "family", "arch", "input", "[cls]", "weights"], [
+            [e.label, e.family, _arch(e), f"{e.img_size}px /{e.patch_size}", "yes" if e.class_token else "no",
+             "random-init (demo)" if e.random_init else ("manual download" if e.manual_download else "url")]
+            for e in sorted(reg.backbones.values(), key=lambda e: (e.family, e.name))]
+    if kind == "aggregators":
+        return ["name", "kind", "tap", "description"], [
+            [e.name, e.kind, e.tap, e.description] for e in reg.aggregators.values()]
+    if kind == "datasets":
+        return ["name", "source", "classes", "val hold-out", "description"], [
+            [e.name, e.source, str(e.num_classes), f"{e.val_fraction:g} (seed {e.split_seed})", e.description]
+            for e in reg.datasets.values()]
+    if kind == "recipes":
+        return ["name", "heads", "optimizer", "source"], [
+            [r.name, ", ".join(r.kinds), r.optimizer, r.source] for r in recipes.RECIPES.values()]
+    return ["name", "description"], [[name, reg.grid(name).description] for name in reg.grid_files]
+
+
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    from harness.models.digests import read_lock
+    from harness.registry.describe import KINDS, records
+    from harness.report.terminal import print_table
+
     reg = load_registry()
-    kinds = [args.kind] if args.kind else ["backbones", "aggregators", "datasets", "recipes", "grids"]
+    kinds = [args.kind] if args.kind else list(KINDS)
+    if args.format == "json":
+        lock = read_lock()
+        _print_json({kind: records(kind, reg, lock) for kind in kinds})
+        return 0
     for kind in kinds:
-        table = Table(title=kind, title_justify="left")
-        if kind == "backbones":
-            for col in ("name", "family", "arch", "input", "[cls]", "weights"):
-                table.add_column(col)
-            for e in sorted(reg.backbones.values(), key=lambda e: (e.family, e.name)):
-                weights = "random-init (demo)" if e.random_init else ("manual download" if e.manual_download else "url")
-                _row(table, e.label, e.family, e.arch, f"{e.img_size}px /{e.patch_size}",
-                              "yes" if e.class_token else "no", weights)
-        elif kind == "aggregators":
-            for col in ("name", "kind", "tap", "description"):
-                table.add_column(col)
-            for e in reg.aggregators.values():
-                _row(table, e.name, e.kind, e.tap, e.description)
-        elif kind == "datasets":
-            for col in ("name", "source", "classes", "val hold-out", "description"):
-                table.add_column(col)
-            for e in reg.datasets.values():
-                _row(table, e.name, e.source, str(e.num_classes), f"{e.val_fraction:g} (seed {e.split_seed})",
-                              e.description)
-        elif kind == "recipes":
-            for col in ("name", "heads", "optimizer", "source"):
-                table.add_column(col)
-            for r in recipes.RECIPES.values():
-                _row(table, r.name, ", ".join(r.kinds), r.optimizer, r.source)
-        else:
-            for col in ("name", "description"):
-                table.add_column(col)
-            for name in reg.grid_files:
-                _row(table, name, reg.grid(name).description)
-        console.print(table)
+        headers, rows = _list_rows(kind, reg)
+        print_table(console, headers, rows, title=kind)
     return 0
 
 
-def _row(table: Table, *cells: str) -> None:
-    """Registry text is data, not rich markup: "[cls]" must print as written, control characters written out."""
-    table.add_row(*(Text(printable(c)) for c in cells))
+def cmd_show(args: argparse.Namespace, console: Console) -> int:
+    from harness.models.digests import read_lock
+    from harness.registry.describe import find, record
+    from harness.report.terminal import print_record
+
+    reg = load_registry()
+    kind = find(reg, args.name)
+    rec = record(kind, reg, args.name, read_lock())
+    if args.format == "json":
+        _print_json({"kind": kind, **rec})
+        return 0
+    print_record(console, f"{kind[:-1]} {rec.get('label', args.name)}",
+                 [(key, _show_value(value)) for key, value in rec.items() if key not in ("label",)])
+    return 0
+
+
+def _show_value(value) -> str:
+    import json
+
+    if value in ("", None, [], {}):
+        return "—"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _print_json(data) -> None:
+    """JSON on stdout, one document, NaN as null (strict parsers refuse NaN)."""
+    import json
+    import math
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    sys.stdout.write(json.dumps(clean(data), indent=2, default=str) + "\n")
 
 
 def _parse_weights(pairs: list[str]) -> dict[str, str]:
@@ -91,24 +131,17 @@ def _parse_weights(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _names_flag(flag: str, text: str, lookup) -> tuple[str, ...]:
-    """A comma-separated list of registered, distinct names."""
-    names = tuple(lookup(name).name for name in text.split(","))
-    if len(set(names)) != len(names):
-        raise HarnessError(f"{flag} {text!r} names an entry twice; accepted: distinct registered names, "
-                           "comma-separated (each backbone x dataset runs once).")
-    return names
-
-
 def _sweep_grid(args: argparse.Namespace, reg):
-    """The grid named by --grid, with --backbones/--datasets applied (names checked against the registry)."""
-    grid = reg.grid(args.grid)
-    if args.backbones or args.datasets:
-        grid = dataclasses.replace(
-            grid, backbones=_names_flag("--backbones", args.backbones, reg.backbone) if args.backbones
-            else grid.backbones,
-            datasets=_names_flag("--datasets", args.datasets, reg.dataset) if args.datasets else grid.datasets)
-    return grid
+    """The grid named by --grid with --backbones, --datasets, --epochs, --seeds, --lrs and --limit-train applied."""
+    from harness.run.quick import customise
+
+    def split(text: str | None) -> list[str] | None:
+        return text.split(",") if text else None
+
+    quick = {k: getattr(args, k, None) for k in ("epochs", "seeds", "lrs", "limit_train")}  # `attention` has none
+    return customise(reg.grid(args.grid), reg, backbones=split(args.backbones), datasets=split(args.datasets),
+                     epochs=quick["epochs"], seeds=split(quick["seeds"]), lrs=split(quick["lrs"]),
+                     limit_train=quick["limit_train"])
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
@@ -133,6 +166,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
         console.print(f"Nothing to run: all {total} heads of grid '{grid.name}' ({len(trials)} trials) already have "
                       f"results under {results_dir} (use --force to rerun them).")
         return 0
+    from harness.run.manifest import describe_sweep
     from harness.run.sweep import git_commit, run_sweep
 
     commit = git_commit()
@@ -149,10 +183,12 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
                         gpus_per_trial=grid.gpus_per_trial if args.gpus_per_trial is None else args.gpus_per_trial,
                         max_retries=grid.max_retries if args.max_retries is None else args.max_retries,
                         address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
-                        console=None if args.no_progress else console)
+                        console=None if args.no_progress else console,
+                        manifest=describe_sweep(grid, reg, commit=commit))
     ok = summary.trials - len(summary.failed) - len(summary.unfinished)
-    console.print(f"Sweep finished in {summary.wall_s:.1f} s: {ok} trials ok, {len(summary.failed)} failed, "
-                  f"{len(summary.unfinished)} stopped before they finished.")
+    console.print(f"Sweep {'interrupted' if summary.unfinished else 'finished'} after {summary.wall_s:.1f} s: "
+                  f"{ok} trials ok, {len(summary.failed)} failed, {len(summary.unfinished)} stopped before they "
+                  f"finished. Manifest: {summary.manifest}", highlight=False)
     if summary.unfinished:
         console.print(f"Interrupted: {', '.join(summary.unfinished)} wrote no rows; rerun the same command to run "
                       "only what has no result yet.", highlight=False)
@@ -181,22 +217,20 @@ def _measured(results) -> tuple[dict[str, float], dict[str, int]]:
 
 def _print_plan(console: Console, reg, trials, todo, results) -> None:
     """The trials, backbone passes, heads, token cache and estimated hours of a sweep, without running it."""
-    from harness.tokens.space import human_bytes
+    from harness.report.terminal import print_table
     from harness.run.plan import trial_cost
+    from harness.tokens.space import human_bytes
 
     speed, images = _measured(results)
     costs = [trial_cost(t, reg, measured_speed=speed, measured_images=images) for t in trials]
     remaining = {t.trial_id: len(t.heads) for t in todo}
-    table = Table(title=f"Plan for grid '{trials[0].grid}'" if trials else "Plan")
-    for col in ("backbone", "dataset", "protocol", "heads", "to run", "images through backbone", "token cache",
-                "GPU-h"):
-        table.add_column(col, justify="left" if col in ("backbone", "dataset", "protocol") else "right")
-    for t, c in zip(trials, costs):
-        _row(table, t.backbone, t.dataset, f"{t.protocol} {t.epochs}ep b{t.batch_size}", str(len(t.heads)),
+    rows = [[t.backbone, t.dataset, f"{t.protocol} {t.epochs}ep b{t.batch_size}", str(len(t.heads)),
              str(remaining.get(t.trial_id, 0)), _num(c.passes),
              human_bytes(c.cache_bytes) if c.cache_bytes is not None else "-" if t.protocol == "online" else "?",
-             f"{c.hours:.2f}" if c.hours is not None else "?")
-    console.print(table)
+             f"{c.hours:.2f}" if c.hours is not None else "?"] for t, c in zip(trials, costs)]
+    print_table(console, ["backbone", "dataset", "protocol", "heads", "to run", "images through backbone",
+                          "token cache", "GPU-h"], rows, ids=(0, 1), right=range(3, 8),
+                title=f"Plan for grid '{trials[0].grid}'" if trials else "Plan")
     heads = sum(len(t.heads) for t in trials)
     passes = [c.passes for c in costs]
     cache = sum(c.cache_bytes or 0 for c in costs)
@@ -208,6 +242,10 @@ def _print_plan(console: Console, reg, trials, todo, results) -> None:
     console.print(f"Token cache: {human_bytes(cache)} for the cached-protocol trials"
                   + (" (some sizes unknown)" if any(c.cache_bytes is None and t.protocol == "cached"
                                                     for t, c in zip(trials, costs)) else "") + ".")
+    predictions = [c.predictions_bytes for c in costs]
+    console.print(f"Test predictions: {human_bytes(sum(p or 0 for p in predictions))} added to the results folder "
+                  f"(the top-1 class and correctness of every test image, per head)"
+                  + (" (some test sizes unknown)" if None in predictions else "") + ".")
     hours = [c.hours for c in costs if c.hours is not None]
     unknown = sorted({t.backbone for t, c in zip(trials, costs) if c.hours is None})
     sources: dict[str, set[str]] = {}
@@ -265,7 +303,8 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
     project = Path(__file__).resolve().parent.parent
     sweep = ["--grid", args.grid if args.grid in reg.grid_files else _in_project(Path(args.grid), project),
              "--no-progress"]
-    for flag, value in (("--backbones", args.backbones), ("--datasets", args.datasets),
+    for flag, value in (("--backbones", args.backbones), ("--datasets", args.datasets), ("--epochs", args.epochs),
+                        ("--seeds", args.seeds), ("--lrs", args.lrs), ("--limit-train", args.limit_train),
                         ("--max-retries", args.max_retries), ("--results-dir", args.results_dir),
                         ("--cache-dir", args.cache_dir), ("--cpus-per-trial", args.cpus_per_trial),
                         ("--gpus-per-trial", args.gpus_per_trial)):
@@ -289,6 +328,7 @@ def cmd_weights(args: argparse.Namespace, console: Console) -> int:
     """Show the weights lock; with --refresh, accept the file now found for each named backbone."""
     from harness.models import digests
     from harness.models.weights import local_file
+    from harness.report.terminal import print_table
 
     reg = load_registry()
     for name in args.refresh:
@@ -298,19 +338,17 @@ def cmd_weights(args: argparse.Namespace, console: Console) -> int:
             raise HarnessError(f"--refresh {name}: no file of backbone {name!r} in the weights folder or the download "
                                "cache; accepted: a released backbone whose file is there (a sweep downloads it).")
         console.print(Text(f"{name}: recorded {path} as sha256 {digests.refresh_lock(name, path)}"))
-    table = Table(title=f"weights lock {setting('weights_lock')}", title_justify="left")
-    for col in ("backbone", "file", "sha256", "recorded at"):
-        table.add_column(col)
-    for name, pin in sorted(digests.read_lock().items()):
-        _row(table, name, str(pin.get("file")), str(pin.get("sha256")), str(pin.get("recorded_at")))
-    console.print(table)
+    print_table(console, ["backbone", "file", "sha256", "recorded at"],
+                [[name, str(pin.get("file")), str(pin.get("sha256")), str(pin.get("recorded_at"))]
+                 for name, pin in sorted(digests.read_lock().items())], ids=(0, 1, 2),
+                title=f"weights lock {setting('weights_lock')}")
     return 0
 
 
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     from harness.results import store
-    from harness.report.leaderboard import COLUMNS, render_terminal, write_leaderboards
     from harness.report.boards import build_boards
+    from harness.report.leaderboard import COLUMNS, boards_json, render_terminal, write_leaderboards
 
     results_dir = _results_dir(args)
     results = store.read_results(results_dir, COLUMNS)
@@ -318,6 +356,9 @@ def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
         raise HarnessError(f"no results yet under {results_dir}; run `harness sweep --grid demo` first "
                            "(or pass --results-dir).")
     boards = build_boards(results)
+    if getattr(args, "format", "table") == "json":  # `sweep` ends with this command, without --format
+        _print_json(boards_json(boards))
+        return 0
     paths = write_leaderboards(results_dir, results=results, boards=boards)
     render_terminal(boards, console)
     console.print("Wrote " + ", ".join(str(p) for p in paths))
@@ -341,6 +382,12 @@ def cmd_claim(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+QUERY_COLUMNS = ("backbone", "dataset", "aggregator", "optimizer", "lr", "wd", "seed", "status", "val_top1",
+                 "test_top1", "config_hash")
+_ID_COLUMNS = ("backbone", "dataset", "aggregator", "config_hash", "head_id", "trial_id", "grid")
+TABLE_LIMIT = 50
+
+
 def cmd_results(args: argparse.Namespace, console: Console) -> int:
     from harness.results import store
 
@@ -349,13 +396,46 @@ def cmd_results(args: argparse.Namespace, console: Console) -> int:
         out = store.export(results_dir, args.format, Path(args.out))
         console.print(f"Wrote {out}")
         return 0
-    frame = store.query(results_dir, args.where, args.columns.split(",") if args.columns else None)
+    if args.limit is not None and args.limit < 0:
+        raise HarnessError(f"--limit {args.limit} is negative; accepted: 0 (every row) or a positive number of rows.")
+    columns = None if args.columns == "all" else args.columns.split(",") if args.columns else list(QUERY_COLUMNS)
+    frame = store.query(results_dir, args.where, columns)
     frame = frame.map(lambda v: printable(v) if isinstance(v, str) else v)  # results files can hold anything
-    if args.csv:
-        sys.stdout.write(frame.to_csv(index=False))
+    if frame.empty and store.read_results(results_dir, ["config_hash"]).empty:
+        raise HarnessError(f"no results yet under {results_dir}; run `harness sweep --grid demo` first "
+                           "(or pass --results-dir).")
+    limit = (TABLE_LIMIT if args.format == "table" else 0) if args.limit is None else args.limit
+    shown = frame.head(limit) if limit else frame
+    if args.format == "json":
+        sys.stdout.write(shown.to_json(orient="records", date_format="iso", indent=2, double_precision=15) + "\n")
+    elif args.format == "csv":
+        sys.stdout.write(shown.to_csv(index=False))
+    elif frame.empty:
+        console.print(f"no rows match {' and '.join(args.where) or 'the query'} under {results_dir}.", markup=False,
+                      highlight=False)
     else:
-        console.print(frame.to_string(index=False, max_rows=args.limit), markup=False, highlight=False)
+        from harness.report.terminal import print_table
+
+        print_table(console, list(shown.columns), [[_cell(c, v) for c, v in zip(shown.columns, row)]
+                                                   for row in shown.itertuples(index=False)],
+                    ids=[i for i, c in enumerate(shown.columns) if c in _ID_COLUMNS])
+        if len(shown) < len(frame):
+            console.print(f"the first {len(shown)} of {len(frame)} rows; --limit 0 shows all, --format csv|json "
+                          "prints them for scripts.", markup=False, highlight=False)
     return 0
+
+
+def _cell(column: str, value) -> str:
+    """A query table cell: hashes as the pages print them, numbers short, missing values as a dash."""
+    import pandas as pd
+
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "—"
+    if column == "config_hash":
+        from harness.results.store import HASH_PREFIX
+
+        return value[:HASH_PREFIX]
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def cmd_attention(args: argparse.Namespace, console: Console) -> int:
@@ -415,6 +495,11 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
                    help="grid name in registry/grids (see `harness list grids`) or a .toml path")
     p.add_argument("--backbones", metavar="A,B", help="replace the grid's backbones (comma-separated names)")
     p.add_argument("--datasets", metavar="X,Y", help="replace the grid's datasets (comma-separated names)")
+    p.add_argument("--epochs", type=int, metavar="N", help="train every head for N epochs instead of the grid's")
+    p.add_argument("--seeds", metavar="S,T", help="replace the grid's seeds, e.g. 0,1,2")
+    p.add_argument("--lrs", metavar="A,B", help="replace every head group's learning rates, e.g. 0.1,1")
+    p.add_argument("--limit-train", type=int, metavar="N",
+                   help="train on the first N training images per class (smoke tests; val and test stay whole)")
     p.add_argument("--force", action="store_true", help="rerun heads that already have results")
     p.add_argument("--max-retries", type=_retries, help="retries of a failing trial (default: the grid's max_retries)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")
@@ -428,33 +513,64 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
                    help="GPUs each trial asks Ray for, possibly fractional (default: the grid's)")
 
 
+class _Help(argparse.HelpFormatter):
+    """Prose wrapped to the terminal; indented lines (examples) kept as written, so they paste as shown."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out: list[str] = []
+        prose: list[str] = []
+        for line in [*text.splitlines(), ""]:
+            if line.strip() and not line.startswith(" "):
+                prose.append(line.strip())
+                continue
+            if prose:
+                out += textwrap.wrap(" ".join(prose), width, initial_indent=indent, subsequent_indent=indent)
+                prose = []
+            out.append(indent + line if line.strip() else "")
+        return "\n".join(out).rstrip("\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="harness", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="harness", formatter_class=_Help,
         description="Benchmark frozen self-supervised ViTs by how well their tokens can be read out.",
         epilog=textwrap.dedent("""\
             examples:
               harness list backbones
-              harness sweep --grid demo            # offline pipeline check, a few minutes on a laptop CPU
+              harness show mae-vit-b16             # one entry: weights, licence, paper
+              harness sweep --grid demo            # offline pipeline check, under a minute
               harness sweep --grid full --dry-run  # what the full benchmark would run
-              harness leaderboard                  # regenerate results/leaderboard.{md,html} from the Parquet files
-              harness claim                        # is mean pooling equivalent to [cls] once its lr is tuned?
+              harness leaderboard                  # results/leaderboard.{md,html}
+              harness claim                        # mean pooling vs [cls], lrs tuned
             """))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help: str, description: str, epilog: str = "") -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=description, epilog=epilog,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(name, help=help, description=description, epilog=epilog, formatter_class=_Help)
         return p
 
     def results_dir_arg(p: argparse.ArgumentParser) -> None:
         p.add_argument("--results-dir", metavar="DIR",
                        help="results folder (default: HARNESS_RESULTS_DIR, [paths] results_dir, or ./results)")
 
-    p = add("list", "list registry entries", "List the backbones, aggregators, datasets, training recipes and grids in the registry.",
-            "example: harness list backbones")
+    def format_arg(p: argparse.ArgumentParser, what: str) -> None:
+        p.add_argument("--format", choices=["table", "json"], default="table",
+                       help=f"table (default) or json: {what} (schema in the README)")
+
+    p = add("list", "list registry entries",
+            "List the backbones, aggregators, datasets, training recipes and grids in the registry.",
+            "examples:\n  harness list backbones\n  harness list grids --format json")
     p.add_argument("kind", nargs="?", choices=["backbones", "aggregators", "datasets", "recipes", "grids"])
+    format_arg(p, "an object of kind -> list of entries")
     p.set_defaults(func=cmd_list)
+
+    p = add("show", "everything the registry says about one entry",
+            "Show one backbone, aggregator, dataset, recipe or grid: for a backbone its family, architecture, input "
+            "transform, prefix tokens, weight file, URL, checksum status, licence, paper, origin and published "
+            "numbers.", "examples:\n  harness show ijepa-vit-h14-in1k\n  harness show demo --format json")
+    p.add_argument("name", help="a name that `harness list` prints")
+    format_arg(p, "the entry's fields and its kind")
+    p.set_defaults(func=cmd_show)
 
     p = add("sweep", "run a grid on Ray Tune", textwrap.dedent("""\
         Run every trial of a grid (one per backbone x dataset, each training all of the grid's heads from one
@@ -462,7 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
         so rerunning after a crash resumes. Rows land in the results folder as each trial finishes; the
         leaderboard is regenerated at the end. Exit status 1 if any trial failed after its retries."""),
             "examples:\n  harness sweep --grid demo\n  harness sweep --grid full --dry-run\n"
-            "  harness sweep --grid claim --backbones demo-mae-tiny,demo-dino-tiny --datasets digits\n"
+            "  harness sweep --grid demo --epochs 2 --seeds 0 --lrs 0.3,1\n"
+            "  harness sweep --grid claim --datasets digits \\\n"
+            "      --backbones demo-mae-tiny,demo-dino-tiny\n"
             "  harness sweep --grid full --address ray://head:10001")
     _grid_args(p)
     p.add_argument("--dry-run", action="store_true", help="print the plan (trials, heads, passes) and exit")
@@ -480,7 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
         sweep's driver runs on the cluster's head node, so it survives this terminal closing. Results are written
         on the head node. Authenticates with the cluster's token (RAY_AUTH_TOKEN or ~/.ray/auth_token)."""),
             "examples:\n"
-            "  harness submit --grid full --address http://127.0.0.1:8265   # after `ray dashboard cluster.yaml`\n"
+            "  ray dashboard cluster.yaml   # forwards the job API to port 8265\n"
+            "  harness submit --grid full --address http://127.0.0.1:8265\n"
             "  harness submit --grid demo --backbones demo-mae-tiny --wait")
     _grid_args(p)
     p.add_argument("--address", help="the cluster's job API (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS, else "
@@ -502,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Regenerate results/leaderboard.md and results/leaderboard.html from the Parquet results alone and "
             "print the tables in the terminal. Deterministic: the same results give the same files.")
     results_dir_arg(p)
+    format_arg(p, "a list of boards, each with its rows and cells; no files written")
     p.set_defaults(func=cmd_leaderboard)
 
     p = add("claim", "test mean pooling vs [cls]",
@@ -538,20 +658,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("results", "export or query raw results", "Export or query the raw result rows.",
             "examples:\n  harness results export --format csv --out results.csv\n"
-            "  harness results query --where aggregator=mean --where lr>=0.01 --columns backbone,lr,test_top1")
+            "  harness results query --where aggregator=mean --where 'lr>=0.01' \\\n"
+            "      --columns backbone,lr,test_top1")
     rsub = p.add_subparsers(dest="results_command", required=True, metavar="ACTION")
     e = rsub.add_parser("export", help="write all rows to one CSV or Parquet file",
                         description="Write all result rows (latest per head) to one CSV or Parquet file.")
     e.add_argument("--format", choices=["csv", "parquet"], required=True)
     e.add_argument("--out", required=True, help="output file")
     results_dir_arg(e)
-    q = rsub.add_parser("query", help="filter rows by column",
+    q = rsub.add_parser("query", help="filter rows by column", formatter_class=_Help,
                         description="Print the result rows matching every --where filter (column OP value, "
-                                    "OP one of = != < <= > >=).")
-    q.add_argument("--where", action="append", default=[], metavar="FILTER", help="e.g. aggregator=mean, lr<0.1")
-    q.add_argument("--columns", metavar="A,B", help="columns to show")
-    q.add_argument("--csv", action="store_true", help="print CSV instead of a table")
-    q.add_argument("--limit", type=int, default=50, help="rows to print in table mode (default 50)")
+                                    "OP one of = != < <= > >=; quote filters with < or > for the shell; "
+                                    "config_hash= matches the hash prefixes the leaderboard prints).",
+                        epilog="examples:\n  harness results query --where aggregator=mean --where 'lr<=0.01'\n"
+                               "  harness results query --where config_hash=88a671f2e317 --columns all\n"
+                               "  harness results query --format json --where status=diverged")
+    q.add_argument("--where", action="append", default=[], metavar="FILTER",
+                   help="e.g. aggregator=mean or 'lr<0.1' (repeatable, ANDed)")
+    q.add_argument("--columns", metavar="A,B", help=f"columns to show, or all (default: {', '.join(QUERY_COLUMNS)})")
+    q.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                   help="table (default), json (a list of row objects) or csv")
+    q.add_argument("--limit", type=int, metavar="N",
+                   help=f"print the first N rows; 0: all (default {TABLE_LIMIT} for a table, all for json/csv)")
     results_dir_arg(q)
     p.set_defaults(func=cmd_results)
     return parser

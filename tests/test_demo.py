@@ -4,6 +4,7 @@ the CLI, with the local Ray instance the harness starts itself; the leaderboard'
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +71,17 @@ def test_claim_grid_on_demo_backbones_produces_the_verdict_section(tmp_path):
     assert "## Mean pooling vs [cls]" in markdown and table.loc["demo-mae-tiny", "verdict"] in markdown
     claim = harness("claim", tmp_path=tmp_path)
     assert claim.returncode == 0 and "demo-mae-tiny" in claim.stdout
+
+
+def test_the_readme_python_example_runs_offline_as_written(tmp_path):
+    """The README's Python API example, verbatim, in an empty folder: it sweeps, reads, ranks and loads."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    env = {**os.environ, "HARNESS_CACHE_DIR": str(tmp_path / "cache")}
+    run = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 trials, 16 heads; failed: {}" in run.stdout and "1 prefix token(s)" in run.stdout
+    assert (tmp_path / "results-api" / "leaderboard.html").is_file()
+    (manifest,) = (tmp_path / "results-api" / "manifests").glob("demo-*.json")
+    assert '"grid_text"' in manifest.read_text()

@@ -77,7 +77,7 @@ ATTENTION_TOL = {"rtol": 1e-4, "atol": 1e-5}
 def _numbers(outcome) -> list[float]:
     """An outcome's accuracies and losses, its curves' included, flat (NaN for a diverged head's missing ones)."""
     fields = [v for k, v in dataclasses.asdict(outcome).items() if k not in ("status", "error", "diverged_step",
-                                                                             "curves")]
+                                                                             "curves", "test_predicted")]
     fields += [v for epoch in outcome.curves for v in epoch.values()]
     return [math.nan if v is None else float(v) for v in fields]
 

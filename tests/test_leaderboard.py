@@ -12,7 +12,7 @@ import sys
 
 import pandas as pd
 import pytest
-from results_factory import make_row
+from results_factory import make_curve, make_row
 from rich.console import Console
 
 from harness.report.leaderboard import render_markdown, render_terminal, write_leaderboards
@@ -174,8 +174,15 @@ var table = document.querySelector("table.sortable"), th = table.querySelectorAl
 var first = function () { return Array.prototype.map.call(table.tBodies[0].rows, function (r) {
   return r.cells[0].textContent; }); };
 th[2].click(); var desc = first(); th[2].click(); var asc = first();
+var lines = function (el) {  // distinct line boxes of a cell's text
+  var range = document.createRange(), tops = {}; range.selectNodeContents(el);
+  Array.prototype.forEach.call(range.getClientRects(), function (r) { if (r.width > 0) tops[Math.round(r.top)] = 1; });
+  return Object.keys(tops).length; };
+var wraps = Math.max.apply(null, Array.prototype.map.call(document.querySelectorAll("td"), lines));
 var probe = document.createElement("pre"); probe.id = "probe";
 probe.textContent = JSON.stringify({desc: desc, asc: asc, tables: document.querySelectorAll("table").length,
+  wraps: wraps, viewport: !!document.querySelector("meta[name=viewport]"),
+  epochs: document.querySelectorAll("svg.epoch-plot").length,
   svgs: document.querySelectorAll("svg.plot").length, polylines: document.querySelectorAll("svg polyline").length,
   images: document.images.length, alerted: document.documentElement.getAttribute("data-alerted")});
 document.body.appendChild(probe);
@@ -196,25 +203,33 @@ def test_html_page_in_headless_chromium(tmp_path, registry):
                     "(apt-get install chromium, or run .ci/run, which installs it)")
     lower = [{**r, "test_top1": r["test_top1"] and r["test_top1"] - 50} for r in _hand(HOSTILE)]
     rows = lower + _hand("b-vit", trial_id="t2")  # rendered by name: hostile first, so each click must reorder
-    page = render_html(pd.DataFrame(rows), registry)
+    curves = pd.DataFrame([make_curve(r["config_hash"], e) for r in rows for e in range(3)])
+    page = render_html(pd.DataFrame(rows), registry, curves)
     probe_page = tmp_path / "page.html"
     probe_page.write_text(page.replace("<head>", "<head>" + PROBE, 1).replace("</body>", CHECK + "</body>", 1))
-    out = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                          probe_page.as_uri()], capture_output=True, text=True, timeout=60)
-    match = re.search(r'<pre id="probe">(.*?)</pre>', out.stdout, re.S)
-    assert match, f"no probe in the dumped DOM; stderr: {out.stderr[-2000:]}"
-    probe = json.loads(match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
-                       .replace("&amp;", "&"))
-    assert probe["desc"] == ["b-vit", HOSTILE] and probe["asc"] == [HOSTILE, "b-vit"]  # column 2 = mean
-    assert probe["tables"] >= 2 and probe["svgs"] >= 3 and probe["polylines"] >= 8
-    assert probe["images"] == 0 and probe["alerted"] is None
+    for name, width in (("desktop", 1280), ("phone", 420)):
+        window = [f"--window-size={width},1600", f"--user-data-dir={tmp_path / ('profile-' + name)}"]
+        out = subprocess.run([chromium, *CHROMIUM_FLAGS, *window, probe_page.as_uri()], capture_output=True,
+                             text=True, timeout=60)
+        match = re.search(r'<pre id="probe">(.*?)</pre>', out.stdout, re.S)
+        assert match, f"no probe in the dumped DOM; stderr: {out.stderr[-2000:]}"
+        probe = json.loads(match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
+                           .replace("&amp;", "&"))
+        assert probe["desc"] == ["b-vit", HOSTILE] and probe["asc"] == [HOSTILE, "b-vit"]  # column 2 = mean
+        assert probe["tables"] >= 2 and probe["svgs"] >= 3 and probe["polylines"] >= 8 and probe["epochs"] >= 2
+        assert probe["images"] == 0 and probe["alerted"] is None and probe["viewport"]
+        assert probe["wraps"] <= 2, (name, probe["wraps"])  # no cell wraps its number onto a third line
+        shot = tmp_path / f"{name}.png"
+        subprocess.run([chromium, *[f for f in CHROMIUM_FLAGS if f != "--dump-dom"], *window, "--hide-scrollbars",
+                        f"--screenshot={shot}", (tmp_path / "page.html").as_uri()], capture_output=True, timeout=60)
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
 def test_another_grid_in_the_folder_is_its_own_board(registry):
     """`full` and `claim` rows for one backbone and dataset: each grid's board is what it would be alone."""
     claim = _hand()
-    other = [dict(r, grid="full", optimizer="sgd", test_top1=(r["test_top1"] or 0) + 10.0, config_hash=r["config_hash"] + "f")
-             for r in _hand()]
+    other = [dict(r, grid="full", optimizer="sgd", test_top1=(r["test_top1"] or 0) + 10.0,
+                  config_hash=r["config_hash"] + "f") for r in _hand()]
     alone = build_boards(pd.DataFrame(claim), registry)
     boards = build_boards(pd.DataFrame(claim + other), registry)
     assert [b.title for b in boards] == ["digits · cached · grid demo", "digits · cached · grid full"]

@@ -134,6 +134,14 @@ def _ours(key: str, keys: dict[str, str | None]) -> str | None:
     return None if keys[prefix] is None else keys[prefix] + key[len(prefix):]
 
 
+def _same_linear_init(ours: dict, official: dict) -> None:
+    """The recipe draws the classifier as the script does: the weight's spread (std 0.01, or PyTorch's default
+    1/sqrt(3 fan_in)) agrees within sampling error, and the bias is zero exactly where the script's is."""
+    ratio = ours["linear.weight"].std().item() / official["linear.weight"].std().item()
+    assert 0.8 < ratio < 1.25, f"linear weight std {ratio:.2f} x the official"
+    assert bool(ours["linear.bias"].any()) == bool(official["linear.bias"].any()), "zero bias or PyTorch's default"
+
+
 def _specs(case: Case) -> list[HeadSpec]:
     """The head under test, a neighbour in its stack at another lr, and heads of other kinds and recipes."""
     agg = AggregatorEntry(case.kind, case.kind, "norm")
@@ -166,6 +174,7 @@ def _run(folder: Path, variant: str, cases: list[Case], m: dict) -> None:
         mine = [k for k in traj["init"] if k.startswith(tuple(case.keys))]
         assert case.head_name or len(mine) == len(traj["init"]), "every official key is mapped"
         init = {_ours(k, case.keys): traj["init"][k] for k in mine}
+        _same_linear_init(state, init)
         with torch.no_grad():
             for name, value in init.items():
                 if name is not None and value.is_floating_point():
@@ -334,6 +343,7 @@ def test_a_grid_selects_a_recipe_in_one_word_and_a_trial_trains_by_it(tmp_path: 
     assert trial.heads[1:] == plain.heads[1:]
     rows, curves, _ = run_trial(trial)
     by_agg = {r["aggregator"]: r for r in rows}
+    assert by_agg["cls"]["recipe"] == "dinov2-linear"  # the row names its recipe
     assert all(r["status"] == "ok" for r in rows), [(r["aggregator"], r["error"]) for r in rows]
     assert {r["aggregator"]: r["recipe"] for r in rows} == {h.aggregator: h.recipe for h in grid.heads}
     assert by_agg["mean"]["token_tap"] == "prenorm"  # MAE --global_pool reads the last block before its norm

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import io
+import math
 import os
 import shutil
 import signal
@@ -55,7 +56,16 @@ def test_full_grid_runs_imagenet_online_and_transfer_sets_cached():
         expected = ("online", 90, 16384, 10) if t.dataset == "imagenet-1k" else ("cached", 100, 256, 10)
         assert (t.protocol, t.epochs, t.batch_size, t.warmup_epochs) == expected, t.dataset
         assert len(t.heads) == grid.num_heads
-    assert 6.4 in grid.heads[0].lrs and 0.1 in grid.heads[0].lrs  # the MAE blr 0.1 at both batch sizes
+    # LARS lrs are base rates (x batch/256): the published blr 0.1 (effective 6.4 on ImageNet, 0.1 on the transfer
+    # sets) sits inside every LARS grid with at least three points on either side
+    heads = {h.aggregator: h for h in grid.heads}
+    for name in ("cls", "mean", "abmilp", "ep"):
+        lrs = sorted(heads[name].lrs)
+        assert any(math.isclose(lr, 0.1) for lr in lrs) and lrs[2] < 0.1 < lrs[-3], name
+        assert min(lrs) * 16384 / 256 < 6.4 < max(lrs) * 16384 / 256
+    assert (heads["ep"].recipe, heads["ep"].optimizer, heads["ep"].wds) == ("ep-linprobe", "lars", (0.0,))
+    assert heads["query"].recipe == "vjepa-attentive" and min(heads["query"].wds) < 1e-3 < max(heads["query"].wds)
+    assert min(heads["query"].lrs) < 1e-3 < max(heads["query"].lrs) and 1e-3 in heads["query"].wds
 
 
 def test_dataset_override_changes_only_that_datasets_hashes(tmp_path):
@@ -95,7 +105,7 @@ def test_cost_counts_online_epochs_and_cached_tokens(tmp_path):
     digits, cifar = (trial_cost(t, reg, measured_speed={"demo-mae-tiny": 100.0}, measured_images={})
                      for t in trials[:2])
     assert digits.passes == digits.images == 1797 and digits.hours == pytest.approx(1797 / 100 / 3600)
-    assert 1797 * 2 * 64 * 2 < digits.cache_bytes < 1797 * 3 * 64 * 2  # [cls] heads: [cls] + patch mean, float16
+    assert 1797 * 2 * 64 * 4 < digits.cache_bytes < 1797 * 3 * 64 * 4  # [cls] heads: [cls] + patch mean, float32
     attention = expand(reg.grid(_grid_file(tmp_path, '[heads.abmilp]\noptimizer = "lars"\nlr = [0.1]\n')), reg)[0]
     every_token = trial_cost(attention, reg, measured_speed={}, measured_images={})
     assert every_token.cache_bytes > 1797 * 17 * 64 * 2 * 2  # 16 patches + [cls], width 64, float16, 2 taps
@@ -125,9 +135,20 @@ def _run(capsys, *argv: str) -> tuple[int, str]:
 def test_dry_run_prints_trials_passes_cache_and_gpu_hours(capsys, tmp_path):
     code, out = _run(capsys, "sweep", "--grid", "full", "--dry-run", "--results-dir", str(tmp_path))
     assert code == 0
-    assert "63 trials = 63 backbone passes" in out and "8883 heads, 8883 without a result yet" in out
+    assert "63 trials = 63 backbone passes" in out and "9639 heads, 9639 without a result yet" in out
     assert "Token cache:" in out and "GiB" in out and "GPU-hours" in out
     assert "unknown for dinov2-vit-b14-reg4, dinov3-vit-b16 (no registered" in " ".join(out.split())  # not measured yet
+    assert "Test predictions:" in out and "MiB added to the results folder" in out
+
+
+def test_claim_grid_predictions_on_imagenet_stay_well_under_a_gigabyte():
+    """Every head of the claim grid keeps its 50,000 ImageNet test predictions: the dry run says what that costs."""
+    reg = load_registry()
+    trials = [t for t in expand(reg.grid("claim"), reg) if t.dataset == "imagenet-1k"]
+    costs = [trial_cost(t, reg, measured_speed={}, measured_images={}) for t in trials]
+    heads = sum(len(t.heads) for t in trials)
+    assert sum(c.predictions_bytes for c in costs) == pytest.approx(heads * 50_000 * 2.125, abs=len(trials))
+    assert sum(c.predictions_bytes for c in costs) < 0.25e9
 
 
 def test_bad_backbone_name_is_a_user_error(capsys, tmp_path):
@@ -183,7 +204,7 @@ def test_progress_without_a_terminal_prints_one_line_per_change():
         show.on_trial_error(0, [], Trial())
     lines = out.getvalue().splitlines()
     assert len(lines) == 2 and "demo-dino-tiny/digits: running" in lines[0]
-    assert "failed (4 trials: 0 running, 0 done, 1 failed" in lines[1]
+    assert "failed (0/4 trials done, 0 running, 1 failed" in lines[1]
     assert show.__getstate__()["console"] is None  # Tune pickles callbacks; the console stays with the driver
 
 
@@ -202,7 +223,31 @@ def test_progress_on_a_terminal_is_a_live_table():
         show.on_trial_start(0, [], Trial())
         show.on_trial_recover(0, [], Trial())
     assert show.live is not None and show.state[0] == "retrying"
-    assert "4 trials: 0 running, 0 done, 0 failed" in out.getvalue() and "demo-simmim-tiny" in out.getvalue()
+    assert "0/4 trials done, 0 running, 0 failed" in out.getvalue() and "demo-simmim-tiny" in out.getvalue()
+
+
+def test_progress_shows_each_running_trials_epoch_heads_alive_and_best_val_within_80_columns():
+    from harness.run.sweep import _StoreAndShow
+
+    reg = load_registry()
+    plans = expand(reg.grid(TINY), reg)
+    show = _StoreAndShow(plans, Path("unused"), None)
+
+    class Trial:
+        config = {"index": 0}
+
+    show.on_trial_start(0, [], Trial())
+    show.on_trial_result(0, [], Trial(), {"progress": "[5, 10, 1, 61.5]"})  # what the trial reports per epoch
+    assert show._fraction() == pytest.approx(0.5 / len(plans))
+    console = Console(record=True, width=80)
+    console.print(show.table())
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "[]" not in text
+    assert "5/10" in text and f"1/{len(plans[0].heads)}" in text and "61.50" in text and "pending" in text
+    show.first_start -= 10.0  # 10 s into the first trial, an eighth of the sweep's epochs done
+    assert "ETA 70 s" in show._title()  # from the trials' pace, smooth between trials
+    for plan in plans:
+        assert plan.backbone in text.split()  # names whole
 
 
 # ------------------------------------------------------------------------------------------- on real Ray

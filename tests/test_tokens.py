@@ -218,11 +218,11 @@ def test_summary_entries_hold_prefix_and_patch_mean_and_pool_as_all_tokens_do(di
     assert passes == 203
     for tap in ("norm", "prenorm"):
         full = reference.tokens[tap]
-        assert summary.tokens[tap].shape == (203, 2, 8) and summary.tokens[tap].dtype == torch.float16
-        assert torch.equal(ClsPool()(summary.tokens[tap]), ClsPool()(full))
-        # the mean is taken before the float16 store, so it differs from the mean of stored tokens by rounding only
-        torch.testing.assert_close(MeanPool(1)(summary.tokens[tap].float()), MeanPool(1)(full.float()),
-                                   rtol=2 ** -8, atol=2 ** -8)  # two float16 roundings
+        assert summary.tokens[tap].shape == (203, 2, 8) and summary.tokens[tap].dtype == torch.float32
+        assert torch.equal(ClsPool()(summary.tokens[tap]).half(), ClsPool()(full))  # float32: unrounded
+        # the mean is taken and stored in float32, so it differs from the mean of float16 tokens by their rounding
+        torch.testing.assert_close(MeanPool(1)(summary.tokens[tap]), MeanPool(1)(full.float()),
+                                   rtol=2 ** -8, atol=2 ** -7)  # float16 rounding of the tokens behind `full`
     assert torch.equal(summary.labels, reference.labels)
     again, passes = cached_tokens(FakeBackbone(), dataset_entry, "val", val, ["norm"], cache_dir=tmp_path,
                                   batch_size=64, device="cpu", summary_prefix=1)
@@ -231,3 +231,23 @@ def test_summary_entries_hold_prefix_and_patch_mean_and_pool_as_all_tokens_do(di
                                        batch_size=64, device="cpu")
     assert passes == 203 and torch.equal(everything.tokens["norm"], reference.tokens["norm"])  # its own entry
     assert len(_entries(tmp_path)) == 3
+
+
+def test_summary_store_keeps_a_large_mean_channel_that_batchnorm_standardises():
+    """A channel at 1000 with a spread of 0.01: float16 (spacing 0.5 there) would flatten it, and BatchNorm would
+    then standardise rounding noise; the float32 summary keeps its standardised values to 1e-2."""
+    from harness.tokens.cache import store_dtype, summary_tokens
+
+    g = torch.Generator().manual_seed(0)
+    x = 1000.0 + 0.01 * torch.randn(256, 5, 8, generator=g, dtype=torch.float64)
+
+    def standardised(tokens: torch.Tensor) -> torch.Tensor:
+        t = tokens.double()
+        return (t - t.mean(0)) / t.std(0)
+
+    exact = standardised(summary_tokens(x, 1))
+    stored = summary_tokens(x.float(), 1).to(store_dtype(1))
+    assert stored.dtype == torch.float32 and store_dtype(None) == torch.float16
+    assert (standardised(stored) - exact).abs().max() < 1e-2
+    flattened = (standardised(stored.half()) - exact).abs()  # what a float16 summary would have trained on
+    assert not (flattened < 0.5).all()  # rounded to one value (0/0) or to a few

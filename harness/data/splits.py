@@ -121,14 +121,23 @@ def _check_counts(dataset: DatasetEntry, source: Source) -> None:
                                "are incomplete or another version: remove them and download or place them again.")
 
 
+def first_per_class(indices: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    """The first `n` of `indices` (in their order) of each class of `labels` (their labels)."""
+    keep = np.concatenate([np.flatnonzero(labels == c)[:n] for c in np.unique(labels)])
+    return indices[np.sort(keep)]
+
+
 def load_splits(dataset: DatasetEntry, backbone: BackboneEntry, *, augment: bool = False, download: bool = False,
-                root: Path | None = None) -> Splits:
-    """The train / val / test splits of `dataset`, preprocessed for `backbone` (see the module docstring)."""
+                root: Path | None = None, limit_train: int | None = None) -> Splits:
+    """The train / val / test splits of `dataset`, preprocessed for `backbone` (see the module docstring);
+    `limit_train` keeps the first N training images per class (val and test stay whole)."""
     source = load_source(dataset, backbone, download=download, root=root)
     pool_labels, test_labels = source.pool_labels, source.test_labels
     _check_counts(dataset, source)
     train_idx, val_idx = stratified_split(pool_labels, dataset.val_fraction, dataset.split_seed,
                                           what=f"dataset '{dataset.name}' (val_fraction)")
+    if limit_train:
+        train_idx = first_per_class(train_idx, pool_labels[train_idx], limit_train)
     eval_tf = build_transform(dataset, backbone, augment=False)
     train_tf = build_transform(dataset, backbone, augment=True) if augment else eval_tf
     return Splits(

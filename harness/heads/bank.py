@@ -1,10 +1,11 @@
 """The head bank: every readout head of a trial trained together from the same tokens.
 
 The DINOv2 linear-evaluation pattern, generalised to attention heads: heads live side by side, each with its own
-optimizer settings, schedule, seed-determined initialisation and metrics, and they share no parameters. Nothing
-global couples them (no total-norm clipping, no shared scaler, no check on a summed loss).
+training recipe (harness/heads/recipes.py: optimizer, decay groups, lr and wd schedules, clipping, accumulation),
+lr, wd, seed-determined initialisation and metrics, and they share no parameters. Nothing global couples them
+(a recipe's clipping is of each head's own gradient norm; no shared scaler, no check on a summed loss).
 
-Heads that step together (the same aggregator, options, optimizer and data order: the same seed, or any seed with
+Heads that step together (the same aggregator, options, recipe and data order: the same seed, or any seed with
 `shared_order`, as in the online protocol) are kept in groups with their parameters stacked on a leading head axis:
 - linear groups: heads whose pooling has no parameters ([cls], mean). Their pooling and BatchNorm (affine=False,
   so a function of the batch alone: every head of the group would compute the same numbers and the same running

@@ -15,6 +15,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from harness.errors import HarnessError
+
 SCHEDULES = ("harness", "mae", "cosine", "vjepa")
 DECAY_RULES = ("all", "matrices", "no-bias")
 LINEAR_INITS = ("trunc_normal", "normal", "default")
@@ -114,11 +116,11 @@ OPTIONS: dict[str, tuple[str, Any, str]] = {
 }
 
 
-class RecipeError(ValueError):
+class RecipeError(HarnessError):
     """A recipe name or option a grid cannot use: `problem` and `accepted`, for the registry's message."""
 
     def __init__(self, problem: str, accepted: str):
-        super().__init__(f"{problem}; accepted: {accepted}")
+        super().__init__(f"recipe field {problem}; accepted: {accepted}.")
         self.problem, self.accepted = problem, accepted
 
 

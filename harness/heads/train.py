@@ -9,6 +9,7 @@ Both protocols draw an epoch's order from `epoch_order`, so with augmentation of
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Iterator
 
 import torch
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from harness.heads.bank import HeadBank, HeadOutcome
 from harness.tokens.cache import TokenSet, backbone_autocast
 
+EpochHook = Callable[[int, int, int, float | None], None]  # (epochs done, of, heads alive, best val top-1 so far)
 _EPOCH_STRIDE = 1_000_003  # seeds and epochs map to distinct generator seeds for fewer than this many epochs
 
 
@@ -79,13 +81,19 @@ def _evaluate_and_finish(bank: HeadBank, val: TokenSet, test: TokenSet, batch_si
     return bank.finish(val_metrics, test_metrics, predicted)
 
 
-def _end_epoch(bank: HeadBank, epoch: int, val: TokenSet, batch_size: int, device: torch.device | str) -> None:
-    bank.end_epoch(epoch, bank.evaluate(token_batches(val, bank.taps, max(batch_size, 256), device)))
+def _end_epoch(bank: HeadBank, epoch: int, epochs: int, val: TokenSet, batch_size: int, device: torch.device | str,
+               on_epoch: EpochHook | None) -> None:
+    scores = bank.evaluate(token_batches(val, bank.taps, max(batch_size, 256), device))
+    bank.end_epoch(epoch, scores)
+    if on_epoch is not None:
+        tops = [s[0] for s in scores if s is not None]
+        on_epoch(epoch + 1, epochs, len(bank.live()), max(tops) if tops else None)
 
 
 def train_cached(bank: HeadBank, train: TokenSet, val: TokenSet, test: TokenSet, *, epochs: int, batch_size: int,
-                 device: torch.device | str = "cpu") -> list[HeadOutcome]:
-    """Train every head for `epochs` over the cached train tokens; report val and test metrics per head."""
+                 device: torch.device | str = "cpu", on_epoch: EpochHook | None = None) -> list[HeadOutcome]:
+    """Train every head for `epochs` over the cached train tokens; report val and test metrics per head, and
+    each epoch's progress to `on_epoch`."""
     n = len(train.labels)
     steps = steps_per_epoch(n, batch_size)
     for epoch in range(epochs):
@@ -96,7 +104,7 @@ def train_cached(bank: HeadBank, train: TokenSet, val: TokenSet, test: TokenSet,
                 idx = orders[seed][k * batch_size:(k + 1) * batch_size]
                 batch = {tap: train.tokens[tap][idx].to(device).float() for tap in bank.taps}
                 bank.step(batch, train.labels[idx].to(device), seed=seed)
-        _end_epoch(bank, epoch, val, batch_size, device)
+        _end_epoch(bank, epoch, epochs, val, batch_size, device, on_epoch)
     return _evaluate_and_finish(bank, val, test, batch_size, device)
 
 
@@ -113,8 +121,8 @@ def _tokens(backbone: Any, images: torch.Tensor, taps: list[str], chunk: int,
 
 
 def train_online(bank: HeadBank, backbone: Any, train_loader: DataLoader, val: TokenSet, test: TokenSet, *,
-                 epochs: int, device: torch.device | str = "cpu", forward_chunk: int = 1024
-                 ) -> tuple[list[HeadOutcome], int]:
+                 epochs: int, device: torch.device | str = "cpu", forward_chunk: int = 1024,
+                 on_epoch: EpochHook | None = None) -> tuple[list[HeadOutcome], int]:
     """Train every head for `epochs` on backbone tokens of `train_loader`'s (augmented) batches: one backbone
     pass per batch for the whole bank, in chunks of `forward_chunk` images. `val` and `test` are tokens extracted
     once (un-augmented). Returns the outcomes and the number of images passed through the backbone."""
@@ -126,5 +134,5 @@ def train_online(bank: HeadBank, backbone: Any, train_loader: DataLoader, val: T
         for images, labels in train_loader:
             bank.step(_tokens(backbone, images, bank.taps, forward_chunk, device), labels.to(device, non_blocking=True))
             passes += len(labels)
-        _end_epoch(bank, epoch, val, train_loader.batch_size, device)
+        _end_epoch(bank, epoch, epochs, val, train_loader.batch_size, device, on_epoch)
     return _evaluate_and_finish(bank, val, test, train_loader.batch_size, device), passes

@@ -169,6 +169,9 @@ class BackboneEntry:
     published_protocol: str = "online"  # the protocol the published numbers were measured under
     published_source: str = ""  # where they come from (paper table, README), shown beside them
     description: str = ""
+    licence: str = ""  # of the released weights, as their repository states it
+    paper: str = ""  # the paper's address
+    origin: str = ""  # the repository that released the weights
     source: str = ""
 
     @property
@@ -240,6 +243,7 @@ class Grid:
     gpus_per_trial: float = 0.0
     max_retries: int = 1
     claim_margin: float = 0.5  # equivalence margin of the mean-vs-cls test, in top-1 points
+    limit_train: int | None = None  # train on the first N training images per class (smoke tests; never in a file)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> some of TRIAL_SETTINGS
     source: str = ""
 
@@ -315,6 +319,9 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         published_protocol=t.choice("published_protocol", PROTOCOLS, "online"),
         published_source=t.get("published_source", str, ""),
         description=t.get("description", str, ""),
+        licence=(t.get("licence", str, ""), "")[random_init],  # a demo inherits its family's, but has no weights
+        paper=t.get("paper", str, ""),
+        origin=t.get("origin", str, ""),
         source=str(path),
     )
     t.finish()

@@ -5,8 +5,9 @@ same results folder never change a cell. Where one grid's aggregator was run wit
 settings changed between runs), each recipe is its own column. A cell is the test top-1 of the val-selected head of
 each seed (see `harness.results.selection`), summarised as mean ± standard deviation over seeds, with the picks kept
 so every figure traces back to its config hashes; it is flagged when its lr* (the most frequent selected lr over
-seeds, as in the claim) sits at an edge of its grid. "Best in row" is marked only where the top cell beats the runner-up beyond the uncertainty (Welch's t at 95%
-over seeds); otherwise the tied cells are shown as such. No torch, no Ray.
+seeds, as in the claim) sits at an edge of its grid. "Best in row" is marked only where the top cell beats the
+runner-up beyond the uncertainty (Welch's t at 95% over seeds); otherwise the tied cells are shown as such.
+No torch, no Ray.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from scipy import special
 
 from harness.registry import Registry, load_registry
 from harness.results.selection import RECIPE_KEYS, SELECTION_KEYS, select_best
+from harness.results.store import HASH_PREFIX
 
 BOARD_KEYS = ("dataset", "protocol", "grid")
 CELL_KEYS = ("dataset", "protocol", "grid", "backbone", "aggregator")
@@ -49,7 +51,7 @@ class Pick:
 
     def text(self) -> str:
         return (f"seed {self.seed}: lr {self.lr:g}, wd {self.wd:g}, val {self.val_top1:.2f}, "
-                f"test {self.test_top1:.2f}, {self.config_hash[:12]}")
+                f"test {self.test_top1:.2f}, {self.config_hash[:HASH_PREFIX]}")
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,9 @@ class Curve:
     lrs: tuple[float, ...]
     val_top1: tuple[float, ...]
     test_top1: tuple[float, ...]
+    optimizer: str = ""  # its heads' optimizer(s): lrs of different optimizers are not on one scale
+    test_low: tuple[float, ...] = ()  # lowest and highest test top-1 over seeds at each lr
+    test_high: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -179,15 +184,20 @@ def _picks(selected: pd.DataFrame) -> dict[tuple, list[Pick]]:
 
 
 def _curves(per_lr: pd.DataFrame) -> dict[tuple, list[Curve]]:
-    """Per board, one curve per backbone x aggregator from the val-selected head of each seed and lr."""
-    means = per_lr.groupby([*CELL_KEYS, "lr"], sort=True)[["val_top1", "test_top1"]].mean().reset_index()
-    points: dict[tuple, list[tuple[float, float, float]]] = {}
-    for *key, lr, val, test in _columns(means, [*CELL_KEYS, "lr", "val_top1", "test_top1"]):
-        points.setdefault(tuple(key), []).append((float(lr), float(val), float(test)))  # sorted by key, then lr
+    """Per board, one curve per backbone x aggregator from the val-selected head of each seed and lr: the mean
+    over seeds, and the seeds' range of test top-1."""
+    stats = per_lr.groupby([*CELL_KEYS, "lr"], sort=True).agg(
+        val=("val_top1", "mean"), test=("test_top1", "mean"), low=("test_top1", "min"),
+        high=("test_top1", "max")).reset_index()
+    optimizers = per_lr.groupby(list(CELL_KEYS))["optimizer"].agg(lambda o: ", ".join(sorted(set(map(str, o)))))
+    points: dict[tuple, list[tuple[float, ...]]] = {}
+    for *key, lr, val, test, low, high in _columns(stats, [*CELL_KEYS, "lr", "val", "test", "low", "high"]):
+        points.setdefault(tuple(key), []).append(tuple(map(float, (lr, val, test, low, high))))  # sorted by lr
     out: dict[tuple, list[Curve]] = {}
     for (*board, backbone, aggregator), line in points.items():
-        lrs, val, test = zip(*line)
-        out.setdefault(tuple(board), []).append(Curve(backbone, aggregator, lrs, val, test))
+        lrs, val, test, low, high = zip(*line)
+        out.setdefault(tuple(board), []).append(Curve(
+            backbone, aggregator, lrs, val, test, optimizers[(*board, backbone, aggregator)], low, high))
     return out
 
 

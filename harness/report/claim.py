@@ -5,8 +5,8 @@ its own; probing leaderboards still compare mean pooling at the [cls] lr. This m
 results store, with no torch or Ray; the statistics are `harness.report.claim_stats`', the pages
 `harness.report.claim_pages`'.
 
-Groups. One group is a backbone x dataset x protocol x grid x recipe (GROUP_KEYS: optimizer, epochs, batch size,
-warmup; selection also keeps token tap and options apart): rows of another grid in the same results folder never
+Groups. One group is a backbone x dataset x protocol x grid x recipe (GROUP_KEYS: the named recipe, optimizer,
+epochs, batch size, warmup; selection also keeps token tap and options apart): rows of another grid in the same results folder never
 change a group's verdict, its selected lrs or its grid edges.
 
 Method. The `cls` and `mean` aggregators are compared. For each seed, each one's head is chosen by validation
@@ -48,7 +48,8 @@ from harness.report.claim_stats import (ALPHA, CLS_BETTER, EQUIVALENT, INCONCLUS
 from harness.results.selection import SELECTION_KEYS, select_best
 
 CLS, MEAN = "cls", "mean"
-GROUP_KEYS = ["backbone", "dataset", "protocol", "grid", "optimizer", "epochs", "batch_size", "warmup_epochs"]
+GROUP_KEYS = ["backbone", "dataset", "protocol", "grid", "recipe", "optimizer", "epochs", "batch_size",
+              "warmup_epochs"]
 DEFAULT_MARGIN = 0.5
 
 # The columns the claim test reads; `harness.report.leaderboard` reads only these (and the boards') from the store.
@@ -323,8 +324,8 @@ def claim_analysis(results: pd.DataFrame, load_correct: LoadCorrect | None = Non
     return ClaimAnalysis(_table(rows, per_lr, load_correct), _curves(rows, per_lr))
 
 
-JSON_FIELDS = ("backbone", "dataset", "protocol", "grid", "optimizer", "epochs", "batch_size", "warmup_epochs",
-               "random_init", "margin", "seeds_vary", "n_seeds", "test_images", "difference", "ci_low", "ci_high",
+JSON_FIELDS = ("backbone", "dataset", "protocol", "grid", "recipe", "optimizer", "epochs", "batch_size",
+               "warmup_epochs", "random_init", "margin", "seeds_vary", "n_seeds", "test_images", "difference", "ci_low", "ci_high",
                "seed_ci_low", "seed_ci_high", "p_tost", "p_beyond_holm", "verdict", "seeds_needed", "cls_lr",
                "mean_lr", "untuned_difference", "untuned_ci_low", "untuned_ci_high", "untuned_verdict",
                "failed_seeds_at_cls_lr", "note")

@@ -9,18 +9,15 @@ import math
 
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 
-from harness.report.boards import Curve
 from harness.report.claim import CLS, GROUP_KEYS, MEAN, ClaimAnalysis
 from harness.report.claim_stats import INCONCLUSIVE
 from harness.report.markdown import md_escape, md_table
-from harness.report.plain import html_text, markup_text
-from harness.report.svg import lr_plot
+from harness.report.plain import html_text
+from harness.report.terminal import print_table
 
 TITLE = "Mean pooling vs [cls]"
 EMPTY = "No results have both cls and mean heads for a backbone, dataset, protocol and grid."
-WIDE_TERMINAL = 160  # columns below which the verdict table is printed as one record per row
 VERDICT_HEADERS = ["Backbone", "Dataset", "Protocol", "Grid", "Seeds", "Test images", "cls lr*", "mean lr*",
                    "cls top-1", "mean top-1", "Δ tuned [95% CI]", "seeds-only CI", "TOST p", "Verdict (tuned)",
                    "Δ at cls lr [95% CI]", "Verdict (cls lr)"]
@@ -70,7 +67,7 @@ def _verdict(verdict: str, needed, failed: int = 0, n: int = 0) -> str:
 def _display_rows(table: pd.DataFrame) -> list[list[str]]:
     """The verdict table as fixed-format strings, one list per row, in VERDICT_HEADERS order."""
     return [[
-        r.label, r.dataset, r.protocol, r.grid, str(r.n_seeds), f"{r.test_images:,}" if r.test_images else "—",
+        r.label, r.dataset, r.protocol, _grid(r), str(r.n_seeds), f"{r.test_images:,}" if r.test_images else "—",
         _lr(r.cls_lr, r.cls_lr_edge), _lr(r.mean_lr, r.mean_lr_edge), _acc(r.cls_test), _acc(r.mean_test),
         _diff(r.difference, r.ci_low, r.ci_high), _diff(r.difference, r.seed_ci_low, r.seed_ci_high),
         "—" if math.isnan(r.p_tost) else f"{r.p_tost:.3f}", _verdict(r.verdict, r.seeds_needed),
@@ -79,8 +76,12 @@ def _display_rows(table: pd.DataFrame) -> list[list[str]]:
     ] for r in table.itertuples(index=False)]
 
 
+def _grid(r) -> str:
+    return r.grid + (f" ({r.recipe})" if r.recipe else "")
+
+
 def _title(r) -> str:
-    return f"{r.label} · {r.dataset} · {r.protocol} · grid {r.grid}"
+    return f"{r.label} · {r.dataset} · {r.protocol} · grid {_grid(r)}"
 
 
 def _notes(table: pd.DataFrame) -> list[str]:
@@ -144,55 +145,29 @@ def claim_terminal(table: pd.DataFrame, console: Console) -> None:
         console.print(f"{TITLE}: {EMPTY}", markup=False, highlight=False)
         return
     caption = "d = mean - cls, top-1 points; TOST at the grid's margin, alpha 0.05"
-    if console.width >= WIDE_TERMINAL:
-        out = Table(title=markup_text(TITLE), caption=caption)
-        for header in VERDICT_HEADERS:
-            out.add_column(markup_text(header), overflow="fold")
-        for row in _display_rows(table):
-            out.add_row(*(markup_text(cell) for cell in row))
-        console.print(out)
-    else:  # sixteen columns do not fit: one two-column record per group
-        console.print(markup_text(TITLE), style="bold", highlight=False)
-        for row in _display_rows(table):
-            record = Table(title=markup_text(" · ".join(row[:4])), show_header=False, title_justify="left")
-            record.add_column(style="bold")
-            record.add_column(overflow="fold")
-            for header, cell in zip(VERDICT_HEADERS[4:], row[4:]):
-                record.add_row(markup_text(header), markup_text(cell))
-            console.print(record)
-        console.print(caption, markup=False, highlight=False)
+    # sixteen columns rarely fit: then one short record per group (names never cut)
+    print_table(console, VERDICT_HEADERS, _display_rows(table), ids=(0, 1, 2, 3), title=TITLE, caption=caption)
     for note in _notes(table):
         console.print(note, markup=False, highlight=False)
 
 
 # ------------------------------------------------------------------------------------------------ HTML
 
-def _svg(points: list[Point], optimum: dict[str, float], title: str) -> str:
-    """Top-1 of cls and mean against lr, drawn by the leaderboard's `lr_plot` with each optimum enlarged."""
-    ok = [p for p in points if not (math.isnan(p[2]) or math.isnan(p[3]))]  # not-applicable cls has no curve
-    curves = [Curve(title, agg, tuple(p[1] for p in line), tuple(p[2] for p in line), tuple(p[3] for p in line))
-              for agg in (CLS, MEAN) if (line := [p for p in ok if p[0] == agg])]
-    return lr_plot(title, curves, (CLS, MEAN), optimum, css_class="claim-plot") or \
-        f'<p class="claim-nocurve">No curve: {html_text(title)} has no ok heads at a positive lr.</p>'
-
-
 def claim_html(claim: ClaimAnalysis) -> str:
-    """An escaped HTML fragment: verdict table, method, and an inline SVG of top-1 against lr per backbone."""
+    """An escaped HTML fragment: verdict table, method and notes (the lr plots are the boards', not repeated)."""
     table = claim.table
     out = [f'<section class="claim" id="claim"><h2>{html_text(TITLE)}</h2>', f"<p>{html_text(METHOD)}</p>"]
     if table.empty:
         return "\n".join(out + [f"<p>{html_text(EMPTY)}</p></section>"])
-    out.append("<table><thead><tr>" + "".join(f"<th>{html_text(h)}</th>" for h in VERDICT_HEADERS)
-               + "</tr></thead><tbody>")
+    head = "".join(f"<th>{html_text(h)}</th>" for h in VERDICT_HEADERS)
+    out.append(f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>')
     for row, verdict in zip(_display_rows(table), table["verdict"]):
         out.append(f'<tr class="verdict-{verdict.replace(" ", "-")}">'
                    + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     notes = _notes(table)
     if notes:
         out.append("<ul>" + "".join(f"<li>{html_text(note)}</li>" for note in notes) + "</ul>")
-    out.append("<h3>Top-1 against learning rate (mean over seeds; large dot = selected optimum)</h3>")
-    for title, points, optimum, _ in _curve_groups(claim):
-        out.append(f"<figure>{_svg(points, optimum, title)}<figcaption>{html_text(title)}</figcaption></figure>")
+    out.append("<p>Top-1 against learning rate: each board's plots above (lr* is in the table).</p>")
     out.append("</section>")
     return "\n".join(out)

@@ -6,26 +6,28 @@ them gives byte-identical files and a diff shows only what the results changed. 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from harness.report.attention import html_section, markdown_section
 from harness.report.claim import INPUT_COLUMNS, claim_analysis
 from harness.report.claim_pages import claim_html, claim_markdown
 from harness.report.html import html_page
-from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
+from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, Cell, build_boards
 from harness.report.markdown import md_escape, md_table
 from harness.report.plain import printable
+from harness.report.provenance import PROVENANCE_COLUMNS, provenance_text
+from harness.report.terminal import print_table
 from harness.registry import Registry
 from harness.results.attention import read_attention
-from harness.results.store import read_correct, read_results
+from harness.results.store import read_correct, read_curves, read_results
 
 # The store columns a regeneration reads (boards and claim section): far faster than all of them on large stores.
-COLUMNS = tuple(dict.fromkeys((*BOARD_COLUMNS, *INPUT_COLUMNS)))
+COLUMNS = tuple(dict.fromkeys((*BOARD_COLUMNS, *INPUT_COLUMNS, *PROVENANCE_COLUMNS)))
 
 
 def _md_board(board: Board) -> list[str]:
@@ -53,37 +55,53 @@ def _md_board(board: Board) -> list[str]:
     return lines + [""]
 
 
-def markdown_page(boards: list[Board], claim_section: str) -> str:
-    """The whole Markdown page: one section per board, then the claim section."""
+def markdown_page(boards: list[Board], claim_section: str, footer: str = "") -> str:
+    """The whole Markdown page: one section per board, the claim section, then where it came from."""
     lines = ["# Leaderboard", "", EXPLANATION, ""]
     for board in boards:
         lines += _md_board(board)
     if not boards:
         lines += ["No results yet.", ""]
-    return "\n".join(lines) + "\n" + claim_section.rstrip("\n") + "\n"
+    end = f"\n---\n\n{md_escape(footer)}\n" if footer else ""
+    return "\n".join(lines) + "\n" + claim_section.rstrip("\n") + "\n" + end
 
 
 def render_markdown(results: pd.DataFrame, registry: Registry | None = None) -> str:
     """The Markdown page of a results frame, claim section included."""
-    return markdown_page(build_boards(results, registry), claim_markdown(claim_analysis(results)))
+    return markdown_page(build_boards(results, registry), claim_markdown(claim_analysis(results)),
+                         provenance_text(results))
 
 
 def render_terminal(boards: list[Board], console: Console) -> None:
-    """The boards (`build_boards`) as rich Tables (cells are Text, so names are never read as rich markup)."""
+    """The boards (`build_boards`) as tables that never cut a backbone name (`print_table`)."""
     for board in boards:
-        table = Table(title=Text(printable(board.title)), caption=Text(printable(board.source_text())))
-        for name in ("backbone", *board.aggregators, "published"):
-            table.add_column(Text(printable(name)), overflow="fold")
+        rows = []
         for row in board.rows:
             cells = [Text(printable(row.label))]
             for agg in board.aggregators:
                 cell = row.cells.get(agg)
                 text = "—" if cell is None else " ".join(t for t in (cell.text(), cell.gain_text()) if t)
-                cells.append(Text(printable(text), style="bold green" if cell is not None and cell.best else ""))
-            table.add_row(*cells, Text(printable(row.published_text())))
-        console.print(table)
+                cells.append(Text(text, style="bold green" if cell is not None and cell.best else ""))
+            rows.append([*cells, Text(row.published_text())])
+        print_table(console, ["backbone", *board.aggregators, "published"], rows, title=board.title,
+                    caption=board.source_text())
         if board.has_random_init:
             console.print(Text(RANDOM_INIT_NOTE, style="yellow"))
+
+
+def boards_json(boards: list[Board]) -> list[dict]:
+    """The boards as `harness leaderboard --format json` prints them: per board its rows, per row a cell per
+    aggregator with the numbers the tables show (mean, sd, n, gain over cls) and each seed's selected head."""
+    def cell(c: Cell) -> dict:
+        return {"mean": c.mean, "std": c.std, "n": c.n, "gain_over_cls": c.gain, "best": c.best, "tied": c.tied,
+                "edge": c.edge, "applicable": c.applicable, "statuses": dict(c.statuses),
+                "picks": [dataclasses.asdict(p) for p in c.picks]}
+
+    return [{"dataset": b.dataset, "protocol": b.protocol, "grids": list(b.grids), "num_results": b.num_results,
+             "aggregators": list(b.aggregators),
+             "rows": [{"backbone": r.backbone, "label": r.label, "random_init": r.random_init,
+                       "published": r.published, "cells": {agg: cell(c) for agg, c in r.cells.items()}}
+                      for r in b.rows]} for b in boards]
 
 
 def write_leaderboards(root: Path, registry: Registry | None = None, *, results: pd.DataFrame | None = None,
@@ -99,8 +117,10 @@ def write_leaderboards(root: Path, registry: Registry | None = None, *, results:
     claim = claim_analysis(results, lambda hashes: read_correct(root, hashes))
     attention = read_attention(root)
     root.mkdir(parents=True, exist_ok=True)
-    pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention)),
-             root / "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention))}
+    footer = provenance_text(results)
+    pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention), footer),
+             root / "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention), footer,
+                                                  read_curves(root))}
     for path, text in pages.items():
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")

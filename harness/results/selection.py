@@ -2,7 +2,7 @@
 
 Within one (backbone, dataset, protocol, recipe, aggregator, seed), among heads with status "ok", the head with the
 highest `val_top1` is selected (ties: lowest lr, then lowest wd) and its `test_top1` is what gets reported. The
-recipe (RECIPE_KEYS: the grid and every training setting but lr and wd) is part of the key because a results folder
+recipe (RECIPE_KEYS: the grid, the named recipe, every other training setting but lr and wd) is part of the key because a results folder
 may hold several grids for one backbone and dataset (`full` and `claim` both cache CIFAR-100): selecting across
 them would pick LARS and SGD heads together and take the union of their lr grids as the grid's edges.
 Nothing is ever selected on test. Vectorised (factorize, a per-group maximum, then a sort of the few rows that reach

@@ -253,6 +253,7 @@ def completed_hashes(root: Path) -> set[str]:
 # ------------------------------------------------------------------------------------------ query / export
 
 EXPORT_FORMATS = ("csv", "parquet")
+HASH_PREFIX = 12  # characters of a config hash that pages print; a filter on config_hash accepts such a prefix
 _FILTER = re.compile(r"^\s*([A-Za-z_]\w*)\s*(!=|>=|<=|==|=|<|>)\s*(.*?)\s*$")
 _OPS = {"=": "eq", "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -296,6 +297,9 @@ def _mask(df: pd.DataFrame, spec: str) -> pd.Series:
     if column not in RESULTS_SCHEMA.names:
         raise HarnessError(f"filter {spec!r}: unknown column '{column}'; accepted columns: {_accepted_columns()}.")
     value = _parse_value(column, text, op)
+    if column == "config_hash" and op in ("eq", "ne") and value is not None:
+        prefix = df[column].str.startswith(value).fillna(False).astype(bool)
+        return prefix if op == "eq" else ~prefix
     if value is None:
         missing = df[column].isna()
         return missing if op == "eq" else ~missing
@@ -304,7 +308,7 @@ def _mask(df: pd.DataFrame, spec: str) -> pd.Series:
 
 def query(root: Path, filters: list[str] | tuple[str, ...] = (), columns: list[str] | None = None) -> pd.DataFrame:
     """The latest rows matching every filter (`column=value`, `column!=value`, `column<value`, ... ANDed),
-    with only `columns` if given; values are parsed by the column's type."""
+    with only `columns` if given; values are parsed by the column's type, and `config_hash=` matches a prefix."""
     _check_columns(columns or ())
     df = read_results(root)
     keep = pd.Series(True, index=df.index)

@@ -17,7 +17,9 @@ from harness.heads import recipes
 from harness.heads.kinds import kinds, resolve_options
 from harness.heads.recipes import Recipe
 from harness.models.digests import cached_sha256
-from harness.tokens.space import planned_split_sizes, predict_cache_bytes, summary_only
+from harness.results.store import predictions_bytes
+from harness.tokens.space import (SUMMARY_TOKEN_BYTES, TOKEN_BYTES, planned_split_sizes, predict_cache_bytes,
+                                  summary_only)
 from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, Registry
 
 
@@ -63,6 +65,7 @@ class TrialPlan:
     provenance: dict = field(default_factory=dict)  # git commit etc., read once by the driver
     cache_dir: str | None = None  # token cache folder (--cache-dir); None: the worker's HARNESS_CACHE_DIR/config
     download: bool = False  # let torchvision download missing datasets (--download)
+    limit_train: int | None = None  # the first N training images per class only (--limit-train)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +111,8 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
             dataset = registry.dataset(dataset_name)
             settings = grid.settings(dataset_name)
             shared = {"backbone": _backbone_identity(backbone, sha256),
-                      "dataset": _dataset_identity(dataset), **settings}
+                      "dataset": _dataset_identity(dataset), **settings,
+                  **({"limit_train": grid.limit_train} if grid.limit_train else {})}  # old hashes unchanged
             heads = []
             for group in grid.heads:
                 recipe = recipes.resolve(group.recipe, group.recipe_options) if group.recipe else None
@@ -130,6 +134,7 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
                 trial_id=_digest(shared)[:16], grid=grid.name, backbone=backbone_name, dataset=dataset_name,
                 **settings, claim_margin=grid.claim_margin, heads=tuple(heads),
                 weights=weights.get(backbone_name), weights_sha256=sha256, provenance=dict(provenance or {}),
+                limit_train=grid.limit_train,
             ))
     return trials
 
@@ -178,6 +183,7 @@ class TrialCost:
     cache_bytes: int | None  # token cache of a cached-protocol trial, every split and tap
     hours: float | None  # passes / throughput
     throughput: str  # where the images/s came from
+    predictions_bytes: int | None = None  # every head's stored test predictions (results store)
 
 
 def token_shape(entry: BackboneEntry) -> tuple[int, int | None]:
@@ -203,12 +209,16 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
         tokens, width = token_shape(backbone)
         if trial.protocol == "cached" and width is not None:
             aggregators = [trained_entry(registry.aggregator(h.aggregator), h.training()) for h in trial.heads]
-            if summary_only(a.kind for a in aggregators):
+            summary = summary_only(a.kind for a in aggregators)
+            if summary:
                 tokens = backbone.num_prefix_tokens + 1  # the prefix tokens and the patch mean
             taps = sorted({a.tap for a in aggregators})
-            cache = sum(predict_cache_bytes(n, tokens, width, taps) for n in (sizes.values() if sizes else [images]))
+            token_bytes = SUMMARY_TOKEN_BYTES if summary else TOKEN_BYTES
+            cache = sum(predict_cache_bytes(n, tokens, width, taps, token_bytes)
+                        for n in (sizes.values() if sizes else [images]))
     speed, source = backbone.images_per_s, "registered 1-GPU"
     if speed is None and trial.backbone in measured_speed:
         speed, source = measured_speed[trial.backbone], "measured (earlier results)"
     hours = passes / speed / 3600 if passes is not None and speed else None
-    return TrialCost(images, passes, cache, hours, source if speed else "unknown")
+    predictions = predictions_bytes(len(trial.heads), sizes["test"]) if sizes else None
+    return TrialCost(images, passes, cache, hours, source if speed else "unknown", predictions)

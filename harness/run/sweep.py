@@ -34,6 +34,7 @@ from rich.text import Text
 from harness.results import store
 from harness.errors import HarnessError
 from harness.report.plain import printable
+from harness.run.manifest import write_manifest
 from harness.run.plan import TrialPlan
 
 _TIMESTAMPS = ("started_at", "ended_at")
@@ -49,7 +50,10 @@ def _trainable(config: dict, plans: list[dict]) -> None:
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     gpu_ids = ray.get_gpu_ids()
     device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
-    rows, curves, predictions = run_trial(plan, device=device)
+    def on_epoch(epoch: int, epochs: int, alive: int, best: float | None) -> None:
+        tune.report({"progress": json.dumps([epoch, epochs, alive, best])})
+
+    rows, curves, predictions = run_trial(plan, device=device, on_epoch=on_epoch)
     node = ray.get_runtime_context().get_node_id()
     for row in rows:
         row["device"] += f" [ray node {node[:8]}, gpus {','.join(map(str, gpu_ids)) or 'none'}]"
@@ -86,39 +90,53 @@ class SweepSummary:
     failed: dict[str, str] = field(default_factory=dict)  # "backbone/dataset" -> error
     unfinished: list[str] = field(default_factory=list)  # "backbone/dataset" of trials stopped before their end
     wall_s: float = 0.0
+    manifest: str = ""  # the sweep's manifest file, when the caller described the sweep
 
 
 class _StoreAndShow(tune.Callback):
-    """Writes each finished trial's rows to the store and shows the trials: a live table on a terminal, one
-    line per state change otherwise (CI logs), nothing without a console."""
+    """Writes each finished trial's rows to the store and shows the trials: a live table on a terminal (its clock
+    ticking between events), one line per event otherwise (CI logs), nothing without a console. A running trial
+    reports each epoch: epochs done, heads still alive and the best validation top-1 so far."""
 
     def __init__(self, plans: list[TrialPlan], results_dir: Path, console: Console | None):
         self.plans, self.results_dir, self.console = plans, results_dir, console
-        self.live = Live(console=console, refresh_per_second=2) if console is not None and console.is_terminal else None
         self.state = {i: "pending" for i in range(len(plans))}
+        self.progress: dict[int, tuple[int, int, int, float | None]] = {}
         self.started = time.monotonic()
+        self.first_start: float | None = None
+        self.live = Live(console=console, refresh_per_second=2, get_renderable=self.table) \
+            if console is not None and console.is_terminal else None
 
     def __getstate__(self) -> dict:
         """Tune pickles its callbacks with the experiment state; the display stays with the driver."""
         return {**self.__dict__, "live": None, "console": None}
 
+    def _log(self, index: int, event: str) -> None:
+        if self.live is None and self.console is not None:
+            plan = self.plans[index]
+            self.console.print(Text(f"[{time.monotonic() - self.started:6.0f} s] {printable(plan.backbone)}/"
+                                    f"{printable(plan.dataset)}: {event} ({self._title()})"), soft_wrap=True)
+
     def _set(self, trial, state: str) -> None:
         index = trial.config["index"]
         self.state[index] = state
-        if self.live is not None:
-            self.live.update(self.table())
-        elif self.console is not None:
-            plan = self.plans[index]
-            self.console.print(Text(f"[{time.monotonic() - self.started:6.0f} s] {printable(plan.backbone)}/"
-                                    f"{printable(plan.dataset)}: {state} ({self._title()})"), soft_wrap=True)
+        if state == "running" and self.first_start is None:
+            self.first_start = time.monotonic()
+        self._log(index, state)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._set(trial, "running")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        self.progress.pop(trial.config["index"], None)
         self._set(trial, "retrying")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "progress" in result:  # an epoch ended inside the trial
+            index = trial.config["index"]
+            self.progress[index] = tuple(json.loads(result["progress"]))
+            self._log(index, f"epoch {_epoch_text(self.progress[index])}")
+            return
         payload = json.loads(result["payload"])
         store.write_trial(self.results_dir, _decode(payload["rows"]), payload["curves"],
                           _decode_predictions(payload["predictions"]))
@@ -130,41 +148,76 @@ class _StoreAndShow(tune.Callback):
     def __enter__(self) -> _StoreAndShow:
         if self.live is not None:
             self.live.start()
-            self.live.update(self.table())
         return self
 
     def __exit__(self, *exc) -> None:
         if self.live is not None:
             self.live.stop()
 
+    def _fraction(self) -> float:
+        """Share of the sweep's epochs done: finished trials whole, running ones by their epochs."""
+        done = 0.0
+        for i, state in self.state.items():
+            if state in ("done", "failed"):
+                done += 1.0
+            elif state == "running" and i in self.progress:
+                epoch, epochs = self.progress[i][:2]
+                done += epoch / max(epochs, 1)
+        return done / max(len(self.plans), 1)
+
     def _title(self) -> str:
         counts = {s: sum(1 for v in self.state.values() if v == s) for s in ("running", "done", "failed")}
-        finished = counts["done"] + counts["failed"]
         elapsed = time.monotonic() - self.started
-        eta = f"{elapsed / finished * (len(self.plans) - finished):.0f} s" if finished else "?"
-        return (f"{len(self.plans)} trials: {counts['running']} running, {counts['done']} done, {counts['failed']} "
-                f"failed; elapsed {elapsed:.0f} s, ETA {eta}")
+        fraction = self._fraction()
+        if self.first_start is not None and 0 < fraction < 1:
+            # from the trials' own pace since the first one started: no jump when a trial's rows arrive
+            eta = f"{(time.monotonic() - self.first_start) * (1 - fraction) / fraction:.0f} s"
+        else:
+            eta = "0 s" if fraction >= 1 else "?"
+        return (f"{counts['done']}/{len(self.plans)} trials done, {counts['running']} running, "
+                f"{counts['failed']} failed; {elapsed:.0f} s, ETA {eta}")
 
     def table(self) -> Table:
-        table = Table(title=self._title())
-        for col in ("backbone", "dataset", "heads", "state"):
-            table.add_column(col)
+        table = Table(title=Text(self._title()), title_justify="left")
+        for col in ("backbone", "dataset", "state", "epoch", "heads alive", "best val top-1"):
+            names = [printable(getattr(p, col)) for p in self.plans] if col in ("backbone", "dataset") else []
+            table.add_column(col, min_width=max(map(len, names)) if names else None, overflow="fold")  # names whole
         style = {"done": "green", "failed": "red", "running": "yellow", "retrying": "magenta"}
         for i, plan in enumerate(self.plans):
-            state = self.state[i]
-            table.add_row(Text(printable(plan.backbone)), Text(printable(plan.dataset)), str(len(plan.heads)),
-                          Text(state, style=style.get(state, "")))
+            progress = self.progress.get(i) if self.state[i] in ("running", "done") else None
+            table.add_row(Text(printable(plan.backbone)), Text(printable(plan.dataset)),
+                          Text(self.state[i], style=style.get(self.state[i], "")),
+                          Text(f"{progress[0]}/{progress[1]}" if progress else "—"),
+                          Text(f"{progress[2]}/{len(plan.heads)}" if progress else str(len(plan.heads))),
+                          Text(f"{progress[3]:.2f}" if progress and progress[3] is not None else "—"))
         return table
 
 
+def _epoch_text(progress: tuple) -> str:
+    epoch, epochs, alive, best = progress
+    return f"{epoch}/{epochs}, {alive} heads alive, best val top-1 {best:.2f}" if best is not None else \
+        f"{epoch}/{epochs}, {alive} heads alive"
+
+
+COMMIT_ENV = "HARNESS_GIT_COMMIT"  # set by `harness submit`: a job's uploaded copy has no .git
+
+
 def git_commit() -> str:
-    """The project's commit, read once by the driver (workers may have no git)."""
+    """The project's commit, "-dirty" appended when tracked files differ from it (as `git describe --dirty`);
+    read once by the driver (workers may have no git). HARNESS_GIT_COMMIT, when set, is the submitting
+    checkout's, and wins."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() if out.returncode == 0 else ""
-    except OSError:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=here)
+        if head.returncode != 0:
+            return ""
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, timeout=30, cwd=here)
+    except (OSError, subprocess.TimeoutExpired):
         return ""
+    return head.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
 def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float | None = None) -> None:
@@ -199,8 +252,10 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float, *, local: bool
 
 def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: float, gpus_per_trial: float,
               max_retries: int, address: str | None = None, num_cpus: int | None = None,
-              num_gpus: float | None = None, console: Console | None = None) -> SweepSummary:
-    """Run the trials on Ray Tune and write every finished trial's rows; failed trials become "failed" rows."""
+              num_gpus: float | None = None, console: Console | None = None,
+              manifest: dict | None = None) -> SweepSummary:
+    """Run the trials on Ray Tune and write every finished trial's rows; failed trials become "failed" rows.
+    `manifest` (`describe_sweep`) is completed with the Ray nodes and the outcome and written beside the rows."""
     from harness.run.trial import failed_rows
 
     results_dir = results_dir.resolve()
@@ -211,7 +266,16 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
     started = datetime.now(timezone.utc)
     t0 = time.monotonic()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    target = address or os.environ.get("RAY_ADDRESS")
+    if console is not None and not ray.is_initialized():
+        console.print(f"Connecting to the Ray cluster at {target}..." if target else
+                      "Starting a local Ray instance (takes a few seconds)...", highlight=False, markup=False)
     connect(address, num_cpus=num_cpus, num_gpus=num_gpus)
+    if console is not None:
+        have = ray.cluster_resources()
+        console.print(f"Ray ready after {time.monotonic() - t0:.1f} s: {have.get('CPU', 0):g} CPUs, "
+                      f"{have.get('GPU', 0):g} GPUs; {len(plans)} trials, each asking for {cpus_per_trial:g} CPUs and "
+                      f"{gpus_per_trial:g} GPUs.", highlight=False, markup=False)
     check_resources(cpus_per_trial, gpus_per_trial, local=not (address or os.environ.get("RAY_ADDRESS")),
                     console=console)
     trainable = tune.with_resources(tune.with_parameters(_trainable, plans=[p.to_dict() for p in plans]),
@@ -237,7 +301,20 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
         elif callback.state[result.config["index"]] != "done":  # stopped (Ctrl-C) before it reported its rows
             summary.unfinished.append(f"{plan.backbone}/{plan.dataset}")
     summary.wall_s = time.monotonic() - t0
+    if manifest is not None:
+        summary.manifest = str(write_manifest(
+            results_dir, manifest, started=started, ended=datetime.now(timezone.utc), nodes=_nodes(),
+            summary={"trials": summary.trials, "heads": summary.heads, "failed": summary.failed,
+                     "unfinished": summary.unfinished, "wall_s": round(summary.wall_s, 3)}))
     return summary
+
+
+def _nodes() -> list[dict]:
+    """The live Ray nodes: host, CPUs, GPUs and accelerator types."""
+    return [{"host": n.get("NodeManagerHostname"), "address": n.get("NodeManagerAddress"),
+             "cpus": n["Resources"].get("CPU", 0), "gpus": n["Resources"].get("GPU", 0),
+             "accelerators": sorted(k.split(":", 1)[1] for k in n["Resources"] if k.startswith("accelerator_type:"))}
+            for n in ray.nodes() if n.get("Alive")]
 
 
 @contextmanager
@@ -294,7 +371,7 @@ def submit_job(sweep_args: list[str], *, address: str | None, project_dir: Path)
     """Submit `harness sweep <sweep_args>` as a Ray job whose working directory is a copy of `project_dir`."""
     client, address = _job_client(address)
     entrypoint = shlex.join(["python", "-m", "harness.cli", "sweep", *sweep_args])
-    env = {"RAY_AIR_NEW_OUTPUT": "0"}
+    env = {"RAY_AIR_NEW_OUTPUT": "0", COMMIT_ENV: git_commit()}
     if "--results-dir" not in sweep_args and not os.environ.get("HARNESS_RESULTS_DIR"):
         env["HARNESS_RESULTS_DIR"] = JOB_RESULTS_DIR  # a relative default would land in the job's temporary copy
     if os.environ.get("HARNESS_USER_REGISTRY"):

@@ -23,7 +23,8 @@ from harness.heads.bank import HeadBank, HeadOutcome, HeadSpec
 from harness.run.plan import HeadPlan, TrialPlan, trained_entry
 from harness.registry import AggregatorEntry, BackboneEntry, load_registry
 from harness.tokens.cache import cached_tokens, extract_tokens, loader_workers
-from harness.heads.train import online_loader, total_steps, train_cached, train_online, warmup_steps
+from harness.heads.train import (EpochHook, online_loader, total_steps, train_cached, train_online,
+                                 warmup_steps)
 
 
 EXTRACT_BATCH = 512
@@ -44,16 +45,18 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[list[dict], list[dict], list[dict]]:
+def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
+              on_epoch: EpochHook | None = None) -> tuple[list[dict], list[dict], list[dict]]:
     """Extract tokens once per split, train the head bank, and return (result rows, curve rows, prediction
-    records: every ok head's top-1 class per test image)."""
+    records: every ok head's top-1 class per test image); `on_epoch` hears each epoch's progress (the sweep's live
+    display)."""
     device = torch.device(device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     registry = load_registry()
     backbone = load_backbone(plan.backbone, plan.weights, device=device, expected_sha256=plan.weights_sha256)
     dataset = registry.dataset(plan.dataset)
-    splits = load_splits(dataset, backbone.entry, download=plan.download)
+    splits = load_splits(dataset, backbone.entry, download=plan.download, limit_train=plan.limit_train)
     sizes = splits.sizes()
     bank = make_bank(plan, backbone, splits, device)
     specs = bank.specs
@@ -68,7 +71,8 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
         for name in ("train", "val", "test") if plan.protocol == "cached" else ("val", "test"):
             t = time.perf_counter()
             if plan.protocol == "cached":  # written once to the token cache, reused by later sweeps
-                token_sets[name], n = cached_tokens(backbone, dataset, name, getattr(splits, name), bank.taps,
+                split = f"train-first{plan.limit_train}" if name == "train" and plan.limit_train else name
+                token_sets[name], n = cached_tokens(backbone, dataset, split, getattr(splits, name), bank.taps,
                                                     cache_dir=plan.cache_dir, batch_size=extract_batch,
                                                     device=device, summary_prefix=summary_prefix)
             else:
@@ -78,19 +82,22 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu") -> tuple[l
             extracted += n
         passes, test_labels = extracted, token_sets["test"].labels.numpy()
         if plan.protocol == "online":
-            augmented = load_splits(dataset, backbone.entry, augment=True, download=plan.download).train
+            augmented = load_splits(dataset, backbone.entry, augment=True, download=plan.download,
+                                    limit_train=plan.limit_train).train
             loader = online_loader(augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
                                    num_workers=loader_workers(device), pin_memory=device.type == "cuda")
             if device.type == "cuda":  # JPEG decode and augmentation on the GPU, where the dataset has files
                 loader = on_device(loader, augmented, backbone.entry, device) or loader
             with head_matmuls(device):
                 outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
-                                           epochs=plan.epochs, device=device, forward_chunk=extract_batch)
+                                           epochs=plan.epochs, device=device, forward_chunk=extract_batch,
+                                           on_epoch=on_epoch)
             passes += n
         else:
             with head_matmuls(device):
                 outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
-                                        epochs=plan.epochs, batch_size=plan.batch_size, device=device)
+                                        epochs=plan.epochs, batch_size=plan.batch_size, device=device,
+                                        on_epoch=on_epoch)
     shared = {
         **trial_columns(plan, backbone.entry, started), "weights_sha256": backbone.weights_sha256,
         "num_classes": splits.num_classes, "train_size": sizes["train"], "val_size": sizes["val"],

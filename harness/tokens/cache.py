@@ -1,7 +1,8 @@
 """Backbone tokens: extracted in one frozen pass per split, optionally kept in a crash-safe on-disk cache.
 
 The backbone is the expensive part, so every tap a grid asks for comes out of ONE forward per batch, and the
-`cached` protocol writes them once (float16, memory-mapped for training) so a later sweep over the same
+`cached` protocol writes them once (float16, memory-mapped for training; the two-token [cls] + patch-mean summary in
+float32, see `summary_tokens`) so a later sweep over the same
 backbone and dataset reruns nothing. A cache entry is one (backbone, weights checksum, dataset, split,
 transform, tap, and every token or only the [cls]/mean summary); its meta.json records that key and the sha256
 of its files, and every read verifies both, so a damaged entry or another one's files are rebuilt, never trained
@@ -51,7 +52,8 @@ class TokenBackbone(Protocol):
 
 @dataclass
 class TokenSet:
-    """Tokens of one split: tap -> (N, T, D) float16 (memory-mapped when cached), and the (N,) int64 labels."""
+    """Tokens of one split: tap -> (N, T, D) float16 (float32 for the summary; memory-mapped when cached), and the
+    (N,) int64 labels."""
 
     tokens: dict[str, torch.Tensor]
     labels: torch.Tensor
@@ -60,11 +62,17 @@ class TokenSet:
         return len(self.labels)
 
 
-Allocate = Callable[[str, tuple[int, ...]], torch.Tensor]
+Allocate = Callable[[str, tuple[int, ...], torch.dtype], torch.Tensor]
 
 
-def _in_memory(tap: str, shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.empty(shape, dtype=torch.float16)
+def _in_memory(tap: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype)
+
+
+def store_dtype(summary_prefix: int | None) -> torch.dtype:
+    """float16 for every token; float32 for the summary (2 tokens an image, so it costs little): once BatchNorm
+    standardises a channel with a large mean, float16's rounding of it (spacing 0.5 at 1000) would be noise."""
+    return torch.float16 if summary_prefix is None else torch.float32
 
 
 def extraction_precision(device: torch.device) -> str:
@@ -85,15 +93,15 @@ def loader_workers(device: torch.device) -> int:
 
 
 def summary_tokens(tokens: torch.Tensor, num_prefix: int) -> torch.Tensor:
-    """(B, num_prefix + 1, D): the prefix tokens, then the mean of the patch tokens (taken in float32 before the
-    float16 store). A [cls] head reads token 0 and a mean head (skipping the prefix) averages the one mean token, so
+    """(B, num_prefix + 1, D): the prefix tokens, then the mean of the patch tokens (taken in float32 and stored so,
+    `store_dtype`). A [cls] head reads token 0 and a mean head (skipping the prefix) averages the one mean token, so
     both compute what they compute on all the tokens."""
     return torch.cat([tokens[:, :num_prefix], tokens[:, num_prefix:].float().mean(1, keepdim=True)], dim=1)
 
 
 class _Writer:
-    """Copies each batch's float16 tokens out of the device one batch late, so the host never waits on a batch it
-    just launched: the copy into pinned memory and the non-finite check of batch k run while batch k+1 computes.
+    """Copies each batch's stored tokens (`store_dtype`) out of the device one batch late, so the host never waits on
+    a batch it just launched: the copy into pinned memory and the non-finite check of batch k run while batch k+1 computes.
     With `summary_prefix` set it stores `summary_tokens` instead of every token."""
 
     def __init__(self, backbone: TokenBackbone, taps: tuple[str, ...], n: int, allocate: Allocate,
@@ -106,7 +114,7 @@ class _Writer:
     def push(self, feats: dict[str, torch.Tensor], start: int) -> None:
         if self.summary_prefix is not None:
             feats = {tap: summary_tokens(feats[tap], self.summary_prefix) for tap in self.taps}
-        halves = {tap: feats[tap].to(torch.float16) for tap in self.taps}
+        halves = {tap: feats[tap].to(store_dtype(self.summary_prefix)) for tap in self.taps}
         finite = torch.stack([torch.isfinite(h).all() for h in halves.values()])
         amax = torch.stack([feats[tap].detach().abs().amax().float() for tap in self.taps])
         device = finite.device
@@ -129,19 +137,20 @@ class _Writer:
             event.synchronize()
         for tap, ok, biggest in zip(self.taps, finite.tolist(), amax.tolist()):
             if not ok:
+                kind = str(store_dtype(self.summary_prefix)).removeprefix("torch.")
                 raise HarnessError(f"tap '{tap}' of backbone {self.backbone.entry.name!r} has values that are not "
-                                   f"finite in float16 (max |x| = {biggest:.4g}); accepted: tokens within float16 "
-                                   "range (|x| < 65504).")
+                                   f"finite in {kind} (max |x| = {biggest:.4g}); accepted: tokens within {kind} "
+                                   "range (float16: |x| < 65504).")
         for tap, half in halves.items():
             if tap not in self.out:
-                self.out[tap] = self.allocate(tap, (self.n, *half.shape[1:]))
+                self.out[tap] = self.allocate(tap, (self.n, *half.shape[1:]), half.dtype)
             self.out[tap][start:start + len(half)].copy_(half)
 
 
 def _run_backbone(backbone: TokenBackbone, dataset: Dataset, taps: tuple[str, ...], *, batch_size: int,
                   device: torch.device, num_workers: int | None, allocate: Allocate,
                   channels_last: bool = False, summary_prefix: int | None = None) -> tuple[TokenSet, int]:
-    """One forward per batch for all taps; each tap's float16 tokens land in the tensor `allocate` returns.
+    """One forward per batch for all taps; each tap's stored tokens land in the tensor `allocate` returns.
 
     Fast where it runs: bf16 autocast and pinned, asynchronous host-to-device copies on CUDA, loader workers
     (`loader_workers` when None), device-to-host copies one batch behind; `channels_last` for the patch
@@ -198,7 +207,7 @@ def cache_key(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: 
         "val_fraction": dataset_entry.val_fraction, "split_seed": dataset_entry.split_seed, "split": split_name,
         "num_images": num_images, "transform": transform_key(dataset_entry, entry), "tap": tap,
         "precision": precision,
-        "tokens": "all" if summary_prefix is None else f"{summary_prefix} prefix + patch mean",
+        "tokens": "all" if summary_prefix is None else f"{summary_prefix} prefix + patch mean, float32",
     }
 
 
@@ -275,7 +284,7 @@ def _publish(tmp: Path, final: Path, tokens: np.memmap, labels: torch.Tensor, ke
     """Make the entry durable in `tmp`, then rename it to `final`; a concurrent writer's entry wins if first."""
     tokens.flush()
     np.save(tmp / "labels.npy", labels.numpy())
-    meta = {"key": _canonical(key), "shape": list(tokens.shape), "dtype": "float16",
+    meta = {"key": _canonical(key), "shape": list(tokens.shape), "dtype": str(tokens.dtype),
             "sha256": {name: _file_sha256(tmp / name) for name in _DATA_FILES}}
     (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
     for file in ("tokens.npy", "labels.npy", "meta.json"):
@@ -319,12 +328,12 @@ def cached_tokens(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_na
                 for tap in missing}
         arrays: dict[str, np.memmap] = {}
 
-        def allocate(tap: str, shape: tuple[int, ...]) -> torch.Tensor:
+        def allocate(tap: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            kind = np.dtype(str(dtype).removeprefix("torch."))
             if not arrays:
-                ensure_cache_space(cache_dir, predict_cache_bytes(shape[0], shape[1], shape[2], missing))
+                ensure_cache_space(cache_dir, predict_cache_bytes(shape[0], shape[1], shape[2], missing, kind.itemsize))
             tmps[tap].mkdir()
-            arrays[tap] = np.lib.format.open_memmap(tmps[tap] / "tokens.npy", mode="w+", dtype=np.float16,
-                                                    shape=shape)
+            arrays[tap] = np.lib.format.open_memmap(tmps[tap] / "tokens.npy", mode="w+", dtype=kind, shape=shape)
             return torch.from_numpy(arrays[tap])
 
         try:

@@ -15,7 +15,9 @@ from harness.data.sources import source_kinds
 from harness.heads.kinds import kinds
 from harness.registry import DatasetEntry
 
-TOKEN_BYTES = 2  # float16
+TOKEN_BYTES = 2  # float16: every token of every image
+SUMMARY_TOKEN_BYTES = 4  # float32: the [cls] + patch-mean summary (2 tokens an image), where BatchNorm standardises
+# each channel and float16's spacing (0.5 at 1000) would swallow the spread of a channel with a large mean
 LABEL_BYTES = 8  # int64
 NPY_HEADER_BYTES = 128  # numpy's .npy header for these shapes (padded to a multiple of 64)
 META_BYTES = 2048  # upper bound on one entry's meta.json
@@ -27,9 +29,10 @@ def summary_only(names: Iterable[str]) -> bool:
     instead of all (ViT-B/16: 2 of 197)."""
     names = set(names)
     return bool(names) and all(kinds()[n].summary_only for n in names)
-def predict_cache_bytes(num_images: int, num_tokens: int, embed_dim: int, taps: Sequence[str]) -> int:
+def predict_cache_bytes(num_images: int, num_tokens: int, embed_dim: int, taps: Sequence[str],
+                        token_bytes: int = TOKEN_BYTES) -> int:
     """Bytes on disk for one split's cache entries, one per tap (tokens, labels, headers, meta); an upper bound."""
-    per_tap = (num_images * num_tokens * embed_dim * TOKEN_BYTES + num_images * LABEL_BYTES
+    per_tap = (num_images * num_tokens * embed_dim * token_bytes + num_images * LABEL_BYTES
                + 2 * NPY_HEADER_BYTES + META_BYTES)
     return per_tap * len(set(taps))
 
