@@ -4,8 +4,12 @@ Measured here on a tiny random-init ViT (`demo-mae-tiny`, 32px, patch 8: 17 toke
 then computed for ViT-B/16 on ImageNet-1k (197 tokens x 768, float16, per tap; or the 2 that a grid of [cls] and
 mean heads keeps) with the same formula the sweep's disk check uses. Timings (best of --repeats) cover: in-memory
 extraction (the backbone alone), the cache writer alone (`cached_tokens` fed precomputed tokens: memory-mapped
-write, fsync, rename), a hit (open only), and one full read of the cached tokens in training-sized batches after
-asking the kernel to drop the files from its page cache. Prints the figures and writes them to bench/out/cache_io.json. Not a test.
+write, fsync, rename), a hit (open and verify: the entry's files hashed against its meta.json), the verification
+alone (sha256 of the entry's files, from disk and from the page cache), one full read of the cached tokens in
+training-sized batches after asking the kernel to drop the files from its page cache, and training a bank of
+[cls] and mean heads (8 lrs each, the claim grid's shape) for --epochs from those tokens; the verification is
+then given as a fraction of that training, here and extrapolated to ViT-B/16 on ImageNet-1k at the measured
+hashing speed. Prints the figures and writes them to bench/out/cache_io.json. Not a test.
 
     python bench/cache_io.py                   # 4096 generated images (3,686 after the val hold-out), both taps
     python bench/cache_io.py --images 512      # a quick check
@@ -30,6 +34,9 @@ from harness.models.backbones import Backbone
 from harness.tokens.space import SUMMARY_TOKEN_BYTES, TOKEN_BYTES, human_bytes, predict_cache_bytes
 from harness.data.splits import load_splits
 from harness.registry import load_registry
+from harness.heads.bank import HeadBank, HeadSpec
+from harness.heads.train import total_steps, train_cached
+from harness.models.digests import sha256_of
 from harness.tokens.cache import cached_tokens, extract_tokens
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -67,8 +74,27 @@ def _best_of(repeats: int, run) -> tuple[float, object]:
     return min(times), out
 
 
+LRS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+def train_heads_s(backbone: Backbone, tokens, num_classes: int, epochs: int, batch_size: int) -> float:
+    """Seconds to train [cls] and mean heads at LRS (one seed) for `epochs` from `tokens` (train = val = test here:
+    only the time counts)."""
+    registry = load_registry()
+    specs = [HeadSpec(f"{agg}/{lr:g}", f"{agg}-{lr:g}", registry.aggregator(agg), {}, "sgd", lr, 0.0, 0)
+             for agg in ("cls", "mean") for lr in LRS]
+    n = len(tokens.labels)
+    bank = HeadBank(specs, embed_dim=backbone.embed_dim, num_heads=backbone.num_heads,
+                    num_prefix_tokens=backbone.num_prefix_tokens, num_classes=num_classes, batch_size=batch_size,
+                    shared_order=False, total_steps=total_steps(n, batch_size, epochs), warmup_steps=0,
+                    device=torch.device("cpu"))
+    t = time.perf_counter()
+    train_cached(bank, tokens, tokens, tokens, epochs=epochs, batch_size=batch_size, device="cpu")
+    return time.perf_counter() - t
+
+
 def measure(num_images: int, batch_size: int, taps: tuple[str, ...], cache_dir: Path, repeats: int,
-            device: str) -> dict:
+            device: str, epochs: int) -> dict:
     registry = load_registry()
     backbone = harness.load_backbone("demo-mae-tiny", device=device)
     base = registry.dataset("synthetic-patch")
@@ -90,6 +116,17 @@ def measure(num_images: int, batch_size: int, taps: tuple[str, ...], cache_dir: 
                    for tap in taps)
 
     read_s, checksum = _best_of(repeats, read)
+    files = [f for f in (cache_dir / "0").rglob("*.npy")]
+
+    def verify(cold: bool) -> None:
+        if cold:
+            _drop_page_cache(cache_dir / "0")
+        for f in files:
+            sha256_of(f)
+
+    verify_cold_s, _ = _best_of(repeats, lambda _: verify(True))
+    verify_warm_s, _ = _best_of(repeats, lambda _: verify(False))
+    train_s = train_heads_s(backbone, hit, entry.num_classes, epochs, batch_size)
     assert passes == n and hit_passes == 0
     assert all(torch.equal(hit.tokens[tap], reference.tokens[tap]) for tap in taps)
     _, num_tokens, dim = reference.tokens[taps[0]].shape
@@ -104,6 +141,11 @@ def measure(num_images: int, batch_size: int, taps: tuple[str, ...], cache_dir: 
         "write_mb_per_s": written / 1e6 / write_s, "read_mb_per_s": written / 1e6 / read_s,
         "bytes_written": written, "bytes_per_image": written / n,
         "bytes_predicted": predict_cache_bytes(n, num_tokens, dim, taps), "read_checksum": checksum,
+        "verify_from_disk_s": verify_cold_s, "verify_from_page_cache_s": verify_warm_s,
+        "verify_mb_per_s": sum(f.stat().st_size for f in files) / 1e6 / verify_cold_s,
+        "verify_mb_per_s_page_cache": sum(f.stat().st_size for f in files) / 1e6 / verify_warm_s,
+        "heads_trained": 2 * len(LRS), "train_epochs": epochs, "train_heads_s": train_s,
+        "verify_fraction_of_training": verify_cold_s / train_s,
     }
 
 
@@ -126,11 +168,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="each timing is the best of this many runs")
     parser.add_argument("--device", default="cpu", help="where the backbone runs for the extraction timing")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where to write (default: a temporary folder)")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of the head bank the verification is set against")
     args = parser.parse_args()
     torch.manual_seed(0)
     taps = ("norm", "prenorm")
     with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
-        tiny = measure(args.images, args.batch_size, taps, Path(tmp), args.repeats, args.device)
+        tiny = measure(args.images, args.batch_size, taps, Path(tmp), args.repeats, args.device, args.epochs)
     report = {"measured": tiny, "computed": [vit_b16_imagenet(("norm",)), vit_b16_imagenet(taps),
                                              vit_b16_imagenet(("norm",), summary=True)],
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
@@ -146,13 +189,19 @@ def main() -> None:
     print(f"  cache hit (open)    {m['hit_open_s']:.4f} s")
     print(f"  read back           {m['read_back_s']:.3f} s  {m['tokens_per_s_read_back']:,.0f} tokens/s "
           f"({m['read_mb_per_s']:.0f} MB/s)")
+    print(f"  verify on read      {m['verify_from_disk_s']:.4f} s from disk ({m['verify_mb_per_s']:.0f} MB/s), "
+          f"{m['verify_from_page_cache_s']:.4f} s from the page cache ({m['verify_mb_per_s_page_cache']:.0f} MB/s)")
+    print(f"  train {m['heads_trained']} heads     {m['train_heads_s']:.2f} s for {m['train_epochs']} epochs: verifying "
+          f"is {100 * m['verify_fraction_of_training']:.2f}% of it")
     print(f"  on disk             {m['bytes_per_image']:,.1f} bytes/image ({human_bytes(m['bytes_written'])}; "
           f"predicted {human_bytes(m['bytes_predicted'])})")
     for c in report["computed"]:
         splits = ", ".join(f"{s} {human_bytes(b)}" for s, b in c["bytes_per_split"].items())
         print(f"ViT-B/16 on ImageNet-1k, {c['kept']}, taps {'+'.join(c['taps'])}: "
               f"{c['token_bytes_per_image_per_tap']:,} token "
-              f"bytes/image/tap; {splits}; total {human_bytes(c['bytes_total'])} ({c['bytes_total']:,} bytes)")
+              f"bytes/image/tap; {splits}; total {human_bytes(c['bytes_total'])} ({c['bytes_total']:,} bytes); "
+              f"verified at {m['verify_mb_per_s']:.0f} MB/s in {c['bytes_total'] / 1e6 / m['verify_mb_per_s']:,.0f} s "
+              f"per sweep that reads it (once per trial, not per epoch)")
     print(f"wrote {OUT / 'cache_io.json'}")
 
 

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -156,6 +157,8 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
             raise HarnessError(f"--weights {name}=...: backbone {name!r} is a random-init demo variant and reads no "
                                "weights; accepted: --weights for an entry with released weights.")
     results_dir = _results_dir(args)
+    if not args.dry_run and store.import_recovered(results_dir):
+        console.print(f"Imported rows an earlier sweep could not store from {results_dir / store.RECOVERY}.")
     trials = expand(grid, reg, weights=weights)
     todo = trials if args.force else without_done(trials, store.completed_hashes(results_dir))
     if args.dry_run:
@@ -165,8 +168,16 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     if not todo:
         console.print(f"Nothing to run: all {total} heads of grid '{grid.name}' ({len(trials)} trials) already have "
                       f"results under {results_dir} (use --force to rerun them).")
+        board, rows_written = results_dir / "leaderboard.md", store.last_write_ns(results_dir)
+        if not args.no_leaderboard and rows_written and (not board.is_file() or board.stat().st_mtime_ns < rows_written):
+            cmd_leaderboard(args, console)  # a sweep killed after its last trial left it stale or missing
         return 0
     from harness.run.manifest import describe_sweep
+    from harness.run.preflight import hold_results_dir, preflight
+
+    local = not (args.address or os.environ.get("RAY_ADDRESS"))
+    preflight(todo, results_dir=results_dir, download=args.download, local=local)  # user errors before Ray starts
+    lock = hold_results_dir(results_dir)  # noqa: F841 (held until this process ends)
     from harness.run.sweep import git_commit, run_sweep
 
     commit = git_commit()
@@ -185,10 +196,19 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
                         address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                         console=None if args.no_progress else console,
                         manifest=describe_sweep(grid, reg, commit=commit))
-    ok = summary.trials - len(summary.failed) - len(summary.unfinished)
+    ok = summary.trials - len(summary.failed) - len(summary.unfinished) - len(summary.user_errors)
     console.print(f"Sweep {'interrupted' if summary.unfinished else 'finished'} after {summary.wall_s:.1f} s: "
                   f"{ok} trials ok, {len(summary.failed)} failed, {len(summary.unfinished)} stopped before they "
-                  f"finished. Manifest: {summary.manifest}", highlight=False)
+                  f"finished, {len(summary.user_errors)} stopped by an error in their input. Manifest: "
+                  f"{summary.manifest}", highlight=False)
+    for name, why in summary.unwritten.items():
+        console.print(Text(printable(f"  {name}: the results folder refused its rows ({why}); the next sweep "
+                                     f"imports them from {results_dir / store.RECOVERY} (move them there if they "
+                                     "landed elsewhere).")))
+    if summary.user_errors:  # the same paragraph a driver-side HarnessError gives, once per distinct message
+        messages = list(dict.fromkeys(summary.user_errors.values()))
+        raise HarnessError(" ".join(messages) + f" ({', '.join(summary.user_errors)}: no rows written; the other "
+                           "trials' rows are kept, and the next sweep runs only what has no result.)")
     if summary.unfinished:
         console.print(f"Interrupted: {', '.join(summary.unfinished)} wrote no rows; rerun the same command to run "
                       "only what has no result yet.", highlight=False)
@@ -200,8 +220,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
                       "are recorded in the results with status 'failed' and rerun by the next sweep:[/red]")
         for name, error in summary.failed.items():
             console.print(Text(printable(f"  {name}: {error}")))
-        return EXIT_FAILED_TRIALS
-    return 0
+    return EXIT_FAILED_TRIALS if summary.failed or summary.unwritten else 0
 
 
 _MEASURED_COLUMNS = ("backbone", "dataset", "status", "images_per_s", "train_size", "val_size", "test_size")

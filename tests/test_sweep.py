@@ -302,7 +302,8 @@ def ray_head(tmp_path_factory):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = tmp_path_factory.mktemp("ray")
     env = {**auth_env(), "HARNESS_REGISTRY_DIR": str(_test_registry(base / "registry", server.server_port)),
-           "HARNESS_DOWNLOAD_DIR": str(base / "downloads"), "HARNESS_WEIGHTS_DIR": str(base / "weights")}
+           "HARNESS_DOWNLOAD_DIR": str(base / "downloads"), "HARNESS_WEIGHTS_DIR": str(base / "weights"),
+           "HARNESS_WEIGHTS_LOCK": str(base / "weights.lock.json")}
     node, address, _ = start_head(env, num_cpus=2, num_gpus=2)
     try:
         yield env, address
@@ -337,13 +338,14 @@ def test_trial_failing_once_is_retried_and_succeeds(failing_sweep):
 
 
 @pytest.mark.slow
-def test_trial_always_failing_is_recorded_with_its_error(failing_sweep):
+def test_user_error_inside_a_trial_is_not_retried_and_is_one_paragraph(failing_sweep):
     code, out, rows = failing_sweep
-    corrupt = rows[rows.backbone == "test-mae-corrupt"]
-    assert code == 1 and len(corrupt) == 2 and set(corrupt.status) == {"failed"}
-    assert all("HarnessError" in e and "corrupt.pth: not a readable checkpoint" in e for e in corrupt.error)
-    assert "1 trials failed after 1 retries each" in out and "test-mae-corrupt/digits:" in out
-    assert "2 trials ok, 1 failed" in out
+    assert code == 2 and _Weights.requests["/corrupt.pth"] == 1  # a HarnessError in a worker: never retried
+    assert rows[rows.backbone == "test-mae-corrupt"].empty  # no rows: the next sweep runs it again
+    assert "corrupt.pth: not a readable checkpoint" in out and "test-mae-corrupt/digits: no rows written" in out
+    paragraph = out[out.index("error: "):]  # (the flaky trial's retried crash is logged by Tune above it, as before)
+    assert "Traceback" not in paragraph and "\x1b[" not in out and "RayTaskError" not in paragraph
+    assert "2 trials ok, 0 failed, 0 stopped before they finished, 1 stopped by an error in their input" in out
 
 
 @pytest.mark.slow

@@ -140,3 +140,13 @@ def test_cli_refreshes_the_weights_lock_deliberately(tmp_path, monkeypatch, caps
     assert main(["weights", "--refresh", entry.name]) == 0
     assert resolve_weights(entry)[1] == digests.sha256_of(path)
     assert main(["weights", "--refresh", "demo-mae-tiny"]) == 2
+
+
+def test_a_trial_refuses_weights_changed_since_planning(tmp_path):
+    entry = load_registry().backbone("mae-vit-b16")
+    weights = tmp_path / "mine.pth"
+    weights.write_bytes(b"planned")
+    planned = digests.cached_sha256(weights)
+    weights.write_bytes(b"swapped before the trial ran")
+    with pytest.raises(HarnessError, match="changed since the sweep was planned"):
+        resolve_weights(entry, weights, expected_sha256=planned)

@@ -26,7 +26,7 @@ import torch
 
 from harness.config import setting
 from harness.models.digests import cached_sha256, check_lock, remember_sha256
-from harness.errors import HarnessError
+from harness.errors import HarnessError, TransientError
 from harness.registry import BackboneEntry
 
 # Non-tensor types that released checkpoints hold and that run no code: DINO/iBOT store their argparse arguments.
@@ -50,6 +50,17 @@ def local_file(entry: BackboneEntry) -> Path | None:
         if folder is not None and (folder / file_name(entry)).is_file():
             return folder / file_name(entry)
     return None
+
+
+def unobtainable(entry: BackboneEntry) -> HarnessError | None:
+    """The error for a file that is neither here nor downloadable by script (the driver's preflight asks too)."""
+    if local_file(entry) is not None or (entry.url and not entry.manual_download):
+        return None
+    name = file_name(entry)
+    target = (setting("weights_dir") or setting("download_dir")) / name
+    return HarnessError(f"backbone {entry.name!r} ({entry.source}): the file {name} cannot be downloaded by script. "
+                        f"{entry.manual_download or ''} Then put it at {target} (or set HARNESS_WEIGHTS_DIR / [paths] "
+                        "weights_dir to its folder, or pass its path with --weights).")
 
 
 def verify_sha256(path: Path, entry: BackboneEntry) -> str:
@@ -79,17 +90,15 @@ def resolve_weights(entry: BackboneEntry, weights: str | Path | None = None,
                                f"was planned: sha256 {actual}, planned {expected_sha256}; accepted: a file left "
                                "alone while its sweep runs (rerun the sweep to use the new file).")
         return path, actual
-    name = file_name(entry)
-    what = f"backbone {entry.name!r} ({entry.source})"
     local = local_file(entry)
     if local is not None:
         return local, verify_sha256(local, entry)
-    if entry.manual_download or not entry.url:
-        target = (setting("weights_dir") or setting("download_dir")) / name
-        raise HarnessError(f"{what}: the file {name} cannot be downloaded by script. {entry.manual_download or ''} "
-                           f"Then put it at {target} (or set HARNESS_WEIGHTS_DIR / [paths] weights_dir to its folder, "
-                           "or pass its path with --weights).")
-    path, actual = download(entry.url, setting("download_dir") / name, entry.sha256, what)
+    missing = unobtainable(entry)
+    if missing is not None:
+        raise missing
+    name = file_name(entry)
+    path, actual = download(entry.url, setting("download_dir") / name, entry.sha256,
+                            f"backbone {entry.name!r} ({entry.source})")
     remember_sha256(path, actual)
     if entry.sha256 is None:
         check_lock(entry.name, path, actual)
@@ -116,12 +125,12 @@ def download(url: str, target: Path, expected_sha256: str | None, what: str) -> 
                     progress.advance(task, len(chunk))
         actual = digest.hexdigest()
         if expected_sha256 is not None and actual != expected_sha256:
-            raise HarnessError(f"{url}: downloaded file has sha256 {actual}, but {what} registers {expected_sha256}; "
+            raise TransientError(f"{url}: downloaded file has sha256 {actual}, but {what} registers {expected_sha256}; "
                                "nothing was kept. Retry, or download it by hand and pass it with --weights.")
         os.replace(tmp, target)
         return target, actual
     except (urllib.error.URLError, OSError) as e:
-        raise HarnessError(f"{what}: downloading {url} failed ({getattr(e, 'reason', None) or e}); download it by "
+        raise TransientError(f"{what}: downloading {url} failed ({getattr(e, 'reason', None) or e}); download it by "
                            f"hand and put it at {target}, or pass its path with --weights.") from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -9,11 +9,15 @@ per `config_hash`. The schemas are written down once, here. No torch, no Ray.
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import os
+import tempfile
 import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +145,71 @@ def write_trial(root: Path, rows: list[dict], curves: list[dict], predictions: l
     return _write_atomic(table, Path(root) / _ROWS / f"grid={grid}", stem)
 
 
+# ------------------------------------------------------------------------------------------ recovery
+
+RECOVERY = "recovery"  # rows the driver computed but could not store (disk full); the next sweep imports them
+_TIMESTAMPS = ("started_at", "ended_at")
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+_PREDICTION_BYTES = ("predicted", "correct")
+
+
+def payload(rows: list[dict], curves: list[dict], predictions: list[dict] = ()) -> str:
+    """A trial's rows, curves and test predictions as JSON: what a worker sends its driver, and what a recovery
+    file holds."""
+    return json.dumps({"rows": rows, "curves": curves, "predictions": list(predictions)}, default=_json_default)
+
+
+def from_payload(text: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """(rows, curves, predictions) of a `payload`, timestamps and prediction bytes decoded."""
+    data = json.loads(text)
+    for row in data["rows"]:
+        for key in _TIMESTAMPS:
+            row[key] = datetime.fromisoformat(row[key])
+    for record in data.get("predictions", []):
+        for key in _PREDICTION_BYTES:
+            record[key] = base64.b64decode(record[key])
+    return data["rows"], data["curves"], data.get("predictions", [])
+
+
+def keep_for_recovery(root: Path, text: str) -> Path:
+    """Save a payload the store could not take under `root/recovery/`, else (that disk is full too) in the temporary
+    folder; returns where it went."""
+    name = f"{uuid.uuid4().hex}.json"
+    for folder in (Path(root) / RECOVERY, Path(tempfile.gettempdir()) / "harness-recovery"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, folder / name)
+            return folder / name
+        except OSError:
+            continue
+    raise HarnessError(f"cannot save computed rows anywhere (results folder {root} and the temporary folder both "
+                       "refuse writes); accepted: a results folder with free space.")
+
+
+def import_recovered(root: Path) -> int:
+    """Store every recovery file under `root/recovery/` and delete it; returns how many trials were imported."""
+    files = sorted((Path(root) / RECOVERY).glob("*.json"))
+    for path in files:
+        try:
+            records = from_payload(path.read_text())
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise HarnessError(f"{path}: not a readable recovery file ({e}); move it out of {path.parent}.") from None
+        write_trial(root, *records)
+        path.unlink()
+    return len(files)
+
+
 def _files(root: Path, kind: str) -> list[Path]:
     """Finished files only: temporary names start with a dot and end in `.tmp`, so they never match."""
     return sorted(p for p in (Path(root) / kind).glob("grid=*/*.parquet") if not p.name.startswith("."))
@@ -231,6 +300,11 @@ def read_curves(root: Path) -> pd.DataFrame:
     curves = curves.join(latest.select(["config_hash", "_file"]), ["config_hash", "_file"], join_type="left semi")
     curves = curves.take(pc.sort_indices(curves, sort_keys=[("config_hash", "ascending"), ("epoch", "ascending")]))
     return _to_pandas(curves.select(CURVES_SCHEMA.names))
+
+
+def last_write_ns(root: Path) -> int | None:
+    """When the newest rows file under `root` was written (its mtime, ns); None when there is none."""
+    return max((p.stat().st_mtime_ns for p in _files(Path(root), _ROWS)), default=None)
 
 
 def read_correct(root: Path, config_hashes: set[str] | list[str]) -> dict[str, np.ndarray]:

@@ -5,12 +5,13 @@ places trials across GPUs and nodes; a trial sends its rows back through `tune.r
 callback writes them to the results store at once (atomically, one file per trial), so a driver killed
 mid-sweep loses no finished trial and a rerun skips every head that has a final result. Ray Tune's
 `fit()` does not raise for failed trials: the result grid is checked, failures are recorded as rows, and
-the sweep reports them. `submit_job` runs the same sweep as a Ray job, its driver on the cluster's head node.
+the sweep reports them. A `HarnessError` in a trial (a missing file, a bad option) is the user's input, not a crash:
+the worker reports its message instead of raising, so Tune never retries it, and the CLI shows that one paragraph.
+`submit_job` runs the same sweep as a Ray job, its driver on the cluster's head node.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -32,12 +33,11 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.results import store
-from harness.errors import HarnessError
+from harness.errors import HarnessError, TransientError
 from harness.report.plain import printable
 from harness.run.manifest import write_manifest
 from harness.run.plan import TrialPlan
 
-_TIMESTAMPS = ("started_at", "ended_at")
 
 
 def _trainable(config: dict, plans: list[dict]) -> None:
@@ -53,33 +53,17 @@ def _trainable(config: dict, plans: list[dict]) -> None:
     def on_epoch(epoch: int, epochs: int, alive: int, best: float | None) -> None:
         tune.report({"progress": json.dumps([epoch, epochs, alive, best])})
 
-    rows, curves, predictions = run_trial(plan, device=device, on_epoch=on_epoch)
+    try:
+        rows, curves, predictions = run_trial(plan, device=device, on_epoch=on_epoch)
+    except TransientError:
+        raise  # a download cut off: Tune retries it
+    except HarnessError as e:  # the user's input, not a crash: reported once, never retried
+        tune.report({"user_error": str(e)})
+        return
     node = ray.get_runtime_context().get_node_id()
     for row in rows:
         row["device"] += f" [ray node {node[:8]}, gpus {','.join(map(str, gpu_ids)) or 'none'}]"
-    tune.report({"payload": json.dumps({"rows": rows, "curves": curves, "predictions": predictions}, default=_iso)})
-
-
-def _iso(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def _decode_predictions(records: list[dict]) -> list[dict]:
-    for record in records:
-        for key in ("predicted", "correct"):
-            record[key] = base64.b64decode(record[key])
-    return records
-
-
-def _decode(rows: list[dict]) -> list[dict]:
-    for row in rows:
-        for key in _TIMESTAMPS:
-            row[key] = datetime.fromisoformat(row[key])
-    return rows
+    tune.report({"payload": store.payload(rows, curves, predictions)})
 
 
 @dataclass
@@ -89,6 +73,8 @@ class SweepSummary:
     retries: int = 0  # retries each failing trial was given
     failed: dict[str, str] = field(default_factory=dict)  # "backbone/dataset" -> error
     unfinished: list[str] = field(default_factory=list)  # "backbone/dataset" of trials stopped before their end
+    user_errors: dict[str, str] = field(default_factory=dict)  # "backbone/dataset" -> HarnessError message, no rows
+    unwritten: dict[str, str] = field(default_factory=dict)  # "backbone/dataset" -> why the store refused, where kept
     wall_s: float = 0.0
     manifest: str = ""  # the sweep's manifest file, when the caller described the sweep
 
@@ -101,6 +87,8 @@ class _StoreAndShow(tune.Callback):
     def __init__(self, plans: list[TrialPlan], results_dir: Path, console: Console | None):
         self.plans, self.results_dir, self.console = plans, results_dir, console
         self.state = {i: "pending" for i in range(len(plans))}
+        self.user_errors: dict[int, str] = {}  # trial index -> HarnessError message from its worker
+        self.unwritten: dict[int, tuple[str, str]] = {}  # trial index -> (payload, why the store refused it)
         self.progress: dict[int, tuple[int, int, int, float | None]] = {}
         self.started = time.monotonic()
         self.first_start: float | None = None
@@ -137,9 +125,14 @@ class _StoreAndShow(tune.Callback):
             self.progress[index] = tuple(json.loads(result["progress"]))
             self._log(index, f"epoch {_epoch_text(self.progress[index])}")
             return
-        payload = json.loads(result["payload"])
-        store.write_trial(self.results_dir, _decode(payload["rows"]), payload["curves"],
-                          _decode_predictions(payload["predictions"]))
+        if "user_error" in result:
+            self.user_errors[trial.config["index"]] = result["user_error"]
+            self._set(trial, "failed")
+            return
+        try:
+            store.write_trial(self.results_dir, *store.from_payload(result["payload"]))
+        except OSError as e:  # disk full, folder gone: keep the rows for the next run, let the other trials go on
+            self.unwritten[trial.config["index"]] = (result["payload"], f"{e.strerror or e}")
         self._set(trial, "done")
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -221,7 +214,8 @@ def git_commit() -> str:
 
 
 def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float | None = None) -> None:
-    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local Ray instance for this process."""
+    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local Ray instance for this process, bound
+    to localhost."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -229,7 +223,9 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float
     if address:
         ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+        # node address 127.0.0.1: the raylet, object manager, agents and metrics exporters of a local instance
+        # listen on the loopback interface only, not on every interface of this machine
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                  object_store_memory=200 * 1024**2, **quiet)
 
 
@@ -298,8 +294,14 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
             message = _last_line(str(result.error))
             store.write_trial(results_dir, failed_rows(plan, message, started), [])
             summary.failed[f"{plan.backbone}/{plan.dataset}"] = message
+        elif result.config["index"] in callback.user_errors:
+            summary.user_errors[f"{plan.backbone}/{plan.dataset}"] = callback.user_errors[result.config["index"]]
         elif callback.state[result.config["index"]] != "done":  # stopped (Ctrl-C) before it reported its rows
             summary.unfinished.append(f"{plan.backbone}/{plan.dataset}")
+    for index, (text, why) in callback.unwritten.items():
+        plan = plans[index]
+        kept = store.keep_for_recovery(results_dir, text)
+        summary.unwritten[f"{plan.backbone}/{plan.dataset}"] = f"{why}; its rows are kept in {kept}"
     summary.wall_s = time.monotonic() - t0
     if manifest is not None:
         summary.manifest = str(write_manifest(

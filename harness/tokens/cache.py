@@ -33,6 +33,7 @@ from harness.tokens.space import ensure_cache_space, predict_cache_bytes
 from harness.config import safe_name, setting
 from harness.data.splits import transform_key
 from harness.errors import HarnessError
+from harness.models.digests import sha256_of
 from harness.registry import BackboneEntry, DatasetEntry
 
 CACHE_FORMAT = 1
@@ -223,11 +224,6 @@ def cache_entry_dir(cache_dir: Path, key: dict) -> Path:
     return folder / f"{key['split']}.{key['tap']}.{digest}"
 
 
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def _open_entry(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(tokens, labels) of a complete entry, memory-mapped, after checking that its files hash to what was written
     and that it was computed for `key`; None when there is none. A damaged or foreign entry is deleted (with a
@@ -238,7 +234,7 @@ def _open_entry(path: Path, key: dict) -> tuple[torch.Tensor, torch.Tensor] | No
         meta = json.loads((path / "meta.json").read_text())
         problem = "it was computed for another key" if meta.get("key") != _canonical(key) else next(
             (f"{name} does not hash to the sha256 written with it" for name in _DATA_FILES
-             if _file_sha256(path / name) != meta.get("sha256", {}).get(name)), None)
+             if sha256_of(path / name) != meta.get("sha256", {}).get(name)), None)
         tokens = np.load(path / "tokens.npy", mmap_mode="c")
         labels = np.load(path / "labels.npy", mmap_mode="c")
     except (OSError, ValueError, AttributeError) as e:
@@ -285,7 +281,7 @@ def _publish(tmp: Path, final: Path, tokens: np.memmap, labels: torch.Tensor, ke
     tokens.flush()
     np.save(tmp / "labels.npy", labels.numpy())
     meta = {"key": _canonical(key), "shape": list(tokens.shape), "dtype": str(tokens.dtype),
-            "sha256": {name: _file_sha256(tmp / name) for name in _DATA_FILES}}
+            "sha256": {name: sha256_of(tmp / name) for name in _DATA_FILES}}
     (tmp / "meta.json").write_text(json.dumps(meta, sort_keys=True, indent=1))
     for file in ("tokens.npy", "labels.npy", "meta.json"):
         _fsync(tmp / file)

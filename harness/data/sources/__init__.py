@@ -12,6 +12,9 @@ SourceKind fields:
 - `whole_images`: images are tensors resized whole (no border to crop away), not the backbone's centre crop.
 - `planned_counts`: entry -> {"pool", "test"} image counts known before reading any file, or None; by default
   the entry's `options.num_images`.
+- `check`: `(dataset, download, root) -> None`, the driver's preflight before Ray starts: a cheap look at the files
+  (folders there, class count) that raises the HarnessError `load` would raise later in a worker; None: nothing
+  to check (embedded or generated data).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class SourceKind:
     load: str | Callable[[DatasetEntry, BackboneEntry, bool, Path], Source]
     whole_images: bool = False
     planned_counts: Callable[[DatasetEntry], Any] = registered_counts
+    check: Callable[[DatasetEntry, bool, Path], None] | None = None
 
 
 BUILTIN = (  # in the order listings and error messages show them
@@ -73,6 +77,13 @@ def data_root(root: Path | None) -> Path:
     return Path(root).expanduser() if root is not None else setting("data_root")
 
 
+
+
+def check_source(dataset: DatasetEntry, *, download: bool, root: Path | None = None) -> None:
+    """The source's preflight (`SourceKind.check`): its files are where `load` will look, or a HarnessError."""
+    check = source_kinds()[dataset.source].check
+    if check is not None:
+        check(dataset, download, data_root(root))
 
 
 def load_source(dataset: DatasetEntry, backbone: BackboneEntry, *, download: bool, root: Path | None) -> Source:

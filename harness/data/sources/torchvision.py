@@ -54,4 +54,13 @@ def load(dataset: DatasetEntry, backbone: BackboneEntry, download: bool, root: P
     return Source(pool, np.concatenate([labels_of(p) for p in parts]), test, labels_of(test), str(folder))
 
 
-register(SourceKind(name="torchvision", load=load))
+def check(dataset: DatasetEntry, download: bool, root: Path) -> None:
+    """Without --download the files must already be in their folder (torchvision reads them only in a worker)."""
+    folder = root / option(dataset, "folder", str, dataset.name)
+    if not download and not folder.is_dir():
+        raise HarnessError(f"dataset '{dataset.name}': {folder} is not a folder; expected the files torchvision's "
+                           f"{option(dataset, 'class', str)} downloads there; run with --download to fetch them into "
+                           f"{folder}, or {root_hint(folder)}.")
+
+
+register(SourceKind(name="torchvision", load=load, check=check))
