@@ -42,7 +42,7 @@ from harness.heads.bank import HeadBank
 from harness.run.plan import TrialPlan, expand
 from harness.registry import Grid, HeadGroup, load_registry
 from harness.tokens.cache import TokenSet, backbone_autocast, extract_tokens
-from harness.run.trial import make_bank
+from harness.run.trial import head_specs, make_bank
 from harness.heads.train import train_cached
 
 OPTIMIZER = {"cls": "sgd", "mean": "sgd", "abmilp": "lars", "query": "adamw", "ep": "adamw"}  # their papers'
@@ -71,7 +71,7 @@ def prepare(plan: TrialPlan, device: torch.device) -> tuple[Backbone, Splits, He
     registry = load_registry()
     backbone = load_backbone(plan.backbone, plan.weights, device=device)
     splits = load_splits(registry.dataset(plan.dataset), backbone.entry)
-    return backbone, splits, make_bank(plan, backbone, splits, device)
+    return backbone, splits, make_bank(plan, head_specs(plan), backbone, splits, device)
 
 
 def extract_all(backbone: Backbone, splits: Splits, bank: HeadBank, plan: TrialPlan,

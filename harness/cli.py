@@ -261,6 +261,14 @@ def _print_plan(console: Console, reg, trials, todo, results) -> None:
     console.print(f"Token cache: {human_bytes(cache)} for the cached-protocol trials"
                   + (" (some sizes unknown)" if any(c.cache_bytes is None and t.protocol == "cached"
                                                     for t, c in zip(trials, costs)) else "") + ".")
+    for t, c in zip(trials, costs):  # each tapped block is stored once, summarised where only [cls]/mean heads read it
+        if c.cache_by_tap and len(c.cache_by_tap) > 1:
+            console.print(Text(f"  {t.backbone} / {t.dataset} per tap: "
+                               + ", ".join(f"{tap} {human_bytes(n)}" for tap, n in c.cache_by_tap.items())))
+    knn = [c.knn_gflop for c in costs if c.knn_gflop]
+    if knn:
+        console.print(f"k-NN heads: {sum(knn):,.1f} GFLOP of similarity products in {len(knn)} trials (val and "
+                      "test against train, every (k, T) from one search per layer and source), no training.")
     predictions = [c.predictions_bytes for c in costs]
     console.print(f"Test predictions: {human_bytes(sum(p or 0 for p in predictions))} added to the results folder "
                   f"(the top-1 class and correctness of every test image, per head)"

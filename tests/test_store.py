@@ -17,7 +17,7 @@ from results_factory import T0, make_curve, make_row
 from harness.errors import HarnessError
 from harness.results import store as results_store
 from harness.results.selection import select_best
-from harness.results.store import (CURVES_SCHEMA, RESULTS_SCHEMA, completed_hashes, export, query, read_curves,
+from harness.results.store import (CURVES_SCHEMA, RESULTS_SCHEMA, SCHEMA_VERSION, completed_hashes, export, query, read_curves,
                            read_results, write_trial)
 
 
@@ -128,7 +128,7 @@ def test_other_schema_version_is_named(tmp_path):
     table = table.set_column(table.schema.get_field_index("schema_version"), "schema_version",
                              pa.array([1], pa.int32()))
     path = _write_raw(tmp_path, table)
-    with pytest.raises(HarnessError, match=rf"{path}.*schema_version 1 found, 2 expected"):
+    with pytest.raises(HarnessError, match=rf"{path}.*schema_version 1 found, {SCHEMA_VERSION} expected"):
         read_results(tmp_path)
 
 

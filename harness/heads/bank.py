@@ -39,6 +39,7 @@ from harness.heads.pool.kernels import StackedPool, stat_buffers
 from harness.heads.optim import clip_per_head, new_state, update
 from harness.heads.recipes import Recipe
 from harness.registry import AggregatorEntry
+from harness.tokens.layers import DEFAULT_LAYER, layer_blocks, layer_taps
 
 
 @dataclass(frozen=True)
@@ -55,10 +56,16 @@ class HeadSpec:
     wd: float
     seed: int
     recipe: Recipe | None = None
+    layer: str = DEFAULT_LAYER  # the blocks it reads (harness.tokens.layers)
 
     @property
     def training(self) -> Recipe:
         return self.recipe or recipes.harness_default(self.optimizer)
+
+
+def head_input(tokens: Mapping[str, Tensor], taps: Sequence[str]) -> Tensor:
+    """A head's input: its taps' tokens, concatenated along the channels when it reads several blocks."""
+    return tokens[taps[0]] if len(taps) == 1 else torch.cat([tokens[t] for t in taps], dim=-1)
 
 
 @dataclass
@@ -84,12 +91,12 @@ _WHY = ("non-finite training loss", "non-finite weights after the optimizer step
 class _Group:
     """Heads that step together: one data order, one recipe, parameters stacked on a head axis."""
 
-    def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
-                 device: torch.device):
-        self.members = members
+    def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], taps: tuple[str, ...],
+                 batch_size: int, device: torch.device):
+        self.members, self.taps = members, taps
         first = specs[members[0]]
         self.seeds = {specs[i].seed for i in members}
-        self.recipe, self.tap = first.training, heads[0].tap
+        self.recipe = first.training
         self.optimizer = self.recipe.optimizer
         self.base_lr = torch.tensor([recipes.effective_lr(self.recipe, specs[i].lr, batch_size) for i in members],
                                     dtype=torch.float64, device=device)
@@ -209,12 +216,12 @@ class _LinearGroup(_Group):
     graph, no per-step allocation). Weights are stacked as (N, D, C), so each head's products are their own
     matrices in the batch, computed the same whatever the stack size."""
 
-    def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
-                 device: torch.device):
+    def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], taps: tuple[str, ...],
+                 batch_size: int, device: torch.device):
         self.pool, self.norm = heads[0].to(device).pool, heads[0].norm
         self.weight, self.bias = _stacked_linear(heads, device)
         self.grads = [torch.empty_like(self.weight), torch.empty_like(self.bias)]
-        super().__init__(members, specs, heads, batch_size, device)
+        super().__init__(members, specs, heads, taps, batch_size, device)
 
     def stacked(self) -> list[Tensor]:
         return [self.weight, self.bias]
@@ -263,8 +270,8 @@ class _AttentionGroup(_Group):
     running statistics (aim, cbam, dolg hold a BatchNorm) are stacked the same way, each head's its own. Gradients
     by autograd of the heads' summed losses: heads share nothing, so each head's gradient is that of its own loss."""
 
-    def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], batch_size: int,
-                 device: torch.device):
+    def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], taps: tuple[str, ...],
+                 batch_size: int, device: torch.device):
         self.pooler = heads[0].pooler.to(device)  # its structure and options; its own weights are not read
         self.names_in_pooler = [name for name, _ in self.pooler.named_parameters()]
         own = [dict(h.pooler.named_parameters()) for h in heads]
@@ -277,7 +284,7 @@ class _AttentionGroup(_Group):
         if isinstance(self.norm, nn.BatchNorm1d):
             self.running = [torch.stack([getattr(h.norm, k) for h in heads]).to(device).contiguous()
                             for k in ("running_mean", "running_var")]
-        super().__init__(members, specs, heads, batch_size, device)
+        super().__init__(members, specs, heads, taps, batch_size, device)
 
     def stacked(self) -> list[Tensor]:
         return [p.detach() for p in self.params]
@@ -326,36 +333,45 @@ class HeadBank:
 
     def __init__(self, specs: Sequence[HeadSpec], *, embed_dim: int, num_heads: int, num_prefix_tokens: int,
                  num_classes: int, batch_size: int, total_steps: int, warmup_steps: int, shared_order: bool = False,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", depth: int = 1, num_registers: int = 0):
         """`shared_order`: every head will see the same batches (online protocol), so heads of different seeds may
-        share a stack; otherwise (cached) each seed keeps its own data order and stacks."""
+        share a stack; otherwise (cached) each seed keeps its own data order and stacks. `depth` (the backbone's
+        blocks) resolves the heads' layers to taps; `num_registers` of the prefix tokens are registers."""
         self.specs = list(specs)
         self.total_steps, self.warmup_steps = total_steps, warmup_steps
         self.outcomes = [HeadOutcome() for _ in self.specs]
         device = torch.device(device)
-        stacks: dict[str, tuple[list[int], list[Head]]] = {}
+        stacks: dict[str, tuple[list[int], list[Head], tuple[str, ...]]] = {}
         for i, spec in enumerate(self.specs):
+            blocks = layer_blocks(spec.layer, depth, f"head {spec.head_id}")
             torch.manual_seed(spec.seed)  # the seed sets the initialisation
             try:
                 head = build_head(spec.aggregator, embed_dim=embed_dim, num_heads=num_heads,
                                   num_prefix_tokens=num_prefix_tokens, num_classes=num_classes, options=spec.options,
-                                  recipe=spec.recipe)
+                                  recipe=spec.recipe, num_registers=num_registers, num_blocks=len(blocks))
             except NotApplicable as e:
                 self.outcomes[i].status, self.outcomes[i].error = "not-applicable", str(e)
                 continue
             order = None if shared_order else spec.seed
-            key = json.dumps([spec.aggregator.name, spec.options, spec.training.describe(), order], sort_keys=True)
-            members, heads = stacks.setdefault(key, ([], []))
+            taps = layer_taps(spec.layer, head.tap, depth, f"head {spec.head_id}")  # the recipe's tap, if any
+            key = json.dumps([spec.aggregator.name, spec.options, spec.training.describe(), order, taps],
+                             sort_keys=True)
+            members, heads, _ = stacks.setdefault(key, ([], [], taps))
             members.append(i)
             heads.append(head)
         self.groups: list[_Group] = [
             (_AttentionGroup if isinstance(heads[0].pooler, StackedPool) else _LinearGroup)(
-                members, self.specs, heads, batch_size, device) for members, heads in stacks.values()]
+                members, self.specs, heads, taps, batch_size, device) for members, heads, taps in stacks.values()]
 
     @property
     def taps(self) -> list[str]:
         """The token taps the live heads read, in a fixed order."""
-        return sorted({g.tap for g in self.groups})
+        return sorted({tap for g in self.groups for tap in g.taps})
+
+    @property
+    def reads(self) -> list[tuple[str, str]]:
+        """(aggregator kind, tap) of every block a live head reads."""
+        return [(self.specs[g.members[0]].aggregator.kind, tap) for g in self.groups for tap in g.taps]
 
     @property
     def seeds(self) -> list[int]:
@@ -396,7 +412,7 @@ class HeadBank:
     def logits(self, i: int, tokens: Mapping[str, Tensor]) -> Tensor:
         """Head `i`'s evaluation-mode logits (B, num_classes) on a batch (BatchNorm on its running statistics)."""
         g, slot = self._slot(i)
-        return g.logits(tokens[g.tap], train=False)[slot]
+        return g.logits(head_input(tokens, g.taps), train=False)[slot]
 
     def live(self) -> list[int]:
         """Indices of the heads still training (applicable, not recorded as diverged)."""
@@ -406,7 +422,7 @@ class HeadBank:
         """One optimisation step, on one batch, of every head (or of the heads of `seed`, without shared order)."""
         for g in self.groups:
             if seed is None or g.seeds == {seed}:
-                g.train_step(tokens[g.tap], labels, self.total_steps, self.warmup_steps)
+                g.train_step(head_input(tokens, g.taps), labels, self.total_steps, self.warmup_steps)
 
     def _retire_diverged(self) -> None:
         """Record the heads marked non-finite since the last call and drop them from their stacks (one sync)."""
@@ -435,7 +451,7 @@ class HeadBank:
         for tokens, labels in batches:
             total += len(labels)
             for k, g in enumerate(self.groups):
-                logits = g.logits(tokens[g.tap], train=False)
+                logits = g.logits(head_input(tokens, g.taps), train=False)
                 classes = logits.shape[-1]
                 top = logits.topk(min(5, classes), dim=-1).indices
                 hits = top == labels[None, :, None]

@@ -47,25 +47,39 @@ class Head(nn.Module):
         return self.linear(self.norm(self.pool(tokens)))
 
 
+def head_dims(embed_dim: int, num_heads: int, num_prefix_tokens: int, *, patch_grid: tuple[int, int] | None = None,
+              num_registers: int = 0, num_blocks: int = 1) -> Dims:
+    """What a pooler knows of a backbone whose tokens it reads from `num_blocks` blocks, concatenated."""
+    return Dims(embed_dim * num_blocks, num_heads, num_prefix_tokens, patch_grid, num_registers, embed_dim)
+
+
 def build_head(entry: AggregatorEntry, *, embed_dim: int, num_heads: int, num_prefix_tokens: int,
                num_classes: int, options: dict[str, Any] | None = None,
-               patch_grid: tuple[int, int] | None = None, recipe: Recipe | None = None) -> Head:
-    """The head for `entry` on a backbone of that width, heads and prefix tokens; float32.
+               patch_grid: tuple[int, int] | None = None, recipe: Recipe | None = None, num_registers: int = 0,
+               num_blocks: int = 1) -> Head:
+    """The head for `entry` on a backbone of that width, heads and prefix tokens (the last `num_registers` of them
+    registers), reading `num_blocks` blocks concatenated along the channels; float32.
 
     `options` (from a grid) override the recipe's option defaults, which override `entry.options`; a recipe's head
-    layers, init and tap replace the kind's where it sets them. Raises NotApplicable for a kind that needs a [cls]
-    token on a backbone without one.
+    layers, init and tap replace the kind's where it sets them. Raises NotApplicable for a kind that needs a token
+    the backbone lacks ([cls], registers).
     """
     kind = kinds()[entry.kind]
     opts = resolve_options(entry, {**(recipe.options_for(entry.kind) if recipe else {}), **(options or {})})
-    if kind.needs_cls and num_prefix_tokens == 0:
+    dims = head_dims(embed_dim, num_heads, num_prefix_tokens, patch_grid=patch_grid, num_registers=num_registers,
+                     num_blocks=num_blocks)
+    if kind.needs_cls and dims.num_cls == 0:
         raise NotApplicable(f"aggregator {entry.name!r} reads the [cls] token, and this backbone has none")
-    pooler, pooled_dim = kind.build_pooler(Dims(embed_dim, num_heads, num_prefix_tokens, patch_grid), opts)
+    try:
+        pooler, pooled_dim = kind.build_pooler(dims, opts)
+    except NotApplicable as e:
+        raise NotApplicable(f"aggregator {entry.name!r}: {e}") from None
+    batchnorm = opts.get("batchnorm", kind.batchnorm)
     if recipe is None:
-        return Head(pooler, pooled_dim, num_classes, tap=entry.tap, batchnorm=kind.batchnorm,
+        return Head(pooler, pooled_dim, num_classes, tap=entry.tap, batchnorm=batchnorm,
                     linear_std=kind.linear_std).float()
     init = recipe.linear_init or ("default" if kind.linear_std is None else "trunc_normal")
     return Head(pooler, pooled_dim, num_classes, tap=recipe.tap_for(entry.kind, entry.tap),
-                batchnorm=kind.batchnorm if recipe.batchnorm is None else recipe.batchnorm,
+                batchnorm=batchnorm if recipe.batchnorm is None else recipe.batchnorm,
                 linear_std=None if init == "default" else LINEAR_STD, normal_init=init == "normal",
                 fc_norm=recipe.pools_globally(entry.kind)).float()

@@ -74,7 +74,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            "facebookresearch/dinov2 @ b8931f7: dinov2/eval/linear.py (Linear with normal(0.01) weight and zero "
            "bias, no normalisation; SGD momentum 0.9; lr * batch / 256; CosineAnnealingLR stepped every "
            "iteration, no warmup; losses summed over heads)",
-           ("cls",), optimizer="sgd", scale_lr=True, schedule="cosine", decay="all", batchnorm=False,
+           ("cls", "cls_mean"), optimizer="sgd", scale_lr=True, schedule="cosine", decay="all", batchnorm=False,
            linear_init="normal"),
     Recipe("vjepa-attentive",
            "facebookresearch/jepa @ 51c59d5: evals/image_classification_frozen/eval.py, src/models/"

@@ -2,9 +2,9 @@
 
 Each family is one module of harness/models/families declaring its timm arguments (the models are built with
 `pretrained=False`), its converter, a pure state_dict -> state_dict function that says which sub-network it takes,
-and its prefix tokens; loads are strict. The `Backbone` wrapper runs the blocks once through timm's public
-`forward_intermediates` and exposes both the last block's output ("prenorm") and the final LayerNorm applied to it
-("norm"), which is what the head bank reads.
+and its prefix tokens; loads are strict. The `Backbone` wrapper runs the blocks once per batch through timm's public
+`forward_intermediates` and returns every tap asked for from that one pass: any block's output, with or without
+the final LayerNorm (`harness.tokens.layers` names them; "norm" and "prenorm" are the last block's).
 
 References: MAE https://github.com/facebookresearch/mae, SimMIM https://github.com/microsoft/SimMIM,
 DINO https://github.com/facebookresearch/dino, iBOT https://github.com/bytedance/ibot,
@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from harness.errors import HarnessError
-from harness.registry import ARCH_OVERRIDE_KEYS, BackboneEntry, TOKEN_TAPS, load_registry
+from harness.registry import ARCH_OVERRIDE_KEYS, BackboneEntry, load_registry
+from harness.tokens.layers import parse_tap
 from harness.models.families import families
 from harness.models.weights import load_checkpoint, resolve_weights
 
@@ -147,6 +148,7 @@ class Backbone(nn.Module):
             raise HarnessError(f"backbone {entry.name!r}: family {entry.family} declares {self.num_prefix_tokens} "
                                f"prefix tokens but timm's {entry.arch} has {model.num_prefix_tokens}; accepted: an "
                                "arch and family whose prefix tokens ([cls], registers) agree.")
+        self.num_registers: int = self.num_prefix_tokens - int(entry.class_token)  # the prefix tokens after [cls]
         self.requires_grad_(False)
         self.eval()
 
@@ -154,19 +156,15 @@ class Backbone(nn.Module):
         """Stays in eval mode: the backbone is frozen, dropout and the like never switch on."""
         return super().train(False)
 
-    def _last_block(self, images: Tensor) -> Tensor:
-        """The last block's output, prefix tokens first, from one pass."""
-        (out,) = self.model.forward_intermediates(images, indices=1, output_fmt="NLC", intermediates_only=True,
-                                                  return_prefix_tokens=True)
-        return torch.cat(out[::-1], dim=1) if self.num_prefix_tokens else out
-
     def forward_taps(self, images: Tensor, taps: Sequence[str]) -> dict[str, Tensor]:
-        """Tokens at each tap ("norm": after the final LayerNorm, "prenorm": the last block's output), one pass."""
-        bad = [t for t in taps if t not in TOKEN_TAPS]
-        if bad:
-            raise HarnessError(f"token tap {bad[0]!r} is not known; accepted: {', '.join(TOKEN_TAPS)}.")
-        prenorm = self._last_block(images)
-        return {t: self.model.norm(prenorm) if t == "norm" else prenorm for t in taps}
+        """Tokens at each tap (a block's output, or it through the final LayerNorm), prefix tokens first, all from
+        one pass that stops at the deepest block asked for."""
+        wanted = {t: parse_tap(t, self.depth) for t in taps}
+        blocks = sorted({b for b, _ in wanted.values()})
+        outs = self.model.forward_intermediates(images, indices=blocks, output_fmt="NLC", intermediates_only=True,
+                                                return_prefix_tokens=True, stop_early=True)
+        tokens = {b: torch.cat(out[::-1], dim=1) if self.num_prefix_tokens else out for b, out in zip(blocks, outs)}
+        return {t: self.model.norm(tokens[b]) if normed else tokens[b] for t, (b, normed) in wanted.items()}
 
     def forward_tokens(self, images: Tensor, norm: bool = True) -> Tensor:
         """All last-layer tokens (B, T, D)."""

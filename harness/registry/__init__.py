@@ -21,6 +21,7 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.heads import recipes
 from harness.heads.kinds import kinds, resolve_options
+from harness.tokens.layers import ACCEPTED as LAYERS_ACCEPTED, DEFAULT_LAYER, layer_label
 from harness.data.sources import source_kinds
 from harness.models.families import families
 
@@ -213,8 +214,9 @@ class DatasetEntry:
 
 @dataclass(frozen=True)
 class HeadGroup:
-    """One aggregator's part of a grid: its optimizer and its own learning-rate and weight-decay grids, and the
-    named training recipe (harness/heads/recipes.py) when it has one."""
+    """One aggregator's part of a grid: its optimizer, its own learning-rate and weight-decay grids, the layers it
+    reads (each a head of its own, swept like the lrs), and the named training recipe (harness/heads/recipes.py)
+    when it has one."""
 
     aggregator: str
     optimizer: str
@@ -223,6 +225,7 @@ class HeadGroup:
     options: dict[str, Any] = field(default_factory=dict)  # overrides of the aggregator entry's options
     recipe: str | None = None
     recipe_options: dict[str, Any] = field(default_factory=dict)  # the recipe's named departures (recipes.OPTIONS)
+    layers: tuple[str, ...] = (DEFAULT_LAYER,)  # harness.tokens.layers labels
 
 
 @dataclass(frozen=True)
@@ -253,8 +256,10 @@ class Grid:
 
     @property
     def num_heads(self) -> int:
-        """Heads per (backbone, dataset): every aggregator x lr x wd x seed."""
-        return sum(len(h.lrs) * len(h.wds) for h in self.heads) * len(self.seeds)
+        """Heads per (backbone, dataset), as `harness.run.plan.expand` makes them."""
+        from harness.run.plan import group_heads  # plan owns the expansion; it imports no torch
+
+        return sum(len(group_heads(self, h)) for h in self.heads)
 
 
 # -------------------------------------------------------------------------------------------- parsing
@@ -411,6 +416,19 @@ def _lr_grid(t: _Table, key: str, *, positive: bool) -> tuple[float, ...]:
     return rounded
 
 
+def _layers(t: _Table) -> tuple[str, ...]:
+    """A head group's `layers`: one or more layer choices (harness.tokens.layers), each read by heads of its own."""
+    accepted = f"a list of layer choices, each {LAYERS_ACCEPTED}"
+    value = t.get("layers", list, [int(DEFAULT_LAYER)], accepted=accepted)
+    labels = [layer_label(v) for v in value]
+    bad = [v for v, label in zip(value, labels) if label is None]
+    if not value or bad:
+        raise t.fail("layers", f"has {bad[0]!r}" if bad else "is empty", accepted)
+    if len(set(labels)) != len(labels):
+        raise t.fail("layers", f"is {value!r}, which names a layer twice", "distinct layer choices")
+    return tuple(labels)
+
+
 def _recipe(h: _Table, kind: str) -> tuple[Any, dict[str, Any]]:
     """A head group's `recipe` and `recipe_options`, checked against harness/heads/recipes.py (torch-free)."""
     name = h.get("recipe", str, None, accepted="the name of a recipe")
@@ -458,7 +476,13 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         h = _Table(path, table, f"heads.{agg}")
         if agg not in reg.aggregators:
             raise t.fail(f"heads.{agg}", "is not a registered aggregator", _accepted_names(agg, reg.aggregators))
-        recipe, recipe_options = _recipe(h, reg.aggregators[agg].kind)
+        kind = reg.aggregators[agg].kind
+        if not kinds()[kind].trained:  # k-NN: no optimizer, lr, wd or recipe
+            heads.append(HeadGroup(aggregator=agg, optimizer="none", lrs=(0.0,), wds=(0.0,),
+                                   options=dict(h.get("options", dict, {})), layers=_layers(h)))
+            h.finish()
+            continue
+        recipe, recipe_options = _recipe(h, kind)
         heads.append(HeadGroup(
             aggregator=agg,
             optimizer=h.choice("optimizer", OPTIMIZERS, recipe.optimizer if recipe else ...),
@@ -467,6 +491,7 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
             options=dict(h.get("options", dict, {})),
             recipe=recipe.name if recipe else None,
             recipe_options=recipe_options,
+            layers=_layers(h),
         ))
         try:
             resolve_options(reg.aggregators[agg], heads[-1].options)

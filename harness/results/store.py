@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from harness.config import safe_name
 from harness.errors import HarnessError
 
-SCHEMA_VERSION = 2  # 2: warmup_epochs and recipe columns, predictions table
+SCHEMA_VERSION = 3  # 2: warmup_epochs and recipe columns, predictions table; 3: layer and swept_options columns
 _TS = pa.timestamp("us", tz="UTC")
 
 RESULTS_SCHEMA = pa.schema([
@@ -39,6 +39,7 @@ RESULTS_SCHEMA = pa.schema([
     ("dataset", pa.string()), ("num_classes", pa.int64()), ("train_size", pa.int64()), ("val_size", pa.int64()),
     ("test_size", pa.int64()), ("split_seed", pa.int64()), ("aggregator", pa.string()),
     ("aggregator_kind", pa.string()), ("aggregator_options", pa.string()), ("token_tap", pa.string()),
+    ("layer", pa.string()), ("swept_options", pa.string()),
     ("protocol", pa.string()), ("optimizer", pa.string()), ("recipe", pa.string()), ("lr", pa.float64()),
     ("wd", pa.float64()), ("epochs", pa.int64()), ("batch_size", pa.int64()), ("warmup_epochs", pa.int64()),
     ("seed", pa.int64()), ("claim_margin", pa.float64()),

@@ -18,9 +18,11 @@ from harness.heads.kinds import kinds, resolve_options
 from harness.heads.recipes import Recipe
 from harness.models.digests import cached_sha256
 from harness.results.store import predictions_bytes
+from harness.tokens.layers import DEFAULT_LAYER, layer_taps, parse_tap
 from harness.tokens.space import (SUMMARY_TOKEN_BYTES, TOKEN_BYTES, planned_split_sizes, predict_cache_bytes,
-                                  summary_only)
-from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, Registry
+                                  summary_taps)
+from harness.heads.kinds import kinds, resolve_options
+from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid, HeadGroup, Registry, load_registry
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class HeadPlan:
     seed: int
     recipe: str | None = None  # harness/heads/recipes.py
     recipe_options: dict = field(default_factory=dict)
+    layer: str = DEFAULT_LAYER  # harness.tokens.layers label: which blocks the head reads
 
     def recipe_label(self) -> str:
         """The results column: the recipe's name and its options (JSON), "" for the harness's own training."""
@@ -95,8 +98,34 @@ def _dataset_identity(entry: DatasetEntry) -> dict:
             "split_seed": entry.split_seed, "options": entry.options}
 
 
-def head_id(aggregator: str, lr: float, wd: float, seed: int) -> str:
-    return f"{aggregator}/lr={lr:g}/wd={wd:g}/seed={seed}"
+def head_id(aggregator: str, lr: float, wd: float, seed: int, layer: str = DEFAULT_LAYER,
+            swept: dict | None = None) -> str:
+    """`<aggregator>[/layer=<l>]/lr=../wd=../seed=..`; an untrained head names its swept options instead of lr and wd."""
+    where = "" if layer == DEFAULT_LAYER else f"/layer={layer}"
+    if swept:
+        return f"{aggregator}{where}/" + "/".join(f"{k}={v:g}" for k, v in swept.items()) + f"/seed={seed}"
+    return f"{aggregator}{where}/lr={lr:g}/wd={wd:g}/seed={seed}"
+
+
+SWEPT_OPTIONS = ("k", "T")  # options of untrained heads (k-NN) that a list sweeps, one head per combination
+
+
+def group_heads(grid: Grid, group: HeadGroup, registry: Registry | None = None) -> list[tuple]:
+    """(seed, layer, lr, wd, options, swept options) of every head of one head group: trained heads for every seed
+    x layer x lr x wd; untrained ones (k-NN, deterministic) for the first seed, one per layer x combination of
+    their listed `k` and `T`."""
+    agg = (registry or load_registry()).aggregator(group.aggregator)
+    if kinds()[agg.kind].trained:
+        recipe = recipes.resolve(group.recipe, group.recipe_options) if group.recipe else None
+        options = {**agg.options, **(recipe.options_for(agg.kind) if recipe else {}), **group.options}
+        return [(seed, layer, lr, wd, options, None) for seed in grid.seeds for layer in group.layers
+                for lr in group.lrs for wd in group.wds]
+    options = resolve_options(agg, group.options)
+    combos: list[dict] = [{}]
+    for key in SWEPT_OPTIONS:
+        values = options[key] if isinstance(options[key], list) else [options[key]]
+        combos = [{**c, key: v} for c in combos for v in values]
+    return [(grid.seeds[0], layer, 0.0, 0.0, {**options, **c}, c) for layer in group.layers for c in combos]
 
 
 def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = None,
@@ -117,19 +146,19 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
             for group in grid.heads:
                 recipe = recipes.resolve(group.recipe, group.recipe_options) if group.recipe else None
                 agg = trained_entry(registry.aggregator(group.aggregator), recipe)
-                options = {**agg.options, **(recipe.options_for(agg.kind) if recipe else {}), **group.options}
-                _refuse_unreadable(grid, agg, options, backbone)
+                _refuse_unreadable(grid, agg, {**(recipe.options_for(agg.kind) if recipe else {}), **group.options},
+                                   backbone)
                 # a head without a recipe keeps the hash it had before recipes existed
                 training = {"recipe": recipe.describe()} if recipe else {}
-                for seed in grid.seeds:
-                    for lr in group.lrs:
-                        for wd in group.wds:
-                            config = {**shared, "aggregator": {"name": agg.name, "kind": agg.kind, "tap": agg.tap,
-                                                               "options": options},
-                                      "optimizer": group.optimizer, "lr": lr, "wd": wd, "seed": seed, **training}
-                            heads.append(HeadPlan(head_id(agg.name, lr, wd, seed), _digest(config), agg.name,
-                                                  options, group.optimizer, lr, wd, seed, group.recipe,
-                                                  dict(group.recipe_options)))
+                for seed, layer, lr, wd, options, swept in group_heads(grid, group, registry):
+                    described = {"name": agg.name, "kind": agg.kind, "tap": agg.tap, "options": options}
+                    if layer != DEFAULT_LAYER:  # heads of the last block keep the hashes they had before layers
+                        described["layer"] = layer
+                    config = {**shared, "aggregator": described, "optimizer": group.optimizer, "lr": lr, "wd": wd,
+                              "seed": seed, **training}
+                    heads.append(HeadPlan(head_id(agg.name, lr, wd, seed, layer, swept), _digest(config), agg.name,
+                                          options, group.optimizer, lr, wd, seed, group.recipe,
+                                          dict(group.recipe_options), layer))
             trials.append(TrialPlan(
                 trial_id=_digest(shared)[:16], grid=grid.name, backbone=backbone_name, dataset=dataset_name,
                 **settings, claim_margin=grid.claim_margin, heads=tuple(heads),
@@ -172,6 +201,22 @@ def without_done(trials: list[TrialPlan], done: set[str]) -> list[TrialPlan]:
 
 # timm's widths by size name (vit_base_..., beit_base_..., vit_huge_..._gap_...), for entries without embed_dim
 _WIDTHS = {"tiny": 192, "small": 384, "base": 768, "large": 1024, "huge": 1280, "giant": 1408}
+_DEPTHS = {"tiny": 12, "small": 12, "base": 12, "large": 24, "huge": 32, "giant": 40}
+
+
+def backbone_depth(entry: BackboneEntry) -> int | None:
+    """Blocks of a backbone's architecture, from its overrides or timm's size name; None when neither says."""
+    return entry.arch_overrides.get("depth") or next((d for size, d in _DEPTHS.items() if f"_{size}_" in entry.arch),
+                                                     None)
+
+
+def head_taps(trial: TrialPlan, registry: Registry, depth: int) -> list[tuple[str, str]]:
+    """(aggregator kind, tap) of every block every head of a trial reads."""
+    out = []
+    for h in trial.heads:
+        agg = trained_entry(registry.aggregator(h.aggregator), h.training())
+        out += [(agg.kind, tap) for tap in layer_taps(h.layer, agg.tap, depth, f"head {h.head_id}")]
+    return out
 
 
 @dataclass(frozen=True)
@@ -181,6 +226,8 @@ class TrialCost:
     images: int | None  # images of all splits
     passes: int | None  # images through the backbone: each split once (cached), every train epoch (online)
     cache_bytes: int | None  # token cache of a cached-protocol trial, every split and tap
+    cache_by_tap: dict[str, int] | None  # the same per tap (one block's tokens, stored once), in tap order
+    knn_gflop: float | None  # the k-NN heads' similarity products (val + test against train), 0 without k-NN
     hours: float | None  # passes / throughput
     throughput: str  # where the images/s came from
     predictions_bytes: int | None = None  # every head's stored test predictions (results store)
@@ -201,24 +248,31 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
     backbone, dataset = registry.backbone(trial.backbone), registry.dataset(trial.dataset)
     sizes = planned_split_sizes(dataset)
     images = sum(sizes.values()) if sizes else measured_images.get(trial.dataset)
-    passes = cache = None
+    passes = cache = by_tap = knn = None
+    untrained = [h for h in trial.heads if not kinds()[registry.aggregator(h.aggregator).kind].trained]
     if images is not None:
         passes = images
-        if trial.protocol == "online":
-            passes = images + (trial.epochs - 1) * (sizes["train"] if sizes else images)
+        if trial.protocol == "online":  # every epoch's augmented train split, and once more unaugmented for k-NN
+            passes = images + (trial.epochs - (0 if untrained else 1)) * (sizes["train"] if sizes else images)
         tokens, width = token_shape(backbone)
-        if trial.protocol == "cached" and width is not None:
-            aggregators = [trained_entry(registry.aggregator(h.aggregator), h.training()) for h in trial.heads]
-            summary = summary_only(a.kind for a in aggregators)
-            if summary:
-                tokens = backbone.num_prefix_tokens + 1  # the prefix tokens and the patch mean
-            taps = sorted({a.tap for a in aggregators})
-            token_bytes = SUMMARY_TOKEN_BYTES if summary else TOKEN_BYTES
-            cache = sum(predict_cache_bytes(n, tokens, width, taps, token_bytes)
-                        for n in (sizes.values() if sizes else [images]))
+        depth = backbone_depth(backbone)
+        if trial.protocol == "cached" and width is not None and depth is not None:
+            by_tap = {}
+            layouts = summary_taps(head_taps(trial, registry, depth))
+            for tap in sorted(layouts, key=lambda t: parse_tap(t, depth)):  # block order, each without then with norm
+                summary = layouts[tap]
+                stored = backbone.num_prefix_tokens + 1 if summary else tokens  # the prefix tokens and the patch mean
+                by_tap[tap] = sum(predict_cache_bytes(n, stored, width, [tap],
+                                                      SUMMARY_TOKEN_BYTES if summary else TOKEN_BYTES)
+                                  for n in (sizes.values() if sizes else [images]))
+            cache = sum(by_tap.values())
+        if sizes and width is not None and depth is not None:
+            searches = {(h.layer, h.options.get("source")) for h in untrained}  # one per layer x source
+            dims = sum(len(layer_taps(layer, "norm", depth)) + (source == "cls_mean") for layer, source in searches)
+            knn = 2 * sizes["train"] * (sizes["val"] + sizes["test"]) * width * dims / 1e9
     speed, source = backbone.images_per_s, "registered 1-GPU"
     if speed is None and trial.backbone in measured_speed:
         speed, source = measured_speed[trial.backbone], "measured (earlier results)"
     hours = passes / speed / 3600 if passes is not None and speed else None
     predictions = predictions_bytes(len(trial.heads), sizes["test"]) if sizes else None
-    return TrialCost(images, passes, cache, hours, source if speed else "unknown", predictions)
+    return TrialCost(images, passes, cache, by_tap, knn, hours, source if speed else "unknown", predictions)

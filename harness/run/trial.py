@@ -15,12 +15,15 @@ import torch
 import harness
 from harness.results import store
 from harness.models.backbones import Backbone, load_backbone
-from harness.tokens.space import summary_only
+from harness.tokens.space import summary_taps
 from harness.data.splits import Splits, load_splits
 from harness.data.device_feed import on_device
 from harness.heads.precision import head_matmuls
 from harness.heads.bank import HeadBank, HeadOutcome, HeadSpec
-from harness.run.plan import HeadPlan, TrialPlan, trained_entry
+from harness.heads.head import head_dims
+from harness.heads.kinds import kinds
+from harness.heads.knn import evaluate_knn, knn_taps
+from harness.run.plan import SWEPT_OPTIONS, HeadPlan, TrialPlan, trained_entry
 from harness.registry import AggregatorEntry, BackboneEntry, load_registry
 from harness.tokens.cache import cached_tokens, extract_tokens, loader_workers
 from harness.heads.train import (EpochHook, online_loader, total_steps, train_cached, train_online,
@@ -58,30 +61,42 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
     dataset = registry.dataset(plan.dataset)
     splits = load_splits(dataset, backbone.entry, download=plan.download, limit_train=plan.limit_train)
     sizes = splits.sizes()
-    bank = make_bank(plan, backbone, splits, device)
-    specs = bank.specs
+    specs = head_specs(plan)
+    trained = [i for i, spec in enumerate(specs) if kinds()[spec.aggregator.kind].trained]
+    untrained = [i for i in range(len(specs)) if i not in set(trained)]
+    bank = make_bank(plan, [specs[i] for i in trained], backbone, splits, device)
+    knn_specs = [specs[i] for i in untrained]
     passes, extracted, extract_s = 0, 0, 0.0
-    outcomes, test_labels = bank.outcomes, None
-    if bank.live():
+    outcomes, test_labels = [HeadOutcome() for _ in specs], None
+    for i, outcome in zip(trained, bank.outcomes):
+        outcomes[i] = outcome
+    reads = bank.reads + knn_taps(knn_specs, backbone.depth)
+    if reads:
         # the protocol's batch size is the heads'; the backbone sees at most EXTRACT_BATCH images at once
         extract_batch = min(plan.batch_size, EXTRACT_BATCH)
-        kinds = {spec.aggregator.kind for spec in specs}
-        summary_prefix = backbone.num_prefix_tokens if summary_only(kinds) else None  # [cls] and mean heads only
+        layouts = summary_taps(reads)  # tap -> stored as [cls], registers and the patch mean only
+        taps = list(layouts)
         token_sets = {}
-        for name in ("train", "val", "test") if plan.protocol == "cached" else ("val", "test"):
+        cached = ("train", "val", "test") if plan.protocol == "cached" or knn_specs else ("val", "test")
+        for name in cached:
             t = time.perf_counter()
-            if plan.protocol == "cached":  # written once to the token cache, reused by later sweeps
+            if plan.protocol == "online" and name == "train":  # un-augmented, for the k-NN heads alone
+                token_sets[name], n = extract_tokens(backbone, splits.train, sorted({t for _, t in knn_taps(
+                    knn_specs, backbone.depth)}), batch_size=extract_batch, device=device)
+            elif plan.protocol == "cached":  # written once to the token cache, reused by later sweeps
                 split = f"train-first{plan.limit_train}" if name == "train" and plan.limit_train else name
-                token_sets[name], n = cached_tokens(backbone, dataset, split, getattr(splits, name), bank.taps,
+                token_sets[name], n = cached_tokens(backbone, dataset, split, getattr(splits, name), taps,
                                                     cache_dir=plan.cache_dir, batch_size=extract_batch,
-                                                    device=device, summary_prefix=summary_prefix)
+                                                    device=device, summary_prefix=backbone.num_prefix_tokens,
+                                                    summarise=[t for t, summary in layouts.items() if summary])
             else:
-                token_sets[name], n = extract_tokens(backbone, getattr(splits, name), bank.taps,
+                token_sets[name], n = extract_tokens(backbone, getattr(splits, name), taps,
                                                      batch_size=extract_batch, device=device)
             extract_s += time.perf_counter() - t
             extracted += n
         passes, test_labels = extracted, token_sets["test"].labels.numpy()
-        if plan.protocol == "online":
+        trained_outcomes = bank.outcomes
+        if bank.live() and plan.protocol == "online":
             augmented = load_splits(dataset, backbone.entry, augment=True, download=plan.download,
                                     limit_train=plan.limit_train).train
             loader = online_loader(augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
@@ -89,15 +104,24 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
             if device.type == "cuda":  # JPEG decode and augmentation on the GPU, where the dataset has files
                 loader = on_device(loader, augmented, backbone.entry, device) or loader
             with head_matmuls(device):
-                outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
-                                           epochs=plan.epochs, device=device, forward_chunk=extract_batch,
-                                           on_epoch=on_epoch)
+                trained_outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
+                                                   epochs=plan.epochs, device=device, forward_chunk=extract_batch,
+                                                   on_epoch=on_epoch)
             passes += n
-        else:
+        elif bank.live():
             with head_matmuls(device):
-                outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
-                                        epochs=plan.epochs, batch_size=plan.batch_size, device=device,
-                                        on_epoch=on_epoch)
+                trained_outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
+                                                epochs=plan.epochs, batch_size=plan.batch_size, device=device,
+                                                on_epoch=on_epoch)
+        for i, outcome in zip(trained, trained_outcomes):
+            outcomes[i] = outcome
+        if knn_specs:
+            dims = lambda blocks: head_dims(backbone.embed_dim, backbone.num_heads, backbone.num_prefix_tokens,
+                                            num_registers=backbone.num_registers, num_blocks=blocks)
+            for i, outcome in zip(untrained, evaluate_knn(knn_specs, token_sets["train"], token_sets["val"],
+                                                          token_sets["test"], dims=dims, depth=backbone.depth,
+                                                          num_classes=splits.num_classes, device=device)):
+                outcomes[i] = outcome
     shared = {
         **trial_columns(plan, backbone.entry, started), "weights_sha256": backbone.weights_sha256,
         "num_classes": splits.num_classes, "train_size": sizes["train"], "val_size": sizes["val"],
@@ -114,26 +138,37 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
     return rows, curves, predictions
 
 
-def make_bank(plan: TrialPlan, backbone: Backbone, splits: Splits, device: torch.device) -> HeadBank:
-    """The head bank of a trial: every head of the plan, sized for the backbone's tokens and the train split."""
+def head_specs(plan: TrialPlan) -> list[HeadSpec]:
+    """Every head of the plan with its registry entry."""
     registry = load_registry()
-    specs = [HeadSpec(h.head_id, h.config_hash, registry.aggregator(h.aggregator), h.options, h.optimizer, h.lr,
-                      h.wd, h.seed, h.training()) for h in plan.heads]
+    return [HeadSpec(h.head_id, h.config_hash, registry.aggregator(h.aggregator), h.options, h.optimizer, h.lr,
+                     h.wd, h.seed, h.training(), h.layer) for h in plan.heads]
+
+
+def make_bank(plan: TrialPlan, specs: list[HeadSpec], backbone: Backbone, splits: Splits,
+              device: torch.device) -> HeadBank:
+    """The head bank of a trial's trained heads, sized for the backbone's tokens and the train split."""
     n = len(splits.train)
     return HeadBank(specs, embed_dim=backbone.embed_dim, num_heads=backbone.num_heads,
                     num_prefix_tokens=backbone.num_prefix_tokens, num_classes=splits.num_classes,
                     batch_size=plan.batch_size, shared_order=plan.protocol == "online",
                     total_steps=total_steps(n, plan.batch_size, plan.epochs),
-                    warmup_steps=warmup_steps(n, plan.batch_size, plan.warmup_epochs), device=device)
+                    warmup_steps=warmup_steps(n, plan.batch_size, plan.warmup_epochs), device=device,
+                    depth=backbone.depth, num_registers=backbone.num_registers)
 
 
 def head_row(shared: dict, head: HeadPlan, aggregator: AggregatorEntry, outcome: HeadOutcome) -> dict:
     """One results-store row: the trial's shared columns plus this head's configuration and outcome."""
+    swept = () if kinds()[aggregator.kind].trained else SWEPT_OPTIONS
     return {
         **shared, "config_hash": head.config_hash, "head_id": head.head_id, "aggregator": head.aggregator,
-        "aggregator_kind": aggregator.kind, "aggregator_options": json.dumps(head.options, sort_keys=True),
-        "token_tap": aggregator.tap, "optimizer": head.optimizer, "recipe": head.recipe_label(), "lr": head.lr,
-        "wd": head.wd, "seed": head.seed, "status": outcome.status, "error": outcome.error,
+        "aggregator_kind": aggregator.kind, "token_tap": aggregator.tap, "layer": head.layer,
+        # options swept like an lr (k-NN's k and T) stay out of aggregator_options, which selection keeps apart
+        "aggregator_options": json.dumps({k: v for k, v in head.options.items() if k not in swept}, sort_keys=True),
+        "swept_options": json.dumps({k: v for k, v in head.options.items() if k in swept}, sort_keys=True),
+        "optimizer": head.optimizer,
+        "recipe": head.recipe_label(), "lr": head.lr, "wd": head.wd, "seed": head.seed, "status": outcome.status,
+        "error": outcome.error,
         "diverged_step": outcome.diverged_step, "val_top1": outcome.val_top1, "val_top5": outcome.val_top5,
         "test_top1": outcome.test_top1, "test_top5": outcome.test_top5, "train_loss": outcome.train_loss,
     }

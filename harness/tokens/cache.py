@@ -20,7 +20,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from harness.tokens.space import ensure_cache_space, predict_cache_bytes
+from harness.tokens.space import SUMMARY_TOKEN_BYTES, TOKEN_BYTES, ensure_cache_space, predict_cache_bytes
 from harness.config import safe_name, setting
 from harness.data.splits import transform_key
 from harness.errors import HarnessError
@@ -102,20 +102,20 @@ def summary_tokens(tokens: torch.Tensor, num_prefix: int) -> torch.Tensor:
 
 class _Writer:
     """Copies each batch's stored tokens (`store_dtype`) out of the device one batch late, so the host never waits on
-    a batch it just launched: the copy into pinned memory and the non-finite check of batch k run while batch k+1 computes.
-    With `summary_prefix` set it stores `summary_tokens` instead of every token."""
+    a batch it just launched: the copy into pinned memory and the non-finite check of batch k run while batch k+1
+    computes. Taps in `summary` (tap -> prefix-token count) are stored as `summary_tokens` instead of every token."""
 
     def __init__(self, backbone: TokenBackbone, taps: tuple[str, ...], n: int, allocate: Allocate,
-                 summary_prefix: int | None = None):
+                 summary: dict[str, int]):
         self.backbone, self.taps, self.n, self.allocate = backbone, taps, n, allocate
-        self.summary_prefix = summary_prefix
+        self.summary = summary
         self.out: dict[str, torch.Tensor] = {}
         self.pending: tuple | None = None
 
     def push(self, feats: dict[str, torch.Tensor], start: int) -> None:
-        if self.summary_prefix is not None:
-            feats = {tap: summary_tokens(feats[tap], self.summary_prefix) for tap in self.taps}
-        halves = {tap: feats[tap].to(store_dtype(self.summary_prefix)) for tap in self.taps}
+        feats = {tap: summary_tokens(feats[tap], self.summary[tap]) if tap in self.summary else feats[tap]
+                 for tap in self.taps}
+        halves = {tap: feats[tap].to(store_dtype(self.summary.get(tap))) for tap in self.taps}
         finite = torch.stack([torch.isfinite(h).all() for h in halves.values()])
         amax = torch.stack([feats[tap].detach().abs().amax().float() for tap in self.taps])
         device = finite.device
@@ -138,7 +138,7 @@ class _Writer:
             event.synchronize()
         for tap, ok, biggest in zip(self.taps, finite.tolist(), amax.tolist()):
             if not ok:
-                kind = str(store_dtype(self.summary_prefix)).removeprefix("torch.")
+                kind = str(store_dtype(self.summary.get(tap))).removeprefix("torch.")
                 raise HarnessError(f"tap '{tap}' of backbone {self.backbone.entry.name!r} has values that are not "
                                    f"finite in {kind} (max |x| = {biggest:.4g}); accepted: tokens within {kind} "
                                    "range (float16: |x| < 65504).")
@@ -150,7 +150,7 @@ class _Writer:
 
 def _run_backbone(backbone: TokenBackbone, dataset: Dataset, taps: tuple[str, ...], *, batch_size: int,
                   device: torch.device, num_workers: int | None, allocate: Allocate,
-                  channels_last: bool = False, summary_prefix: int | None = None) -> tuple[TokenSet, int]:
+                  channels_last: bool = False, summary: dict[str, int] | None = None) -> tuple[TokenSet, int]:
     """One forward per batch for all taps; each tap's stored tokens land in the tensor `allocate` returns.
 
     Fast where it runs: bf16 autocast and pinned, asynchronous host-to-device copies on CUDA, loader workers
@@ -164,7 +164,7 @@ def _run_backbone(backbone: TokenBackbone, dataset: Dataset, taps: tuple[str, ..
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     autocast = backbone_autocast(device)
-    writer = _Writer(backbone, taps, n, allocate, summary_prefix)
+    writer = _Writer(backbone, taps, n, allocate, summary or {})
     labels = torch.empty(n, dtype=torch.int64)
     done, report_every = 0, max(1, len(loader) // 10)
     with torch.inference_mode():
@@ -297,12 +297,13 @@ def _publish(tmp: Path, final: Path, tokens: np.memmap, labels: torch.Tensor, ke
 
 def cached_tokens(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_name: str, dataset: Dataset,
                   taps: Sequence[str], *, cache_dir: Path | None, batch_size: int, device: torch.device | str,
-                  num_workers: int | None = None, summary_prefix: int | None = None) -> tuple[TokenSet, int]:
+                  num_workers: int | None = None, summary_prefix: int | None = None,
+                  summarise: Collection[str] | None = None) -> tuple[TokenSet, int]:
     """Tokens of one split from the cache, extracting (once, all missing taps together) what is not there.
 
     `dataset` must be the un-augmented split (the `cached` protocol); `cache_dir` None means
     `setting("cache_dir")` (HARNESS_CACHE_DIR); `summary_prefix` (the backbone's prefix-token count) keeps only
-    `summary_tokens`, enough for [cls] and mean heads. Returns the tokens, memory-mapped, and the number of
+    `summary_tokens` of the taps in `summarise` (None: of every tap), enough for [cls] and mean heads. Returns the tokens, memory-mapped, and the number of
     images passed through the backbone: 0 when every tap was already cached.
     """
     if getattr(dataset, "augment", False):
@@ -310,11 +311,12 @@ def cached_tokens(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_na
     cache_dir = Path(cache_dir) if cache_dir is not None else setting("cache_dir")
     taps = tuple(dict.fromkeys(taps))
     precision = extraction_precision(torch.device(device))
-    keys = {tap: cache_key(backbone, dataset_entry, split_name, len(dataset), tap, precision, summary_prefix)
+    summary = {} if summary_prefix is None else {t: summary_prefix for t in taps if summarise is None or t in summarise}
+    keys = {tap: cache_key(backbone, dataset_entry, split_name, len(dataset), tap, precision, summary.get(tap))
             for tap in taps}
     paths = {tap: cache_entry_dir(cache_dir, keys[tap]) for tap in taps}
     found = {tap: _open_entry(paths[tap], keys[tap]) for tap in taps}
-    missing = tuple(tap for tap in taps if found[tap] is None)
+    missing = tuple(sorted((tap for tap in taps if found[tap] is None), key=lambda t: t in summary))
     passes = 0
     if missing:
         folder = paths[missing[0]].parent
@@ -326,8 +328,10 @@ def cached_tokens(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_na
 
         def allocate(tap: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
             kind = np.dtype(str(dtype).removeprefix("torch."))
-            if not arrays:
-                ensure_cache_space(cache_dir, predict_cache_bytes(shape[0], shape[1], shape[2], missing, kind.itemsize))
+            if not arrays:  # every missing tap in its layout; the first allocated is a full one if any is
+                ensure_cache_space(cache_dir, sum(predict_cache_bytes(
+                    shape[0], summary[t] + 1 if t in summary else shape[1], shape[2], [t],
+                    SUMMARY_TOKEN_BYTES if t in summary else TOKEN_BYTES) for t in missing))
             tmps[tap].mkdir()
             arrays[tap] = np.lib.format.open_memmap(tmps[tap] / "tokens.npy", mode="w+", dtype=kind, shape=shape)
             return torch.from_numpy(arrays[tap])
@@ -335,7 +339,8 @@ def cached_tokens(backbone: TokenBackbone, dataset_entry: DatasetEntry, split_na
         try:
             extracted, passes = _run_backbone(backbone, dataset, missing, batch_size=batch_size,
                                               device=torch.device(device), num_workers=num_workers,
-                                              allocate=allocate, summary_prefix=summary_prefix)
+                                              allocate=allocate, summary={t: summary[t] for t in missing
+                                                                          if t in summary})
             for tap in missing:
                 _publish(tmps[tap], paths[tap], arrays[tap], extracted.labels, keys[tap])
         finally:

@@ -29,6 +29,18 @@ def summary_only(names: Iterable[str]) -> bool:
     instead of all (ViT-B/16: 2 of 197)."""
     names = set(names)
     return bool(names) and all(kinds()[n].summary_only for n in names)
+
+
+
+def summary_taps(reads: Iterable[tuple[str, str]]) -> dict[str, bool]:
+    """tap -> whether it is stored in the summary layout, from the (aggregator kind, tap) pairs a trial's heads read:
+    a tap is summarised when every head reading it is of a summary kind, whatever the other taps' heads are."""
+    names: dict[str, set[str]] = {}
+    for kind, tap in reads:
+        names.setdefault(tap, set()).add(kind)
+    return {tap: summary_only(k) for tap, k in sorted(names.items())}
+
+
 def predict_cache_bytes(num_images: int, num_tokens: int, embed_dim: int, taps: Sequence[str],
                         token_bytes: int = TOKEN_BYTES) -> int:
     """Bytes on disk for one split's cache entries, one per tap (tokens, labels, headers, meta); an upper bound."""

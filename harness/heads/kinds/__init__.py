@@ -19,8 +19,11 @@ Kind fields:
 - `needs_cls`: a backbone without a [cls] token gets NotApplicable (recorded as such, never replaced).
 - `summary_only`: reads only the prefix tokens and the patch-token mean, so a cached trial whose heads are all
   such kinds stores `num_prefix + 1` tokens per image instead of all of them.
-- `batchnorm`, `linear_std`: the head around the pooler, BatchNorm1d(affine=False) or none, and the linear
-  layer's init (trunc_normal std, zero bias; None keeps PyTorch's default).
+- `batchnorm`, `linear_std`: the head around the pooler, BatchNorm1d(affine=False) or none (a `batchnorm` option,
+  where a kind declares one, overrides it), and the linear layer's init (trunc_normal std, zero bias; None keeps
+  PyTorch's default).
+- `trained`: False for a readout that trains nothing (k-NN): the grid gives it no optimizer or lr, the bank never
+  holds it, and `pooler` builds the features it reads.
 - `refuse`: `refuse(opts, num_patches, width) -> why | None`, for a kind whose official module cannot read some
   backbones (a fixed position table, a width split into a fixed number of heads); the plan refuses such a
   combination before anything runs (either size may be None where the registry does not say).
@@ -66,21 +69,37 @@ def choice(*values: str) -> Option:
 
 
 FLAG_FALSE = Option(False, "true or false", lambda v: isinstance(v, bool))
-CONTENT = choice("patch", "all")  # "patch": prefix tokens dropped before pooling; "all": pooled with the patches
+# "patch": prefix tokens ([cls], registers) dropped before pooling; "all": pooled with the patches;
+# "patch+registers": the register tokens pooled with the patches, [cls] dropped
+CONTENT = choice("patch", "all", "patch+registers")
+BATCHNORM = Option(True, "true or false (false: the Linear layer on the features alone, as DINOv2's linear heads)",
+                   lambda v: isinstance(v, bool))
 
 
 @dataclass(frozen=True)
 class Dims:
-    """What a pooler may know of the backbone; `patch_grid` (rows, cols) is None where the caller does not know it."""
+    """What a pooler may know of the backbone; `patch_grid` (rows, cols) is None where the caller does not know it.
+
+    `embed_dim` is the width of the tokens the head reads: `block_width` x the number of blocks it concatenates.
+    Of the `num_prefix_tokens`, the last `num_registers` are register (DINOv3: storage) tokens, the first [cls].
+    """
 
     embed_dim: int
     num_heads: int
     num_prefix_tokens: int
     patch_grid: tuple[int, int] | None = None
+    num_registers: int = 0
+    block_width: int | None = None  # None: one block, embed_dim
+
+    @property
+    def num_cls(self) -> int:
+        return self.num_prefix_tokens - self.num_registers
 
     def skip(self, opts: dict[str, Any]) -> int:
-        """Leading tokens a pooler drops: the prefix tokens unless its `content` option is "all"."""
-        return self.num_prefix_tokens if opts.get("content", "patch") == "patch" else 0
+        """Leading tokens a pooler drops: by its `content` option, every prefix token ("patch"), none ("all"), or
+        the [cls] token only ("patch+registers")."""
+        return {"patch": self.num_prefix_tokens, "all": 0,
+                "patch+registers": self.num_cls}[opts.get("content", "patch")]
 
 
 @dataclass(frozen=True)
@@ -92,6 +111,7 @@ class Kind:
     summary_only: bool = False
     batchnorm: bool = True
     linear_std: float | None = LINEAR_STD
+    trained: bool = True
     refuse: Callable[[dict[str, Any], int | None, int | None], str | None] | None = None
 
     def build_pooler(self, dims: Dims, opts: dict[str, Any]) -> tuple[Any, int]:
@@ -110,9 +130,12 @@ def square_grid(kind: str) -> Callable[[dict[str, Any], int | None, int | None],
 BUILTIN = (  # in the order listings and error messages show them
     "cls",
     "mean",
+    "cls_mean",
+    "registers",
     "abmilp",
     "query",
     "ep",
+    "knn",
     # efficient probing's other poolings (billpsomas/efficient-probing `--cls_features <name>`)
     "simpool",
     "esimpool",
