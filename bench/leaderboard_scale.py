@@ -54,9 +54,9 @@ def trial_rows(backbone: str, dataset: str, protocol: str, rng: np.random.Genera
             "random_init": backbone.startswith("demo"), "weights_sha256": "0" * 64, "dataset": dataset,
             "num_classes": 10, "train_size": 50000, "val_size": 5000, "test_size": 10000, "split_seed": 0,
             "aggregator": agg, "aggregator_kind": agg, "aggregator_options": "{}", "token_tap": "norm", "layer": "-1",
-            "swept_options": "{}",
-            "protocol": protocol, "optimizer": "lars", "lr": lr, "wd": wd, "epochs": 90, "batch_size": 1024,
-            "seed": seed, "claim_margin": 0.5, "status": status, "error": "",
+            "swept_options": "{}", "protocol": protocol, "optimizer": "lars", "recipe": "", "lr": lr, "wd": wd,
+            "epochs": 90, "batch_size": 1024, "warmup_epochs": 10, "seed": seed, "claim_margin": 0.5,
+            "status": status, "error": "",
             "diverged_step": 100 if status == "diverged" else None,
             "val_top1": float(acc) if ok else None, "val_top5": 95.0 if ok else None,
             "test_top1": float(acc + rng.normal(0, 0.5)) if ok else None, "test_top5": 95.0 if ok else None,
@@ -92,7 +92,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "leaderboard_scale.json")
     parser.add_argument("--root", type=Path, help="keep the store here (reused if it has rows; default: temporary)")
     args = parser.parse_args()
-    from harness.report.claim import claim_analysis, claim_html, claim_markdown
+    from harness.report.claim import claim_analysis
+    from harness.report.claim_pages import claim_html, claim_markdown
     from harness.report.leaderboard import COLUMNS, markdown_page, write_leaderboards
     from harness.report.html import html_page
     from harness.report.boards import build_boards

@@ -40,12 +40,18 @@ def _arch(e) -> str:
     return e.arch + (f" shrunk to {', '.join(f'{k} {v}' for k, v in shrunk.items())}" if shrunk else "")
 
 
+def _weights(e) -> str:
+    """Where a backbone's weights come from; a `timm` entry says it is not checked against the official code."""
+    if e.family == "timm":
+        return "loaded by timm, not checked against the official code" + (f"; WARNING: {e.warning}" if e.warning else "")
+    return "random-init (demo)" if e.random_init else ("manual download" if e.manual_download else "url")
+
+
 def _list_rows(kind: str, reg) -> tuple[list[str], list[list[str]]]:
     if kind == "backbones":
         return ["name", "family", "arch", "input", "[cls]", "weights"], [
             [e.label, e.family, _arch(e), f"{e.img_size}px /{e.patch_size}", "yes" if e.class_token else "no",
-             "random-init (demo)" if e.random_init else ("manual download" if e.manual_download else "url")]
-            for e in sorted(reg.backbones.values(), key=lambda e: (e.family, e.name))]
+             _weights(e)] for e in sorted(reg.backbones.values(), key=lambda e: (e.family, e.name))]
     if kind == "aggregators":
         return ["name", "kind", "tap", "description"], [
             [e.name, e.kind, e.tap, e.description] for e in reg.aggregators.values()]

@@ -21,6 +21,7 @@ _SETTINGS = {
     "cache_dir": ("HARNESS_CACHE_DIR", "~/.cache/harness/tokens"),
     "results_dir": ("HARNESS_RESULTS_DIR", "results"),
     "weights_lock": ("HARNESS_WEIGHTS_LOCK", "~/.cache/harness/weights.lock.json"),
+    "timm_configs": ("HARNESS_TIMM_CONFIGS", "~/.cache/harness/timm-configs"),  # timm entries' configuration cache
 }
 
 

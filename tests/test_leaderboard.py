@@ -244,3 +244,13 @@ def test_best_in_row_only_beyond_the_uncertainty(registry):
     cells = board.rows[0].cells
     assert cells["mean"].best and not cells["mean"].tied and not cells["cls"].best and not cells["cls"].tied
     assert not cells["mean"].edge and cells["mean"].text() == "75.10 ± 0.10 (n=3)"
+
+
+def test_an_aggregator_run_under_two_recipes_in_one_grid_gets_a_column_each(registry):
+    rows = _hand() + [dict(r, recipe="mae-linprobe", config_hash=r["config_hash"] + "r") for r in _hand()
+                      if r["aggregator"] == "mean"]
+    (board,) = build_boards(pd.DataFrame(rows), registry)
+    assert board.aggregators[0] == "cls" and len(board.aggregators) == 3
+    alone = build_boards(pd.DataFrame(_hand()), registry)[0].rows[0].cells["mean"]
+    assert [c.mean for a, c in board.rows[0].cells.items() if a.startswith("mean")] == [alone.mean] * 2
+    assert any("mae-linprobe" in a for a in board.aggregators)

@@ -320,3 +320,33 @@ def test_cls_mean_over_last_blocks_reproduces_dinov2_linear_heads():
             logits[heads[i]["name"]] = out[slot]
     for name, expected in traj["eval_logits"].items():
         assert (logits[name] - expected).abs().max() <= tol["eval_logits_atol"], name
+
+
+# ------------------------------------------------------------------------------------------------ boards
+
+
+def test_boards_show_knn_the_selected_layer_and_accuracy_against_layer():
+    from harness.registry import load_registry
+    from harness.report.boards import build_boards
+    from harness.report.html import html_page
+    from harness.report.leaderboard import markdown_page
+
+    rows = []
+    for seed in (0, 1):
+        for layer, acc in (("-1", 60.0), ("0", 40.0), ("last2", 70.0)):
+            for lr, shift in ((0.1, 0.0), (1.0, -5.0)):
+                rows.append(make_row(aggregator="cls", seed=seed, layer=layer, lr=lr, val_top1=acc + shift + seed,
+                                     test_top1=acc + shift))
+    for k, acc in ((10, 55.0), (20, 58.0)):
+        rows.append(make_row(aggregator="knn", aggregator_kind="knn", optimizer="none", lr=0.0,
+                             swept_options=json.dumps({"k": k, "T": 0.07}), val_top1=acc, test_top1=acc))
+    (board,) = build_boards(pd.DataFrame(rows), load_registry())
+    assert board.aggregators == ("cls", "knn")
+    cells = board.rows[0].cells
+    assert cells["cls"].picks[0].text().startswith("seed 0: lr 0.1, wd 0, layer last2, val 70.00, test 70.00")
+    assert cells["knn"].picks[0].text().startswith("seed 0: k 20, T 0.07, val 58.00") and not cells["knn"].edge
+    (curve,) = board.layer_curves
+    assert (curve.aggregator, curve.layers, curve.test_top1) == ("cls", ("0", "-1", "last2"), (40.0, 60.0, 70.0))
+    page = html_page([board], "")
+    assert "top-1 vs layer" in page and page.count('class="plot layer-plot"') == 1
+    assert "cls: 0 40.00, -1 60.00, last2 70.00" in markdown_page([board], "")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from harness.heads.recipes import RECIPES, Recipe, resolve
 from harness.registry import AggregatorEntry, load_registry
 from harness.run.plan import expand
 from harness.run.trial import run_trial
+from harness.tokens.layers import DEFAULT_LAYER, tap_name
 from conftest import manifests
 from single_thread import one_thread  # noqa: F401 (autouse fixture)
 
@@ -37,8 +38,7 @@ class Case:
     embed_dim: int
     num_heads: int = 1
     head_name: str | None = None  # DINOv2: the head's name in its dict-valued entries
-    inputs: tuple[str, ...] = ("train_tokens", "eval_tokens")
-    features: dict = field(default_factory=dict)
+    layer: str = DEFAULT_LAYER  # the blocks it reads (DINOv2: "last<n>")
 
 
 _BN_LINEAR = {"0.": "norm.", "1.": "linear."}
@@ -101,8 +101,8 @@ def _vjepa(m: dict, variant: str) -> list[Case]:
 
 
 def _dinov2(m: dict, variant: str) -> list[Case]:
-    """Each head reads the [cls] tokens of the last n blocks (oldest first), then the last block's patch mean if
-    avgpool; given to a `cls` head as a one-token input until a multi-block readout exists."""
+    """Each head reads the [cls] tokens of the last n blocks (oldest first), then, if avgpool, the last block's
+    patch mean: a `cls` or `cls_mean` head on layer "last<n>"; all of them in one bank, as DINOv2 trains them."""
     hp = m["hyperparameters"]
     assert hp["SGD"] == {"momentum": 0.9, "weight_decay": 0, "dampening": 0, "nesterov": False}
     assert hp["max_iter"] == m["sizes"]["K"]
@@ -111,9 +111,9 @@ def _dinov2(m: dict, variant: str) -> list[Case]:
     for head in m["variants"][variant]["heads"]:
         base = next(lr for lr in hp["learning_rates"] if abs(lr * hp["batch_size"] / 256 - head["lr_scaled"]) < 1e-12)
         prefix = f"classifiers_dict.{head['name']}."
-        cases.append(Case(recipe, "cls", {}, base, 0.0, 0, {prefix + "linear.": "linear."}, head["out_dim"],
-                          head_name=head["name"], inputs=("train_blocks", "eval_blocks"),
-                          features={"n_blocks": head["use_n_blocks"], "avgpool": head["use_avgpool"]}))
+        cases.append(Case(recipe, "cls_mean" if head["use_avgpool"] else "cls", {}, base, 0.0, 0,
+                          {prefix + "linear.": "linear."}, m["sizes"]["D"], head_name=head["name"],
+                          layer=f"last{head['use_n_blocks']}"))
     return cases
 
 
@@ -123,10 +123,13 @@ CASES = [(path, variant) for path in manifests("recipe")
          for variant in json.loads(path.read_text())["variants"]]
 
 
-def _dinov2_input(blocks: torch.Tensor, n_blocks: int, avgpool: bool) -> torch.Tensor:
-    """DINOv2 create_linear_input as a (B, 1, D') token tensor: last n blocks' [cls], then the last patch mean."""
-    parts = [b[:, 0] for b in blocks[-n_blocks:]] + ([blocks[-1][:, 1:].mean(1)] if avgpool else [])
-    return torch.cat(parts, dim=-1).unsqueeze(1)
+def _taps(data: dict, split: str) -> tuple[dict[str, torch.Tensor], int]:
+    """The fixture's tokens of `split` under the bank's tap names, and the number of blocks they come from: the
+    last block only, or (DINOv2) each of the last blocks, after the final norm as get_intermediate_layers gives."""
+    if f"{split}_blocks" not in data:
+        return {"norm": data[f"{split}_tokens"], "prenorm": data[f"{split}_tokens"]}, 1
+    blocks = data[f"{split}_blocks"]
+    return {tap_name(b, True, len(blocks)): x for b, x in enumerate(blocks)}, len(blocks)
 
 
 def _ours(key: str, keys: dict[str, str | None]) -> str | None:
@@ -142,35 +145,49 @@ def _same_linear_init(ours: dict, official: dict) -> None:
     assert bool(ours["linear.bias"].any()) == bool(official["linear.bias"].any()), "zero bias or PyTorch's default"
 
 
-def _specs(case: Case) -> list[HeadSpec]:
-    """The head under test, a neighbour in its stack at another lr, and heads of other kinds and recipes."""
-    agg = AggregatorEntry(case.kind, case.kind, "norm")
-    others = [HeadSpec("other-recipe", "o1", AggregatorEntry("cls", "cls", "norm"), {}, "adamw", 1e-3, 0.05, 0),
-              HeadSpec("no-recipe", "o2", agg, case.options, "sgd", 0.3, 0.0, 0)]
-    return [HeadSpec("under-test", "t", agg, case.options, case.recipe.optimizer, case.lr, case.wd, 0, case.recipe),
-            HeadSpec("neighbour", "n", agg, case.options, case.recipe.optimizer, case.lr * 0.5, case.wd, 0,
-                     case.recipe), *others]
+def _spec(case: Case, name: str, lr: float, recipe: Recipe | None = None, optimizer: str = "") -> HeadSpec:
+    return HeadSpec(name, name, AggregatorEntry(case.kind, case.kind, "norm"), case.options,
+                    optimizer or case.recipe.optimizer, lr, case.wd, 0, recipe, case.layer)
 
 
-def _run(folder: Path, variant: str, cases: list[Case], m: dict) -> None:
+def _specs(cases: list[Case]) -> list[HeadSpec]:
+    """The heads under test first, then a neighbour in the first one's stack at another lr, and heads of other
+    kinds and recipes."""
+    first = cases[0]
+    return [*(_spec(c, f"under-test-{i}", c.lr, c.recipe) for i, c in enumerate(cases)),
+            _spec(first, "neighbour", first.lr * 0.5, first.recipe), _spec(first, "no-recipe", 0.3, optimizer="sgd"),
+            HeadSpec("other-recipe", "o", AggregatorEntry("cls", "cls", "norm"), {}, "adamw", 1e-3, 0.05, 0)]
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float, what: str) -> None:
+    err = (actual - expected).abs().max().item()
+    assert err <= atol, f"{what}: max |diff| {err:.3g} > {atol:g}"
+
+
+def _run(folder: Path, variant: str, cases: list[Case], m: dict, alone: bool = False) -> None:
+    """Every head of `cases` trained in one bank beside other heads (none if `alone`); each follows its own
+    trajectory."""
     sizes, tol = m["sizes"], m["tolerance"]
     data = torch.load(folder / "data.pt", weights_only=True)
     traj = torch.load(folder / m["variants"][variant]["file"], weights_only=True)
     steps = sizes["K"]
     for name, value in traj.get("fixed_modules", {}).items():  # MAE's global-pool LayerNorm: weight 1, bias 0
         assert torch.equal(value, torch.ones_like(value) if name.endswith("weight") else torch.zeros_like(value))
-    for column, case in enumerate(cases):
-        def pick(entry):  # DINOv2 stores one entry per head
-            return entry[case.head_name] if case.head_name else entry
+    train, depth = _taps(data, "train")
+    evaluation, _ = _taps(data, "eval")
+    warmups = {c.warmup_steps for c in cases}
+    assert len(warmups) == 1
+    specs = [_spec(c, f"under-test-{i}", c.lr, c.recipe) for i, c in enumerate(cases)] if alone else _specs(cases)
+    bank = HeadBank(specs, embed_dim=cases[0].embed_dim, num_heads=cases[0].num_heads,
+                    num_prefix_tokens=sizes["T"] - sizes["n_patch_tokens"], num_classes=sizes["C"],
+                    batch_size=sizes["B"], total_steps=steps, warmup_steps=warmups.pop(), depth=depth)
+    assert len(bank.live()) == len(bank.specs)
 
-        train, evaluation = (data[case.inputs[0]], data[case.inputs[1]])
-        if case.features:
-            train, evaluation = (_dinov2_input(x, **case.features) for x in (train, evaluation))
-        prefix_tokens = sizes["T"] - sizes["n_patch_tokens"] if not case.features else 1
-        bank = HeadBank(_specs(case), embed_dim=case.embed_dim, num_heads=case.num_heads,
-                        num_prefix_tokens=prefix_tokens, num_classes=sizes["C"], batch_size=sizes["B"],
-                        total_steps=steps, warmup_steps=case.warmup_steps)
-        state = bank.head_state(0)
+    def pick(entry, case: Case):  # DINOv2 stores one entry per head
+        return entry[case.head_name] if case.head_name else entry
+
+    for i, case in enumerate(cases):
+        state = bank.head_state(i)
         mine = [k for k in traj["init"] if k.startswith(tuple(case.keys))]
         assert case.head_name or len(mine) == len(traj["init"]), "every official key is mapped"
         init = {_ours(k, case.keys): traj["init"][k] for k in mine}
@@ -180,40 +197,40 @@ def _run(folder: Path, variant: str, cases: list[Case], m: dict) -> None:
                 if name is not None and value.is_floating_point():
                     state[name].copy_(value)
         assert {n for n in init if n is not None} == set(state), "every parameter of the head is loaded"
-        eval_batch = {"norm": evaluation, "prenorm": evaluation}
-
-        def close(actual: torch.Tensor, expected: torch.Tensor, atol: float, what: str) -> None:
-            err = (actual - expected).abs().max().item()
-            assert err <= atol, f"{what}: max |diff| {err:.3g} > {atol:g}"
-
-        close(bank.logits(0, eval_batch), pick(traj["eval_logits_init"]), tol["eval_logits_atol"], "eval_logits_init")
-        lrs = traj["lr"][:, column] if traj["lr"].dim() == 2 else traj["lr"]
-        losses = traj["loss_per_head"][:, column] if case.head_name else traj["loss"]
-        losses = losses.view(steps, -1)
-        for s in range(1, steps + 1):
-            idx = data["batch_order"][s - 1]
-            bank.step({"norm": train[idx], "prenorm": train[idx]}, data["train_labels"][idx])
-            used = bank.last_step(0)
-            assert abs(used["lr"] - lrs[s - 1].item()) <= tol["lr_rel"] * max(abs(lrs[s - 1].item()), 1e-12), s
+        _close(bank.logits(i, evaluation), pick(traj["eval_logits_init"], case), tol["eval_logits_atol"],
+               f"{case.head_name or variant}: eval_logits_init")
+    lrs = traj["lr"].view(steps, -1)  # one column per head (DINOv2), else one
+    losses = traj["loss_per_head"] if cases[0].head_name else traj["loss"].view(steps, -1)
+    for s in range(1, steps + 1):
+        idx = data["batch_order"][s - 1]
+        bank.step({tap: x[idx] for tap, x in train.items()}, data["train_labels"][idx])
+        for i, case in enumerate(cases):
+            used, what = bank.last_step(i), f"{case.head_name or variant} at step {s}"
+            expected_lr = lrs[s - 1, i if case.head_name else 0].item()
+            assert abs(used["lr"] - expected_lr) <= tol["lr_rel"] * max(abs(expected_lr), 1e-12), what
             if "wd" in traj:
                 wd_decayed, wd_excluded = traj["wd"][s - 1].tolist()
                 assert wd_excluded == 0.0
-                assert abs(used["wd"] - wd_decayed) <= tol["lr_rel"] * max(abs(wd_decayed), 1e-12), s
-            close(torch.tensor(used["losses"]), losses[s - 1], tol["loss_atol"], f"loss at step {s}")
-            if s in sizes["checkpoint_steps"]:
-                state = bank.head_state(0)
-                for key, expected in traj[f"step_{s}"].items():
-                    if not key.startswith(tuple(case.keys)):
-                        continue
-                    name = _ours(key, case.keys)
-                    if name is None:  # never applied by the official head: it must never have changed
-                        assert torch.equal(expected, traj["init"][key]), key
-                    elif expected.is_floating_point():
-                        close(state[name], expected, tol["params_atol"], f"{key} after step {s}")
-                    else:
-                        assert state[name].item() == expected.item(), f"{key} after step {s}"
-        close(bank.logits(0, eval_batch), pick(traj["eval_logits"]), tol["eval_logits_atol"], "eval_logits")
-        assert len(bank.live()) == len(bank.specs)
+                assert abs(used["wd"] - wd_decayed) <= tol["lr_rel"] * max(abs(wd_decayed), 1e-12), what
+            expected_loss = losses[s - 1, i] if case.head_name else losses[s - 1]
+            _close(torch.tensor(used["losses"]).view(-1), expected_loss.view(-1), tol["loss_atol"], f"loss, {what}")
+            if s not in sizes["checkpoint_steps"]:
+                continue
+            state = bank.head_state(i)
+            for key, expected in traj[f"step_{s}"].items():
+                if not key.startswith(tuple(case.keys)):
+                    continue
+                name = _ours(key, case.keys)
+                if name is None:  # never applied by the official head: it must never have changed
+                    assert torch.equal(expected, traj["init"][key]), key
+                elif expected.is_floating_point():
+                    _close(state[name], expected, tol["params_atol"], f"{key} after step {s}")
+                else:
+                    assert state[name].item() == expected.item(), f"{key} after step {s}"
+    for i, case in enumerate(cases):
+        _close(bank.logits(i, evaluation), pick(traj["eval_logits"], case), tol["eval_logits_atol"],
+               f"{case.head_name or variant}: eval_logits")
+    assert len(bank.live()) == len(bank.specs)
 
 
 @pytest.mark.parametrize("folder,variant", [(p.parent, v) for p, v in CASES],
@@ -221,6 +238,15 @@ def _run(folder: Path, variant: str, cases: list[Case], m: dict) -> None:
 def test_recipe_follows_the_official_trajectory(folder: Path, variant: str):
     m = json.loads((folder / "manifest.json").read_text())
     _run(folder, variant, BUILDERS[m["recipe"]](m, variant), m)
+
+
+@pytest.mark.parametrize("variant", ["cls", "cls_wd"])
+def test_a_one_head_lars_group_follows_the_mae_fixture(variant: str):
+    """The hand-written cross-entropy gradient of a linear group of one head, under LARS (with and without decay),
+    against every step of MAE's trajectory (20 in the visible fixture)."""
+    (path,) = [p for p in manifests("recipe") if json.loads(p.read_text())["recipe"] == "mae_linprobe"]
+    m = json.loads(path.read_text())
+    _run(path.parent, variant, _mae(m, variant), m, alone=True)
 
 
 def _rearranged(folder: Path, out: Path, cases: list[Case], seed: int) -> None:
@@ -283,7 +309,7 @@ def test_vjepa_decay_groups_are_the_official_ones():
             continue
         (case,) = _vjepa(m, next(iter(m["variants"])))
         s = m["sizes"]
-        bank = HeadBank(_specs(case)[:1], embed_dim=case.embed_dim, num_heads=case.num_heads,
+        bank = HeadBank(_specs([case])[:1], embed_dim=case.embed_dim, num_heads=case.num_heads,
                         num_prefix_tokens=s["T"] - s["n_patch_tokens"], num_classes=s["C"], batch_size=s["B"],
                         total_steps=s["K"], warmup_steps=0)
         (group,) = bank.groups

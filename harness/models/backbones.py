@@ -27,6 +27,7 @@ from harness.errors import HarnessError
 from harness.registry import ARCH_OVERRIDE_KEYS, BackboneEntry, load_registry
 from harness.tokens.layers import parse_tap
 from harness.models.families import families
+from harness.plugins import resolve
 from harness.models.weights import load_checkpoint, resolve_weights
 
 __all__ = ["Backbone", "load_backbone", "build_model", "convert_checkpoint", "random_init_seed"]
@@ -114,8 +115,9 @@ def _load_strict(model: nn.Module, sd: Mapping[str, Tensor], entry: BackboneEntr
 # -------------------------------------------------------------------------------------------------- models
 
 
-def build_model(entry: BackboneEntry, **arch_overrides: Any) -> nn.Module:
-    """The entry's timm architecture with its and the caller's overrides, seeded so random init is reproducible."""
+def build_model(entry: BackboneEntry, pretrained_file: Path | None = None, **arch_overrides: Any) -> nn.Module:
+    """The entry's timm architecture with its and the caller's overrides, seeded so random init is reproducible;
+    with `pretrained_file`, timm loads that file itself (its own checkpoint filter: the `timm` family)."""
     bad = sorted(set(arch_overrides) - set(ARCH_OVERRIDE_KEYS))
     if bad:
         raise HarnessError(f"architecture override {bad[0]!r} for backbone {entry.name!r} is not accepted; "
@@ -125,8 +127,14 @@ def build_model(entry: BackboneEntry, **arch_overrides: Any) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(random_init_seed(entry))
         try:
-            return timm.create_model(entry.arch, pretrained=False, num_classes=0, **kwargs)
+            if pretrained_file is not None:
+                kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
+            return timm.create_model(entry.arch, pretrained=pretrained_file is not None, num_classes=0, **kwargs)
         except RuntimeError as e:
+            if pretrained_file is not None and "Unknown model" not in str(e):
+                raise HarnessError(f"{pretrained_file}: timm could not load it into {entry.arch} for backbone "
+                                   f"{entry.name!r} ({str(e).strip().splitlines()[0]}); accepted: a state dict of "
+                                   "this timm model, as timm saves it or its hub holds it.") from None
             if "Unknown model" not in str(e):
                 raise
             raise HarnessError(f"{entry.source}: backbone {entry.name!r} names arch {entry.arch!r}, which timm "
@@ -189,6 +197,10 @@ def load_backbone(name: str, weights: str | Path | None = None, *, checkpoint_ke
             raise HarnessError(f"backbone {name!r} is a random-init demo variant and reads no weights; pass "
                                "weights only to an entry with released weights.")
         return Backbone(build_model(entry, **arch_overrides), entry, RANDOM_INIT_SHA256).to(device)
+    loader = families()[entry.family].loader
+    if loader is not None:
+        model, sha256 = resolve(loader)(entry, weights, checkpoint_key, expected_sha256, **arch_overrides)
+        return Backbone(model, entry, sha256).to(device)
     path, sha256 = resolve_weights(entry, weights, expected_sha256)  # file problems surface before a large model is built
     sd = convert_checkpoint(load_checkpoint(path), entry, checkpoint_key, path)
     model = build_model(entry, **arch_overrides)

@@ -174,6 +174,8 @@ class BackboneEntry:
     paper: str = ""  # the paper's address
     origin: str = ""  # the repository that released the weights
     source: str = ""
+    register_tokens: int = 0  # `timm` family: prefix tokens besides [cls], from the model timm builds
+    warning: str = ""  # what a user must know before trusting the numbers (shown by `harness list`, at load)
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -286,9 +288,42 @@ def _resolve_extends(name: str, raw: dict[str, tuple[Path, dict[str, Any]]], see
     return merged
 
 
+# What a `timm`-family entry takes from timm's pretrained configuration rather than from its TOML.
+TIMM_FIELDS = ("img_size", "patch_size", "class_token", "mean", "std", "crop_pct", "interpolation")
+TIMM_IJEPA_WARNING = ("timm's I-JEPA weights are the checkpoint's context encoder (`encoder`), not the target "
+                      "encoder the I-JEPA paper evaluates; the `ijepa` family's entries load the target encoder")
+
+
+def _timm_fields(t: _Table) -> dict[str, Any]:
+    """The transform and architecture of a `timm` entry from timm's configuration of its tag; none may be set."""
+    from harness.registry.timm_configs import VIT_CLASSES, pretrained_config
+
+    for key in TIMM_FIELDS + ("url", "filename", "checkpoint_key"):
+        if key in t.table:
+            raise t.fail(key, "is set, but a timm entry takes it from timm's pretrained configuration",
+                         f"an entry without {', '.join(TIMM_FIELDS)}, url, filename or checkpoint_key")
+    tag = t.get("arch", str, accepted="a timm pretrained tag '<model>.<tag>'")
+    cfg = pretrained_config(tag)
+    if cfg["model_class"] not in VIT_CLASSES:
+        raise t.fail("arch", f"names {tag!r}, a timm {cfg['model_class']}", f"a timm ViT ({', '.join(VIT_CLASSES)})")
+    fields = {key: cfg[key] for key in TIMM_FIELDS}
+    if not cfg["hf_hub_id"]:  # weights only at the tag's URL: fetched through the harness's download cache
+        if not cfg["url"]:
+            raise t.fail("arch", f"names {tag!r}, whose timm configuration has neither a hub repository nor a URL",
+                         "a tag with weights on the Hugging Face hub or at a URL")
+        fields["url"], fields["filename"] = cfg["url"], f"timm-{tag}-{cfg['url'].rstrip('/').rsplit('/', 1)[-1]}"
+    if cfg["license"] and "licence" not in t.table:
+        fields["licence"] = cfg["license"]
+    return {**fields, "register_tokens": cfg["num_prefix_tokens"] - int(cfg["class_token"]),
+            "warning": TIMM_IJEPA_WARNING if "ijepa" in tag else ""}
+
+
 def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> BackboneEntry:
     path = raw[name][0]
-    t = _Table(path, _resolve_extends(name, raw), name)
+    table = _resolve_extends(name, raw)
+    t = _Table(path, table, name)
+    timm_fields = _timm_fields(t) if table.get("family") == "timm" and not table.get("random_init") else {}
+    t.table = {**table, **{k: v for k, v in timm_fields.items() if k in TIMM_FIELDS + ("url", "filename", "licence")}}
     t.get("extends", str, None)
     overrides = t.get("arch_overrides", dict, {})
     for key in overrides:
@@ -328,11 +363,13 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         paper=t.get("paper", str, ""),
         origin=t.get("origin", str, ""),
         source=str(path),
+        register_tokens=timm_fields.get("register_tokens", 0),
+        warning=timm_fields.get("warning", ""),
     )
     t.finish()
     if entry.sha256 is not None and (len(entry.sha256) != 64 or not all(c in "0123456789abcdef" for c in entry.sha256)):
         raise t.fail("sha256", f"is {entry.sha256!r}", "64 lowercase hex digits")
-    if not entry.random_init and not (entry.url or entry.manual_download):
+    if not entry.random_init and not (entry.url or entry.manual_download or timm_fields):
         raise t.fail("url", "is missing", "a download address, or manual_download saying where to get the file")
     return entry
 

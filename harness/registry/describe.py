@@ -20,6 +20,8 @@ def checksum_status(entry: BackboneEntry, lock: dict) -> str:
     """How a downloaded or local file of this backbone is verified before it is unpickled."""
     if entry.random_init:
         return "none: random-init, no weights"
+    if entry.family == "timm":
+        return "loaded by timm from the Hugging Face cache or --weights; the file's sha256 is recorded at load"
     if entry.sha256:
         return f"published sha256 {entry.sha256}"
     pinned = lock.get(entry.name, {}).get("sha256") if isinstance(lock.get(entry.name), dict) else None
@@ -49,7 +51,7 @@ def record(kind: str, reg: Registry, name: str, lock: dict | None = None) -> dic
     entry = {"backbones": reg.backbone, "aggregators": reg.aggregator, "datasets": reg.dataset}[kind](name)
     out = plain(dataclasses.asdict(entry))
     if kind == "backbones":
-        out.update(label=entry.label, prefix_tokens=int(entry.class_token),
+        out.update(label=entry.label, prefix_tokens=entry.num_prefix_tokens,
                    checksum=checksum_status(entry, lock or {}))
     return out
 

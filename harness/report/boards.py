@@ -7,11 +7,13 @@ each seed (see `harness.results.selection`), summarised as mean ± standard devi
 so every figure traces back to its config hashes; it is flagged when its lr* (the most frequent selected lr over
 seeds, as in the claim) sits at an edge of its grid. "Best in row" is marked only where the top cell beats the
 runner-up beyond the uncertainty (Welch's t at 95% over seeds); otherwise the tied cells are shown as such.
-No torch, no Ray.
+An aggregator that swept layers has its layer selected on val with its lr (the pick names both) and gets an
+accuracy-against-layer curve; k-NN cells name their selected k and T. No torch, no Ray.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -21,11 +23,12 @@ from scipy import special
 from harness.registry import Registry, load_registry
 from harness.results.selection import RECIPE_KEYS, SELECTION_KEYS, select_best
 from harness.results.store import HASH_PREFIX
+from harness.tokens.layers import DEFAULT_LAYER
 
 BOARD_KEYS = ("dataset", "protocol", "grid")
 CELL_KEYS = ("dataset", "protocol", "grid", "backbone", "aggregator")
 BOARD_COLUMNS = tuple(dict.fromkeys((*SELECTION_KEYS, "lr", "wd", "status", "val_top1", "test_top1", "config_hash",
-                                     "random_init")))  # the results columns build_boards reads
+                                     "random_init", "layer", "swept_options")))  # the columns build_boards reads
 BASELINE = "cls"
 RANDOM_INIT_NOTE = ("(random-init) backbones are untrained pipeline checks: their numbers carry no scientific "
                     "meaning.")
@@ -48,9 +51,15 @@ class Pick:
     val_top1: float
     test_top1: float
     config_hash: str
+    layer: str = DEFAULT_LAYER  # the selected layer (harness.tokens.layers)
+    swept: str = "{}"  # JSON of the selected options swept like an lr (k-NN's k and T)
 
     def text(self) -> str:
-        return (f"seed {self.seed}: lr {self.lr:g}, wd {self.wd:g}, val {self.val_top1:.2f}, "
+        """`seed 0: lr 0.1, wd 0, layer last4, val ..`; an untrained head (k-NN) names its k and T instead of lr."""
+        swept = json.loads(self.swept or "{}")
+        chosen = ", ".join(f"{k} {v:g}" for k, v in swept.items()) if swept else f"lr {self.lr:g}, wd {self.wd:g}"
+        layer = f", layer {self.layer}" if self.layer != DEFAULT_LAYER else ""
+        return (f"seed {self.seed}: {chosen}{layer}, val {self.val_top1:.2f}, "
                 f"test {self.test_top1:.2f}, {self.config_hash[:HASH_PREFIX]}")
 
 
@@ -143,6 +152,20 @@ class Curve:
 
 
 @dataclass(frozen=True)
+class LayerCurve:
+    """Mean over seeds of the val-selected head (lr and all) at each layer of an aggregator that swept layers."""
+
+    backbone: str
+    aggregator: str
+    layers: tuple[str, ...]
+    val_top1: tuple[float, ...]
+    test_top1: tuple[float, ...]
+
+    def text(self) -> str:
+        return ", ".join(f"{layer} {test:.2f}" for layer, test in zip(self.layers, self.test_top1))
+
+
+@dataclass(frozen=True)
 class Board:
     dataset: str
     protocol: str
@@ -151,6 +174,7 @@ class Board:
     num_results: int  # result rows the board was computed from
     grids: tuple[str, ...]
     curves: tuple[Curve, ...]
+    layer_curves: tuple[LayerCurve, ...] = ()
 
     @property
     def title(self) -> str:
@@ -178,8 +202,35 @@ def _columns(frame: pd.DataFrame, columns: list[str]) -> zip:
 
 def _picks(selected: pd.DataFrame) -> dict[tuple, list[Pick]]:
     out: dict[tuple, list[Pick]] = {}
-    for row in _columns(selected, [*CELL_KEYS, "seed", "lr", "wd", "val_top1", "test_top1", "config_hash"]):
-        out.setdefault(row[:5], []).append(Pick(int(row[5]), *map(float, row[6:10]), row[10]))
+    for row in _columns(selected, [*CELL_KEYS, "seed", "lr", "wd", "val_top1", "test_top1", "config_hash", "layer",
+                                   "swept_options"]):
+        out.setdefault(row[:5], []).append(Pick(int(row[5]), *map(float, row[6:10]), *row[10:13]))
+    return out
+
+
+def layer_order(label: str) -> tuple:
+    """Blocks from the first to the last (negative indices after the non-negative ones), then concatenations."""
+    if label.lstrip("-").isdigit():
+        value = int(label)
+        return (0, value if value >= 0 else 10**6 + value, label)
+    return (1, 0, label)
+
+
+def _layer_curves(slim: pd.DataFrame) -> dict[tuple, list[LayerCurve]]:
+    """Per board, one curve per backbone x aggregator that read more than one layer: at each layer the val-selected
+    head of each seed (lr, wd, k, T chosen on val), mean over seeds."""
+    swept = slim.groupby(list(CELL_KEYS))["layer"].transform("nunique") > 1
+    if not swept.any():
+        return {}
+    per_layer = select_best(slim[swept], by=SELECTION_KEYS + ("layer",))
+    stats = per_layer.groupby([*CELL_KEYS, "layer"], sort=True)[["val_top1", "test_top1"]].mean().reset_index()
+    points: dict[tuple, list[tuple]] = {}
+    for *key, layer, val, test in _columns(stats, [*CELL_KEYS, "layer", "val_top1", "test_top1"]):
+        points.setdefault(tuple(key), []).append((layer, float(val), float(test)))
+    out: dict[tuple, list[LayerCurve]] = {}
+    for (*board, backbone, aggregator), line in points.items():
+        layers, val, test = zip(*sorted(line, key=lambda p: layer_order(p[0])))
+        out.setdefault(tuple(board), []).append(LayerCurve(backbone, aggregator, layers, val, test))
     return out
 
 
@@ -204,12 +255,14 @@ def _curves(per_lr: pd.DataFrame) -> dict[tuple, list[Curve]]:
 def _recipe_columns(results: pd.DataFrame) -> pd.DataFrame:
     """`aggregator` renamed `aggregator [recipe]` where one board holds that aggregator under several recipes (its
     grid's settings changed between runs), so each recipe gets its own column and no cell mixes two."""
-    recipe_keys = [k for k in RECIPE_KEYS if k != "grid"]
-    recipe = results[recipe_keys].astype(str).agg(" ".join, axis=1)
-    variants = recipe.groupby([results[k] for k in (*BOARD_KEYS, "aggregator")]).transform("nunique")
-    if not (variants > 1).any():
+    recipe_keys, keys = [k for k in RECIPE_KEYS if k != "grid"], [*BOARD_KEYS, "aggregator"]
+    varied = results.groupby(keys, sort=False, dropna=False)[recipe_keys].nunique(dropna=False).max(axis=1) > 1
+    if not varied.any():  # the usual case: vectorised, no per-row strings
         return results
-    named = results["aggregator"].where(variants <= 1, results["aggregator"] + " [" + recipe + "]")
+    several = results.set_index(keys).index.isin(varied[varied].index)
+    label = results.loc[several, recipe_keys].astype(str).agg(" ".join, axis=1)
+    named = results["aggregator"].copy()
+    named[several] = named[several] + " [" + label + "]"
     return results.assign(aggregator=named)
 
 
@@ -255,10 +308,10 @@ def lr_star(picks: list[Pick]) -> float:
 
 def _edges(results: pd.DataFrame, picks: dict[tuple, list[Pick]]) -> set[tuple]:
     """Cells whose lr* is the lowest or highest lr of the cell's rows (any status). lr*, not any seed's pick: on
-    a plateau single seeds land on an edge by validation noise alone."""
+    a plateau single seeds land on an edge by validation noise alone. Untrained heads (lr 0) have no lr grid."""
     bounds = results.groupby(list(CELL_KEYS), sort=False)["lr"].agg(["min", "max"])
     spans = {key: (low, high) for key, low, high in zip(bounds.index, bounds["min"], bounds["max"])}
-    return {key for key, ps in picks.items() if lr_star(ps) in spans[key]}
+    return {key for key, ps in picks.items() if lr_star(ps) in spans[key] and spans[key][1] > 0}  # k-NN: no lr
 
 
 def build_boards(results: pd.DataFrame, registry: Registry | None = None) -> list[Board]:
@@ -267,11 +320,13 @@ def build_boards(results: pd.DataFrame, registry: Registry | None = None) -> lis
         return []
     registry = registry if registry is not None else load_registry()
     results = _recipe_columns(results)
-    slim = results[[*SELECTION_KEYS, "lr", "wd", "status", "val_top1", "test_top1", "config_hash"]]
+    slim = results[[*SELECTION_KEYS, "lr", "wd", "status", "val_top1", "test_top1", "config_hash", "layer",
+                    "swept_options"]]
     per_lr = select_best(slim, by=SELECTION_KEYS + ("lr",))
     # The val-best head of each lr, then the val-best of those, is the rule's pick (ties: lowest lr, then wd).
     picks = _picks(select_best(per_lr))
     curves = _curves(per_lr)
+    layer_curves = _layer_curves(slim)
     edges = _edges(results, picks)
     statuses: dict[tuple, list[tuple[str, int]]] = {}
     for (*key, status), count in results.groupby([*CELL_KEYS, "status"], sort=True).size().items():
@@ -285,5 +340,5 @@ def build_boards(results: pd.DataFrame, registry: Registry | None = None) -> lis
                           registry) for backbone in sorted({key[3] for key in cells}))
         num_results = sum(count for key in cells for _, count in statuses[key])
         boards.append(Board(board[0], board[1], aggregators, rows, num_results, (board[2],),
-                            tuple(curves.get(board, ()))))
+                            tuple(curves.get(board, ())), tuple(layer_curves.get(board, ()))))
     return boards

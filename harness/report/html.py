@@ -12,7 +12,7 @@ import pandas as pd
 
 from harness.report.plain import html_text
 from harness.report.boards import EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
-from harness.report.svg import color, epoch_plot, gain_chart, lr_plot
+from harness.report.svg import color, epoch_plot, gain_chart, layer_plot, lr_plot
 from harness.registry import Registry
 
 _CSS = """
@@ -90,7 +90,8 @@ def _picks(board: Board) -> str:
 
 
 def _plots(board: Board) -> str:
-    """Per backbone and optimizer (their lrs are not on one scale) top-1 against lr; then the gain bars."""
+    """Per backbone and optimizer (their lrs are not on one scale) top-1 against lr, and against the layer where
+    aggregators swept layers; then the gain bars."""
     labels = {row.backbone: row.label for row in board.rows}
     plots = []
     for backbone, label in labels.items():
@@ -100,6 +101,9 @@ def _plots(board: Board) -> str:
             mine = [c for c in curves if c.optimizer == optimizer]
             plots.append(lr_plot(f"{label}: top-1 vs lr" + (f" ({optimizer})" if len(optimizers) > 1 else ""), mine,
                                  board.aggregators))
+        swept = [c for c in board.layer_curves if c.backbone == backbone]
+        if swept:
+            plots.append(layer_plot(f"{label}: top-1 vs layer", swept, board.aggregators))
     return f'<div class="plots">{"".join(plots)}</div><div class="plots">{gain_chart(board)}</div>'
 
 

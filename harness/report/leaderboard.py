@@ -52,6 +52,11 @@ def _md_board(board: Board) -> list[str]:
             if cell.picks:
                 lines.append(f"- {md_escape(row.label)} · {md_escape(agg)}: "
                              + "; ".join(md_escape(p.text()) for p in cell.picks))
+    if board.layer_curves:
+        labels = {row.backbone: row.label for row in board.rows}
+        lines += ["", "Test top-1 against the layer read (the val-selected head at each layer, mean over seeds):", ""]
+        lines += [f"- {md_escape(labels.get(c.backbone, c.backbone))} · {md_escape(c.aggregator)}: {md_escape(c.text())}"
+                  for c in board.layer_curves]
     return lines + [""]
 
 

@@ -1,7 +1,8 @@
 """Inline SVG plots for the HTML leaderboard, drawn in Python so the page needs no network and no JS library.
 
 `lr_plot`: test (solid) and val (dashed) top-1 against learning rate (log x, one optimizer) per aggregator, with the
-seeds' spread -- the curve that shows whether mean pooling only needs another learning rate. `epoch_plot`: the
+seeds' spread -- the curve that shows whether mean pooling only needs another learning rate. `layer_plot`: the same
+against the layer read, for aggregators that swept layers. `epoch_plot`: the
 selected heads' training curves. `gain_chart`: each aggregator's gain over cls per backbone, coloured by sign.
 Every label is escaped; coordinates are rounded so regenerations are byte-identical. No torch, no Ray.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from harness.report.boards import BASELINE, Board, Curve
+from harness.report.boards import BASELINE, Board, Curve, LayerCurve, layer_order
 from harness.report.plain import html_text
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -76,6 +77,29 @@ def _legend(entries: list[tuple[str, str, str]]) -> list[str]:
 _DASHED = ' stroke-dasharray="5 3"'
 
 
+def _test_and_val(aggregator: str, colour: str, at: list[tuple[float, str] | None], test: tuple[float, ...],
+                  val: tuple[float, ...], py) -> list[str]:
+    """A curve's solid test and dashed val lines with a titled point each; `at` is (x, what the point is) per
+    value, None where it has no place on the axis (a non-positive lr on a log axis)."""
+    parts = []
+    for split, values, dash in (("test", test, ""), ("val", val, _DASHED)):
+        points = [(x, py(v), what, v) for place, v in zip(at, values) if place is not None and not math.isnan(v)
+                  for x, what in (place,)]
+        line = " ".join(f"{_n(x)},{_n(y)}" for x, y, _, _ in points)
+        parts.append(f'<polyline class="curve" points="{line}" fill="none" stroke="{colour}"{dash}/>')
+        parts += [f'<circle cx="{_n(x)}" cy="{_n(y)}" r="2.5" fill="{colour}"><title>'
+                  f'{html_text(f"{aggregator} {split}: {what}, top-1 {v:.2f}")}</title></circle>' for x, y, what, v in points]
+    return parts
+
+
+def _legend_of(curves: list, aggregators: tuple[str, ...], parts: list[str]) -> list[str]:
+    """Append the legend (each plotted aggregator, then the test and val line styles); the aggregators shown."""
+    present = [a for a in aggregators if any(c.aggregator == a for c in curves)]
+    parts += _legend([(agg, color(aggregators.index(agg)), "") for agg in present]
+                     + [("test (mean)", "#555", ""), ("val (mean)", "#555", _DASHED)])
+    return present
+
+
 def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...], css_class: str = "lr-plot") -> str:
     """One backbone's top-1 against lr (log x, one optimizer): solid test, dashed val, a colour per aggregator, a
     band over the seeds' range of test top-1, a tick at every lr of the grid. "" when there is nothing to plot."""
@@ -114,18 +138,43 @@ def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...], css_c
                       [f"{_n(x)},{_n(bottom)}" for x, bottom, _ in band[::-1]]
             parts.append(f'<polygon class="spread" points="{" ".join(outline)}" fill="{colour}" fill-opacity="0.15" '
                          'stroke="none"/>')
-        for split, values, dash in (("test", curve.test_top1, ""), ("val", curve.val_top1, _DASHED)):
-            points = [(px(lr), py(v), lr, v) for lr, v in zip(curve.lrs, values) if lr > 0 and not math.isnan(v)]
-            line = " ".join(f"{_n(x)},{_n(y)}" for x, y, _, _ in points)
-            parts.append(f'<polyline class="curve" points="{line}" fill="none" stroke="{colour}"{dash}/>')
-            parts += [f'<circle cx="{_n(x)}" cy="{_n(y)}" r="2.5" fill="{colour}"><title>'
-                      f'{html_text(f"{curve.aggregator} {split}: lr {lr:g}, top-1 {v:.2f}")}</title></circle>'
-                      for x, y, lr, v in points]
-    present = [a for a in aggregators if any(c.aggregator == a for c in curves)]
-    parts += _legend([(agg, color(aggregators.index(agg)), "") for agg in present]
-                     + [("test (mean)", "#555", ""), ("val (mean)", "#555", _DASHED)])
+        at = [(px(lr), f"lr {lr:g}") if lr > 0 else None for lr in curve.lrs]
+        parts += _test_and_val(curve.aggregator, colour, at, curve.test_top1, curve.val_top1, py)
+    present = _legend_of(curves, aggregators, parts)
     parts.append(_text(_W - _R + 8, _T + 8 + 17 * (len(present) + 2) + 4, "band: seed range", anchor="start",
                        extra=' class="legend"'))
+    return "".join(parts) + "</svg>"
+
+
+def layer_plot(title: str, curves: list[LayerCurve], aggregators: tuple[str, ...]) -> str:
+    """One backbone's top-1 against the layer read (one x position per layer label, blocks in order, then
+    concatenations): solid test, dashed val, a colour per aggregator. "" when no aggregator swept layers."""
+    layers = sorted({layer for c in curves for layer in c.layers}, key=layer_order)
+    ys = [y for c in curves for y in (*c.val_top1, *c.test_top1) if not math.isnan(y)]
+    if not layers or not ys:
+        return ""
+    ticks_y = nice_ticks(*_span(min(ys), max(ys), 1.0))
+    y0, y1 = ticks_y[0], ticks_y[-1]
+    pw, ph = _W - _L - _R, _H - _T - _B
+
+    def px(layer: str) -> float:
+        return _L + (layers.index(layer) + 0.5) / len(layers) * pw
+
+    def py(y: float) -> float:
+        return _T + (y1 - y) / (y1 - y0) * ph
+
+    parts = _frame(title, "layer-plot", "layer read (block index, -1 the last; last<n>: the last n concatenated)",
+                   "top-1 %")
+    for layer in layers:
+        parts.append(_text(px(layer), _T + ph + 16, layer))
+    for y in ticks_y:
+        parts.append(_text(_L - 6, py(y) + 4, f"{y:g}", anchor="end"))
+        parts.append(f'<line x1="{_L}" y1="{_n(py(y))}" x2="{_L + pw}" y2="{_n(py(y))}" class="grid"/>')
+    for curve in sorted(curves, key=lambda c: aggregators.index(c.aggregator)):
+        colour = color(aggregators.index(curve.aggregator))
+        at = [(px(layer), f"layer {layer}") for layer in curve.layers]
+        parts += _test_and_val(curve.aggregator, colour, at, curve.test_top1, curve.val_top1, py)
+    _legend_of(curves, aggregators, parts)
     return "".join(parts) + "</svg>"
 
 

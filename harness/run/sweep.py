@@ -214,8 +214,7 @@ def git_commit() -> str:
 
 
 def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float | None = None) -> None:
-    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local Ray instance for this process, bound
-    to localhost."""
+    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local Ray instance for this process."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -223,9 +222,7 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float
     if address:
         ray.init(address=address, **quiet)
     else:
-        # node address 127.0.0.1: the raylet, object manager, agents and metrics exporters of a local instance
-        # listen on the loopback interface only, not on every interface of this machine
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  object_store_memory=200 * 1024**2, **quiet)
 
 

@@ -21,6 +21,9 @@ Family fields:
   Raises ValueError when the file cannot fit. Torch, where needed, is imported inside it.
 - `subnetworks` / `subnetwork`: for files whose sub-networks share one state dict under prefixes (MoCo v3's two
   encoders): their names, and (checkpoint, name) -> that sub-network's state dict, or None.
+- `loader`: "module:attr" of a function (entry, weights, checkpoint_key, expected_sha256, **arch_overrides) ->
+  (model with weights, sha256) for a family whose weights timm itself loads (`timm`); None: the harness's own
+  strict load through `convert` and `fit`.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Family:
     fit: Callable[[StateDict, Any], dict[str, Any]] | None = None
     subnetworks: tuple[str, ...] = ()
     subnetwork: Callable[[StateDict, str | None], StateDict | None] | None = None
+    loader: str | None = None
 
 
 BUILTIN = (  # in the order listings and error messages show them
@@ -64,6 +68,7 @@ BUILTIN = (  # in the order listings and error messages show them
     "dinov2_reg",
     "dinov3",
     "mocov3",
+    "timm",
 )
 _FAMILIES: Plugins[Family] = Plugins("backbone family", __name__, BUILTIN)
 register, families = _FAMILIES.register, _FAMILIES.all
