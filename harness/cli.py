@@ -263,6 +263,7 @@ def _print_plan(console: Console, trials, todo, results) -> None:
                   f"dataset, shared by its heads; online trials pass the train split every epoch): "
                   f"{_num(sum(passes)) if None not in passes else '?'} images through a backbone; {heads} heads, "
                   f"{sum(remaining.values())} without a result yet.")
+    console.print(_separate_runs(trials, costs))
     console.print(f"Token cache: {human_bytes(cache)} for the cached-protocol trials"
                   + (" (some sizes unknown)" if any(c.cache_bytes is None and t.protocol == "cached"
                                                     for t, c in zip(trials, costs)) else "") + ".")
@@ -288,6 +289,25 @@ def _print_plan(console: Console, trials, todo, results) -> None:
     console.print(f"Backbone time: {sum(hours):.1f} GPU-hours ({said or 'no throughput known'})"
                   + (f"; unknown for {', '.join(unknown)} (no registered images_per_s and no earlier results)"
                      if unknown else "") + ". Head training is not included.")
+
+
+def _separate_runs(trials, costs) -> str:
+    """What the same heads would cost trained the way probing papers train them: one run (and its own backbone
+    passes) per aggregator, or per head (each lr its own run)."""
+    known = [(t, c) for t, c in zip(trials, costs) if c.passes is not None]
+    if not known:
+        return "One run per aggregator: unknown (no image counts)."
+    passes = sum(c.passes for _, c in known)
+    per_agg = sum(c.passes * len({h.aggregator for h in t.heads}) for t, c in known)
+    per_head = sum(c.passes * len(t.heads) for t, c in known)
+    aggs = {h.aggregator for t, _ in known for h in t.heads}
+    hours = [(c.hours, len({h.aggregator for h in t.heads}), len(t.heads)) for t, c in known if c.hours is not None]
+    said = (f" ({sum(h * a for h, a, _ in hours):.1f} and {sum(h * n for h, _, n in hours):.1f} GPU-hours)"
+            if hours else "")
+    return (f"One run per aggregator instead ({len(aggs)} aggregators, each run with its own backbone passes, as "
+            f"efficient probing trains its poolings): {_num(per_agg)} images through a backbone, "
+            f"{per_agg / passes:.1f}x this sweep's {_num(passes)}; one run per head: {_num(per_head)}, "
+            f"{per_head / passes:.1f}x{said}.")
 
 
 def _num(value: int | None) -> str:

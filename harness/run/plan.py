@@ -12,7 +12,9 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 
+from harness.errors import HarnessError
 from harness.heads import recipes
+from harness.heads.kinds import kinds, resolve_options
 from harness.heads.recipes import Recipe
 from harness.heads.spec import HeadSpec
 from harness.models.digests import cached_sha256
@@ -117,6 +119,8 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
             for group in grid.heads:
                 recipe = recipes.resolve(group.recipe, group.recipe_options) if group.recipe else None
                 agg = trained_entry(registry.aggregator(group.aggregator), recipe)
+                _refuse_unreadable(grid, agg, {**(recipe.options_for(agg.kind) if recipe else {}), **group.options},
+                                   backbone)
                 # a head without a recipe keeps the hash it had before recipes existed
                 training = {"recipe": recipe.describe()} if recipe else {}
                 label = recipe_label(group.recipe, group.recipe_options)
@@ -148,6 +152,20 @@ def recipe_label(name: str | None, options: dict) -> str:
 def trained_entry(entry: AggregatorEntry, recipe: Recipe | None) -> AggregatorEntry:
     """The aggregator entry as a recipe trains it: MAE's global pool reads the tokens before the final norm."""
     return replace(entry, tap=recipe.tap_for(entry.kind, entry.tap)) if recipe else entry
+
+
+def _refuse_unreadable(grid: Grid, agg: AggregatorEntry, options: dict, backbone: BackboneEntry) -> None:
+    """A pooling whose official module cannot read this backbone (clip's position table, esimpool's 12-way width
+    split, a square grid for cbam and dolg) is a user error before anything runs, not a failed trial."""
+    refuse = kinds()[agg.kind].refuse
+    if refuse is None:
+        return
+    tokens, width = token_shape(backbone)
+    why = refuse(resolve_options(agg, options), tokens - int(backbone.class_token), width)
+    if why:
+        raise HarnessError(f"grid {grid.name!r} ({grid.source}): aggregator {agg.name!r} on backbone "
+                           f"{backbone.name!r}: {why}; accepted: backbones it can read, or the grid without "
+                           f"[heads.{agg.name}].")
 
 
 def without_done(trials: list[TrialPlan], done: set[str]) -> list[TrialPlan]:
