@@ -298,10 +298,10 @@ def _separate_runs(trials, costs) -> str:
     if not known:
         return "One run per aggregator: unknown (no image counts)."
     passes = sum(c.passes for _, c in known)
-    per_agg = sum(c.passes * len({h.aggregator for h in t.heads}) for t, c in known)
+    per_agg = sum(c.passes * len({h.aggregator.name for h in t.heads}) for t, c in known)
     per_head = sum(c.passes * len(t.heads) for t, c in known)
-    aggs = {h.aggregator for t, _ in known for h in t.heads}
-    hours = [(c.hours, len({h.aggregator for h in t.heads}), len(t.heads)) for t, c in known if c.hours is not None]
+    aggs = {h.aggregator.name for t, _ in known for h in t.heads}
+    hours = [(c.hours, len({h.aggregator.name for h in t.heads}), len(t.heads)) for t, c in known if c.hours is not None]
     said = (f" ({sum(h * a for h, a, _ in hours):.1f} and {sum(h * n for h, _, n in hours):.1f} GPU-hours)"
             if hours else "")
     return (f"One run per aggregator instead ({len(aggs)} aggregators, each run with its own backbone passes, as "

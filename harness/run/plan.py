@@ -161,9 +161,9 @@ def _refuse_unreadable(grid: Grid, agg: AggregatorEntry, options: dict, backbone
     if refuse is None:
         return
     tokens, width = token_shape(backbone)
-    why = refuse(resolve_options(agg, options), tokens - int(backbone.class_token), width)
+    why = refuse(resolve_options(agg, options), tokens - backbone.num_prefix_tokens, width)
     if why:
-        raise HarnessError(f"grid {grid.name!r} ({grid.source}): aggregator {agg.name!r} on backbone "
+        raise HarnessError(f"grid {grid.name!r} ({grid.defined_in}): aggregator {agg.name!r} on backbone "
                            f"{backbone.name!r}: {why}; accepted: backbones it can read, or the grid without "
                            f"[heads.{agg.name}].")
 
