@@ -343,7 +343,8 @@ def test_user_error_inside_a_trial_is_not_retried_and_is_one_paragraph(failing_s
     assert "corrupt.pth: not a readable checkpoint" in out and "test-mae-corrupt/digits: no rows written" in out
     paragraph = out[out.index("error: "):]  # (the flaky trial's retried crash is logged by Tune above it, as before)
     assert "Traceback" not in paragraph and "\x1b[" not in paragraph and "RayTaskError" not in paragraph
-    assert "2 trials ok, 0 failed, 0 stopped before they finished, 1 stopped by an error in their input" in out
+    summary = " ".join(out.split())  # the console wraps long lines
+    assert "2 trials ok, 0 failed, 0 stopped before they finished, 1 stopped by an error in their input" in summary
 
 
 @pytest.mark.slow
