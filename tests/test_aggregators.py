@@ -346,7 +346,7 @@ def test_bad_option_values_are_user_errors(kind: str, options: dict, fragment: s
 
 
 def test_bad_registered_option_names_the_registry_file():
-    entry = AggregatorEntry(name="broken", kind="ep", tap="prenorm", options={"d_out": 0}, source="aggs.toml")
+    entry = AggregatorEntry(name="broken", kind="ep", tap="prenorm", options={"d_out": 0}, defined_in="aggs.toml")
     with pytest.raises(HarnessError, match=r"'broken' \(aggs.toml\): option 'd_out' is 0"):
         build_head(entry, embed_dim=16, num_heads=2, num_prefix_tokens=1, num_classes=3)
 

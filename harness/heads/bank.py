@@ -37,30 +37,8 @@ from harness.heads.head import Head, build_head
 from harness.heads.kinds import NotApplicable
 from harness.heads.pool.kernels import StackedPool, stat_buffers
 from harness.heads.optim import clip_per_head, new_state, update
-from harness.heads.recipes import Recipe
-from harness.registry import AggregatorEntry
-from harness.tokens.layers import DEFAULT_LAYER, layer_blocks, layer_taps
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """One head of the bank: an aggregator with its optimizer settings, seed and recipe (None: the harness's
-    own training for `optimizer`, recipes.harness_default)."""
-
-    head_id: str
-    config_hash: str
-    aggregator: AggregatorEntry
-    options: dict
-    optimizer: str
-    lr: float
-    wd: float
-    seed: int
-    recipe: Recipe | None = None
-    layer: str = DEFAULT_LAYER  # the blocks it reads (harness.tokens.layers)
-
-    @property
-    def training(self) -> Recipe:
-        return self.recipe or recipes.harness_default(self.optimizer)
+from harness.heads.spec import HeadSpec
+from harness.tokens.layers import layer_blocks, layer_taps
 
 
 def head_input(tokens: Mapping[str, Tensor], taps: Sequence[str]) -> Tensor:

@@ -40,13 +40,13 @@ from harness.run.plan import TrialPlan
 
 
 
-def _trainable(config: dict, plans: list[dict]) -> None:
+def _trainable(config: dict, plans: list[TrialPlan]) -> None:
     """Ray Tune entry point: run one trial on the device Ray assigned and report its rows."""
     import torch
 
     from harness.run.trial import run_trial
 
-    plan = TrialPlan.from_dict(plans[config["index"]])
+    plan = plans[config["index"]]
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     gpu_ids = ray.get_gpu_ids()
     device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
@@ -271,7 +271,7 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
                       f"{gpus_per_trial:g} GPUs.", highlight=False, markup=False)
     check_resources(cpus_per_trial, gpus_per_trial, local=not (address or os.environ.get("RAY_ADDRESS")),
                     console=console)
-    trainable = tune.with_resources(tune.with_parameters(_trainable, plans=[p.to_dict() for p in plans]),
+    trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     with tempfile.TemporaryDirectory(prefix="harness-tune-") as storage, \
             _StoreAndShow(plans, results_dir, console) as callback:

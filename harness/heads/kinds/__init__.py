@@ -159,7 +159,7 @@ def resolve_options(entry: AggregatorEntry, options: dict[str, Any] | None = Non
     spec, overrides = kinds()[entry.kind].options, options or {}
     merged = {**entry.options, **overrides}
     for key, value in merged.items():
-        where = f"aggregator {entry.name!r} ({'grid options' if key in overrides else entry.source or 'entry'})"
+        where = f"aggregator {entry.name!r} ({'grid options' if key in overrides else entry.defined_in or 'entry'})"
         if key not in spec:
             accepted = ", ".join(sorted(spec)) or "none (this aggregator has no options)"
             raise HarnessError(f"{where}: unknown option {key!r}; accepted: {accepted}.")
