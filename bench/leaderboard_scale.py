@@ -3,8 +3,8 @@
 Writes a synthetic store through `harness.results.store.write_trial` (one file per trial, as a sweep does), then times
 `write_leaderboards` end to end twice (read, select, claim test, render Markdown + HTML), checks that the two
 regenerations wrote byte-identical pages, and times its stages separately: read_results (the columns the pages
-need), build_boards, claim_analysis (computed once for both pages), and rendering both pages. The machine may be
-shared, so the load average is recorded before and after. Prints the figures and writes them to
+need), select (once, for boards and claim), build_boards, claim_analysis (computed once for both pages), and
+rendering both pages. The machine may be shared, so the load average is recorded before and after. Prints the figures and writes them to
 bench/out/leaderboard_scale.json. Not a test.
 
     python bench/leaderboard_scale.py                 # 1,000,000 rows
@@ -97,6 +97,7 @@ def main() -> None:
     from harness.report.leaderboard import COLUMNS, markdown_page, write_leaderboards
     from harness.report.html import html_page
     from harness.report.boards import build_boards
+    from harness.results.selection import select
 
     root = args.root or Path(tempfile.mkdtemp(prefix="leaderboard-scale-"))
     try:
@@ -109,15 +110,17 @@ def main() -> None:
             runs.append(round(total_s, 2))
             pages.append([path.read_bytes() for path in paths])
         read_s, results = timed(read_results, root, COLUMNS)
-        build_s, boards = timed(build_boards, results)
-        claim_s, claim = timed(claim_analysis, results)
+        select_s, selection = timed(select, results)
+        build_s, boards = timed(build_boards, results, None, selection)
+        claim_s, claim = timed(claim_analysis, results, None, selection)
         render_s, _ = timed(lambda: (markdown_page(boards, claim_markdown(claim)),
                                      html_page(boards, claim_html(claim))))
         figures = {
             "command": f"python bench/leaderboard_scale.py --backbones {args.backbones}",
             "rows": rows, "files": len(list((root / "rows").rglob("*.parquet"))), "target_s": 10.0,
             "write_leaderboards_s": runs, "byte_identical": pages[0] == pages[1],
-            "stages_s": {"read_results": round(read_s, 2), "build_boards": round(build_s, 2),
+            "stages_s": {"read_results": round(read_s, 2), "select": round(select_s, 2),
+                         "build_boards": round(build_s, 2),
                          "claim_analysis": round(claim_s, 2), "render_markdown+html": round(render_s, 2)},
             "load_average_1_5_15": {"before": [round(x, 2) for x in load_before],
                                     "after": [round(x, 2) for x in os.getloadavg()]},

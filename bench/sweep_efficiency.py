@@ -42,7 +42,7 @@ from harness.heads.bank import HeadBank
 from harness.run.plan import TrialPlan, expand
 from harness.registry import Grid, HeadGroup, load_registry
 from harness.tokens.cache import TokenSet, backbone_autocast, extract_tokens
-from harness.run.trial import head_specs, make_bank
+from harness.run.trial import make_bank
 from harness.heads.train import train_cached
 
 OPTIMIZER = {"cls": "sgd", "mean": "sgd", "abmilp": "lars", "query": "adamw", "ep": "adamw"}  # their papers'
@@ -68,10 +68,9 @@ def sync(device: torch.device) -> None:
 
 def prepare(plan: TrialPlan, device: torch.device) -> tuple[Backbone, Splits, HeadBank]:
     """The trial's backbone, splits and head bank, built as `harness.run.trial.run_trial` builds them."""
-    registry = load_registry()
-    backbone = load_backbone(plan.backbone, plan.weights, device=device)
-    splits = load_splits(registry.dataset(plan.dataset), backbone.entry)
-    return backbone, splits, make_bank(plan, head_specs(plan), backbone, splits, device)
+    backbone = load_backbone(plan.backbone_entry, plan.weights, device=device)
+    splits = load_splits(plan.dataset_entry, backbone.entry)
+    return backbone, splits, make_bank(plan, plan.heads, backbone, splits, device)
 
 
 def extract_all(backbone: Backbone, splits: Splits, bank: HeadBank, plan: TrialPlan,
@@ -110,13 +109,13 @@ def floor(plan: TrialPlan, device: torch.device) -> dict:
             "val_top1": {h.config_hash: o.val_top1 for h, o in zip(plan.heads, outcomes)}}
 
 
-def _naive_trainable(config: dict, plans: list[dict]) -> None:
+def _naive_trainable(config: dict, plans: list[TrialPlan]) -> None:
     """One naive trial: its own backbone pass over every split, then its one head."""
     import ray
     from ray import tune
 
     t0 = time.perf_counter()
-    plan = TrialPlan.from_dict(plans[config["index"]])
+    plan = plans[config["index"]]
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
     backbone, splits, bank = prepare(plan, device)
@@ -140,7 +139,7 @@ def naive_sweep(plans: list[TrialPlan], cpus: float, gpus: float) -> tuple[float
     """Wall time of a Tune run of one trial per plan (Tune's defaults: a fresh worker per trial), and its results."""
     from ray import tune
 
-    trainable = tune.with_resources(tune.with_parameters(_naive_trainable, plans=[p.to_dict() for p in plans]),
+    trainable = tune.with_resources(tune.with_parameters(_naive_trainable, plans=plans),
                                     {"cpu": cpus, "gpu": gpus})
     with tempfile.TemporaryDirectory(prefix="naive-tune-") as storage:
         t = time.perf_counter()

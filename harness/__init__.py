@@ -68,15 +68,12 @@ def leaderboard(results_dir: str | Path | None = None, *, write: bool = True) ->
     """The boards of the results (schema: `harness leaderboard --format json`); `write` regenerates
     leaderboard.md and leaderboard.html beside the results."""
     from harness.report.boards import build_boards
-    from harness.report.leaderboard import COLUMNS, boards_json, write_leaderboards
+    from harness.report.leaderboard import COLUMNS, boards_json, regenerate
     from harness.results import store
 
     root = _results_dir(results_dir)
     results = store.read_results(root, COLUMNS)
-    boards = build_boards(results)
-    if write:
-        write_leaderboards(root, results=results, boards=boards)
-    return boards_json(boards)
+    return boards_json(regenerate(root, results=results)[0] if write else build_boards(results))
 
 
 def __getattr__(name: str):

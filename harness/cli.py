@@ -168,7 +168,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     trials = expand(grid, reg, weights=weights)
     todo = trials if args.force else without_done(trials, store.completed_hashes(results_dir))
     if args.dry_run:
-        _print_plan(console, reg, trials, todo, store.read_results(results_dir, _MEASURED_COLUMNS))
+        _print_plan(console, trials, todo, store.read_results(results_dir, _MEASURED_COLUMNS))
         return 0
     total = sum(len(t.heads) for t in trials)
     if not todo:
@@ -240,14 +240,14 @@ def _measured(results) -> tuple[dict[str, float], dict[str, int]]:
     return {k: float(v) for k, v in speed.items()}, {k: int(v) for k, v in images.items()}
 
 
-def _print_plan(console: Console, reg, trials, todo, results) -> None:
+def _print_plan(console: Console, trials, todo, results) -> None:
     """The trials, backbone passes, heads, token cache and estimated hours of a sweep, without running it."""
     from harness.report.terminal import print_table
     from harness.run.plan import trial_cost
     from harness.tokens.space import human_bytes
 
     speed, images = _measured(results)
-    costs = [trial_cost(t, reg, measured_speed=speed, measured_images=images) for t in trials]
+    costs = [trial_cost(t, measured_speed=speed, measured_images=images) for t in trials]
     remaining = {t.trial_id: len(t.heads) for t in todo}
     rows = [[t.backbone, t.dataset, f"{t.protocol} {t.epochs}ep b{t.batch_size}", str(len(t.heads)),
              str(remaining.get(t.trial_id, 0)), _num(c.passes),
@@ -263,6 +263,7 @@ def _print_plan(console: Console, reg, trials, todo, results) -> None:
                   f"dataset, shared by its heads; online trials pass the train split every epoch): "
                   f"{_num(sum(passes)) if None not in passes else '?'} images through a backbone; {heads} heads, "
                   f"{sum(remaining.values())} without a result yet.")
+    console.print(_separate_runs(trials, costs))
     console.print(f"Token cache: {human_bytes(cache)} for the cached-protocol trials"
                   + (" (some sizes unknown)" if any(c.cache_bytes is None and t.protocol == "cached"
                                                     for t, c in zip(trials, costs)) else "") + ".")
@@ -288,6 +289,25 @@ def _print_plan(console: Console, reg, trials, todo, results) -> None:
     console.print(f"Backbone time: {sum(hours):.1f} GPU-hours ({said or 'no throughput known'})"
                   + (f"; unknown for {', '.join(unknown)} (no registered images_per_s and no earlier results)"
                      if unknown else "") + ". Head training is not included.")
+
+
+def _separate_runs(trials, costs) -> str:
+    """What the same heads would cost trained the way probing papers train them: one run (and its own backbone
+    passes) per aggregator, or per head (each lr its own run)."""
+    known = [(t, c) for t, c in zip(trials, costs) if c.passes is not None]
+    if not known:
+        return "One run per aggregator: unknown (no image counts)."
+    passes = sum(c.passes for _, c in known)
+    per_agg = sum(c.passes * len({h.aggregator.name for h in t.heads}) for t, c in known)
+    per_head = sum(c.passes * len(t.heads) for t, c in known)
+    aggs = {h.aggregator.name for t, _ in known for h in t.heads}
+    hours = [(c.hours, len({h.aggregator.name for h in t.heads}), len(t.heads)) for t, c in known if c.hours is not None]
+    said = (f" ({sum(h * a for h, a, _ in hours):.1f} and {sum(h * n for h, _, n in hours):.1f} GPU-hours)"
+            if hours else "")
+    return (f"One run per aggregator instead ({len(aggs)} aggregators, each run with its own backbone passes, as "
+            f"efficient probing trains its poolings): {_num(per_agg)} images through a backbone, "
+            f"{per_agg / passes:.1f}x this sweep's {_num(passes)}; one run per head: {_num(per_head)}, "
+            f"{per_head / passes:.1f}x{said}.")
 
 
 def _num(value: int | None) -> str:
@@ -361,18 +381,17 @@ def cmd_weights(args: argparse.Namespace, console: Console) -> int:
 def cmd_leaderboard(args: argparse.Namespace, console: Console) -> int:
     from harness.results import store
     from harness.report.boards import build_boards
-    from harness.report.leaderboard import COLUMNS, boards_json, render_terminal, write_leaderboards
+    from harness.report.leaderboard import COLUMNS, boards_json, regenerate, render_terminal
 
     results_dir = _results_dir(args)
     results = store.read_results(results_dir, COLUMNS)
     if results.empty:
         raise HarnessError(f"no results yet under {results_dir}; run `harness sweep --grid demo` first "
                            "(or pass --results-dir).")
-    boards = build_boards(results)
     if getattr(args, "format", "table") == "json":  # `sweep` ends with this command, without --format
-        _print_json(boards_json(boards))
+        _print_json(boards_json(build_boards(results)))
         return 0
-    paths = write_leaderboards(results_dir, results=results, boards=boards)
+    boards, paths = regenerate(results_dir, results=results)
     render_terminal(boards, console)
     console.print("Wrote " + ", ".join(str(p) for p in paths))
     return 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness.heads.head import build_head
-from harness.heads.kinds import NotApplicable
+from harness.heads.kinds import NotApplicable, kinds
 from harness.heads.pool.abmilp import sincos_pos_embed_2d
 from harness.errors import HarnessError
 from harness.registry import AggregatorEntry, load_registry
@@ -78,17 +78,112 @@ def _map_ep(sd: dict, head) -> dict:
     return {"pooler." + {"cls_token": "queries"}.get(k, k): v for k, v in sd.items()}
 
 
-SETTINGS = {"abmilp": _abmilp_settings, "query": _query_settings, "ep": _ep_settings}
-MAPPERS = {"abmilp": _map_abmilp, "query": _map_query, "ep": _map_ep}
+# Efficient probing's other poolings (aggregators/<kind>/, billpsomas/efficient-probing probe_heads defaults):
+# the sizes come from the constructor, every setting the kind fixes is asserted, the names are the official ones.
 
 
-def _content(manifest: dict, kw: dict, output: str) -> str:
-    """Which tokens the official module saw for this output: patch tokens only, or all of them."""
-    if output == "pooled_all_tokens":
-        return "all"
+def _fixed(kw: dict, **want) -> None:
+    for key, value in want.items():
+        assert kw.get(key, value) == value, f"{key}={kw.get(key)!r}: not the efficient-probing factory's {value!r}"
+
+
+def _simpool_settings(kw: dict) -> tuple[int, int, dict, int]:
+    _fixed(kw, num_heads=1, qkv_bias=False, qk_scale=None, gamma=None, use_beta=False)
+    return kw["dim"], 1, {}, 10
+
+
+def _esimpool_settings(kw: dict) -> tuple[int, int, dict, int]:
+    _fixed(kw, num_heads=12, qk_scale=None, gamma=None, use_beta=False)
+    return kw["dim"], 1, {}, 10
+
+
+def _clip_settings(kw: dict) -> tuple[int, int, dict, int]:
+    _fixed(kw, num_heads=4, qkv_bias=True, out_features=None, embed_dim=None)
+    return kw["in_features"], 1, {"feat_size": kw["feat_size"]}, 10
+
+
+def _siglip_settings(kw: dict) -> tuple[int, int, dict, int]:
+    _fixed(kw, num_heads=8, mlp_ratio=4.0, qkv_bias=True, qk_norm=False, latent_len=1, latent_dim=None,
+           out_features=None, embed_dim=None, pos_embed="", pool_type="token", norm_layer=None)
+    return kw["in_features"], 1, {}, 10
+
+
+def _aim_settings(kw: dict) -> tuple[int, int, dict, int]:
+    _fixed(kw, qkv_bias=False, qk_scale=None, num_queries=1)
+    return kw["dim"], 1, {"num_heads": kw["num_heads"]}, 10
+
+
+def _cbam_settings(kw: dict) -> tuple[int, int, dict, int]:
+    _fixed(kw, rd_ratio=0.0625, rd_channels=None, rd_divisor=1, spatial_kernel_size=7, act_layer="nn.ReLU",
+           gate_layer="sigmoid", mlp_bias=False, output_size=1)
+    return kw["channels"], 1, {}, 10
+
+
+def _coca_settings(kw: dict) -> tuple[int, int, dict, int]:
+    _fixed(kw, context_dim=None, dim_head=64, heads=8, parallel_ff=False, norm_context=False)
+    return kw["dim"], 1, {"num_queries": kw["num_img_queries"]}, 10
+
+
+def _cait_settings(kw: dict) -> tuple[int, int, dict, int]:
+    _fixed(kw, num_heads=4, iterations=1, qkv_bias=True, qk_scale=None, mlp_ratio_clstk=4.0)
+    return kw["embed_dim"], 1, {}, 10
+
+
+def _dinovit_settings(kw: dict) -> tuple[int, int, dict, int]:
+    _fixed(kw, num_heads=8)
+    return kw["d_model"], 1, {}, 10
+
+
+def _jepa_settings(kw: dict) -> tuple[int, int, dict, int]:
+    _fixed(kw, num_queries=1, mlp_ratio=4.0, depth=1, qkv_bias=True, complete_block=True)
+    return kw["embed_dim"], 1, {"num_heads": kw["num_heads"]}, 10
+
+
+def _dolg_settings(kw: dict) -> tuple[int, int, dict, int]:
+    _fixed(kw, act_fn="relu", with_aspp=False, bn_eps=1e-5, bn_nom=0.1)
+    assert kw["s3_dim"] == kw["in_c"]
+    return kw["in_c"], 1, {}, 10
+
+
+def _cae_settings(kw: dict) -> tuple[int, int, dict, int]:
+    _fixed(kw, num_heads=8, qkv_bias=False, qk_scale=None, attn_head_dim=None)
+    return kw["dim"], 1, {}, 10
+
+
+def _map_official_names(sd: dict, head) -> dict:
+    return {"pooler." + k: v for k, v in sd.items()}
+
+
+def _map_jepa(sd: dict, head) -> dict:
+    return {"pooler." + k.replace("cross_attention_block.", "").replace("xattn.", ""): v for k, v in sd.items()}
+
+
+def _map_cae(sd: dict, head) -> dict:  # norm2_cross: built by the official module, never used in its forward
+    return {"pooler." + k: v for k, v in sd.items() if not k.startswith("norm2_cross.")}
+
+
+SETTINGS = {"abmilp": _abmilp_settings, "query": _query_settings, "ep": _ep_settings,
+            "simpool": _simpool_settings, "esimpool": _esimpool_settings, "clip": _clip_settings,
+            "siglip": _siglip_settings, "aim": _aim_settings, "cbam": _cbam_settings, "coca": _coca_settings,
+            "cait": _cait_settings, "dinovit": _dinovit_settings, "jepa": _jepa_settings, "dolg": _dolg_settings,
+            "cae": _cae_settings}
+MAPPERS = {"abmilp": _map_abmilp, "query": _map_query, "ep": _map_ep, "jepa": _map_jepa, "cae": _map_cae,
+           **{k: _map_official_names for k in ("simpool", "esimpool", "clip", "siglip", "aim", "cbam", "coca",
+                                                "cait", "dinovit", "dolg")}}
+OUTPUTS = ("pooled", "attn", "logits", "pooled_all_tokens", "attn_all_tokens", "pooled_train_mode",
+           "attn_train_mode", "pooled_all_tokens_train_mode")
+
+
+def _content(manifest: dict, kw: dict, output: str) -> dict:
+    """Which tokens the official module saw for this output, as the `content` option: patch tokens only, or all
+    of them; nothing for a kind that reads patch tokens only (clip, cbam, dolg: their `_all` fails officially)."""
+    if "content" not in kinds()[manifest["aggregator"]].options:
+        return {}
+    if "all_tokens" in output:
+        return {"content": "all"}
     if "tokens[:, 1:]" in manifest["call"]:
-        return "patch"
-    return kw.get("content", "all")
+        return {"content": "patch"}
+    return {"content": kw.get("content", "all")}
 
 
 @pytest.mark.parity
@@ -101,17 +196,17 @@ def test_parity_with_official_module(path: Path):
     weights = torch.load(path.parent / "weights.pt", weights_only=True)
     io = torch.load(path.parent / "io.pt", weights_only=True)
     tokens, tol = io["tokens"], manifest["tolerance"]
-    outputs = [k for k in ("pooled", "attn", "logits", "pooled_all_tokens") if k in io]
-    assert "pooled" in outputs
+    outputs = [k for k in OUTPUTS if k in io]
+    assert "pooled" in outputs and set(io) == {"tokens", *outputs}, sorted(io)
     for output in outputs:
         head = build_head(_entry(kind), embed_dim=embed_dim, num_heads=num_heads, num_prefix_tokens=1,
-                          num_classes=num_classes, options={**opts, "content": _content(manifest, kw, output)})
+                          num_classes=num_classes, options={**opts, **_content(manifest, kw, output)})
         state = MAPPERS[kind](weights, head)
         own_linear = {k: v for k, v in head.state_dict().items() if not k.startswith("pooler.")}
         head.load_state_dict({**own_linear, **state}, strict=True)
-        head.eval()
+        head.train("train_mode" in output)  # an inner BatchNorm on this batch's statistics, else the running ones
         with torch.no_grad():
-            if output == "attn":
+            if output.startswith("attn"):
                 got = head.pooler.forward_with_attn(tokens)[1]
             elif output == "logits":
                 got = head(tokens)
@@ -251,7 +346,7 @@ def test_bad_option_values_are_user_errors(kind: str, options: dict, fragment: s
 
 
 def test_bad_registered_option_names_the_registry_file():
-    entry = AggregatorEntry(name="broken", kind="ep", tap="prenorm", options={"d_out": 0}, source="aggs.toml")
+    entry = AggregatorEntry(name="broken", kind="ep", tap="prenorm", options={"d_out": 0}, defined_in="aggs.toml")
     with pytest.raises(HarnessError, match=r"'broken' \(aggs.toml\): option 'd_out' is 0"):
         build_head(entry, embed_dim=16, num_heads=2, num_prefix_tokens=1, num_classes=3)
 
@@ -261,3 +356,63 @@ def test_positional_conditioning_needs_a_square_grid():
                       options={"cond": "pe"})
     with pytest.raises(HarnessError, match="square patch grid"):
         head(torch.randn(2, 7, 16))
+
+
+# ------------------------------------------------------------------------- efficient probing's other poolings
+
+EP_POOLINGS = ("simpool", "esimpool", "clip", "siglip", "aim", "cbam", "coca", "cait", "dinovit", "jepa", "dolg",
+               "cae")
+
+
+@pytest.mark.parametrize("kind", EP_POOLINGS)
+@pytest.mark.parametrize("side,width,prefix", [(4, 48, 1), (5, 96, 0), (3, 24, 2)])
+def test_efficient_probing_poolings_shapes_and_gradients(kind: str, side: int, width: int, prefix: int):
+    options = {"feat_size": side} if kind == "clip" else {}
+    if kind in ("aim", "jepa") and width % 16:
+        options["num_heads"] = 8
+    if kind == "esimpool" and width % 12:
+        with pytest.raises(HarnessError, match="divisible by 12"):
+            build_head(_entry(kind), embed_dim=width, num_heads=4, num_prefix_tokens=prefix, num_classes=7)
+        return
+    head = build_head(_entry(kind), embed_dim=width, num_heads=4, num_prefix_tokens=prefix, num_classes=7,
+                      options=options)
+    tokens = torch.randn(3, prefix + side * side, width, requires_grad=True)
+    pooled, logits = head.pool(tokens), head(tokens)
+    assert pooled.shape == (3, width) and logits.shape == (3, 7)
+    logits.sum().backward()
+    assert torch.isfinite(tokens.grad).all()
+    never_read = {"pooler.blocks_token_only.0.attn.k.bias",  # cait's key bias and cae's key-norm shift: they
+                  "pooler.norm1_k.bias"}  # move every score equally, so they cancel in the softmax (zero gradient)
+    assert all(p.grad is not None for n, p in head.named_parameters() if n not in never_read)
+
+
+@pytest.mark.parametrize("kind", ["aim", "cbam", "dolg"])
+def test_an_inner_batchnorm_moves_its_running_statistics_in_training_only(kind: str):
+    head = build_head(_entry(kind), embed_dim=32, num_heads=4, num_prefix_tokens=1, num_classes=3,
+                      options={"num_heads": 8} if kind == "aim" else {})
+    tokens = torch.randn(4, 17, 32) * 3 + 1
+    before = {k: v.clone() for k, v in head.pooler.named_buffers()}
+    with torch.no_grad():
+        head.eval()(tokens)
+        assert all(torch.equal(v, before[k]) for k, v in head.pooler.named_buffers())
+        head.train()(tokens)
+    assert any(not torch.equal(v, before[k]) for k, v in head.pooler.named_buffers() if "running" in k)
+
+
+@pytest.mark.parametrize("kind,width,patches,fragment", [
+    ("clip", 32, 15, "exactly 16 patch tokens"),
+    ("cbam", 32, 15, "square grid"),
+    ("dolg", 32, 12, "square grid"),
+])
+def test_size_constraints_are_user_errors(kind: str, width: int, patches: int, fragment: str):
+    head = build_head(_entry(kind), embed_dim=width, num_heads=4, num_prefix_tokens=1, num_classes=3,
+                      options={"feat_size": 4} if kind == "clip" else {})
+    with pytest.raises(HarnessError, match=fragment):
+        head(torch.randn(2, 1 + patches, width))
+
+
+def test_kinds_whose_all_variant_fails_officially_have_no_content_option():
+    assert not {"clip", "cbam", "dolg"} & {k for k in EP_POOLINGS if "content" in kinds()[k].options}
+    with pytest.raises(HarnessError, match="unknown option 'content'"):
+        build_head(_entry("cbam"), embed_dim=16, num_heads=2, num_prefix_tokens=1, num_classes=3,
+                   options={"content": "all"})

@@ -69,3 +69,22 @@ def test_mocov3_names_its_encoders_when_the_key_is_wrong():
     with pytest.raises(HarnessError, match=r"no state dict at key 'predictor'.*keys present: arch, epoch, optimizer, "
                                            r"state_dict.*sub-networks: base_encoder, momentum_encoder"):
         harness.load_backbone(FAMILY_ENTRY["mocov3"], file, checkpoint_key="predictor", **_overrides(manifest))
+
+
+def test_gated_dinov3_file_says_where_to_get_it_and_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path / "weights"))
+    with pytest.raises(HarnessError, match=r"backbone 'dinov3-vit-b16'.*dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth "
+                                           r"cannot be downloaded by script.*ai\.meta\.com.*put it at "
+                                           + str(tmp_path / "weights")):
+        harness.load_backbone("dinov3-vit-b16")
+
+
+def test_another_familys_file_names_the_entry_the_file_and_what_is_accepted():
+    manifest, _, folder = _fixture("dinov2")
+    file = folder / manifest["checks"][0]["file"]
+    with pytest.raises(HarnessError, match=rf"{file}: does not fit backbone 'dinov3-vit-b16' .*key third of the qkv "
+                                           r"bias.*accepted: a dinov3 release file"):
+        harness.load_backbone(FAMILY_ENTRY["dinov3"], file, **_overrides(manifest))
+    with pytest.raises(HarnessError, match=r"does not fit backbone 'dinov2-vit-b14' .*unexpected keys: reg_token"):
+        harness.load_backbone(FAMILY_ENTRY["dinov2"], fixtures_root() / "backbones" / "dinov2_reg" /
+                              "dinov2_vittiny_reg4_pretrain.pth", **_overrides(manifest))

@@ -270,3 +270,37 @@ def test_online_stops_running_the_backbone_once_every_head_diverged():
     outcomes, passes = train_online(bank([spec("cls", "sgd", math.inf)], steps=6), backbone,
                                     online_loader(train_images, batch_size=16, seed=0), val, val, epochs=3)
     assert passes == 32 and outcomes[0].status == "diverged" and outcomes[0].diverged_step == 0
+
+
+# Efficient probing's other poolings: a square patch grid (cbam, dolg, clip) and a width every kind divides.
+EP_D, EP_SIDE = 48, 4
+EP_OPTIONS = {"clip": {"feat_size": EP_SIDE}, "aim": {"num_heads": 16}, "jepa": {"num_heads": 16}}
+
+
+def ep_tokens(n: int, seed: int) -> TokenSet:
+    centres = torch.randn(C, EP_D, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(n) % C
+    x = torch.randn(n, 1 + EP_SIDE ** 2, EP_D, generator=torch.Generator().manual_seed(seed)) + centres[labels][:, None]
+    return TokenSet({"prenorm": x.half()}, labels)
+
+
+def ep_train(specs: list[HeadSpec]) -> tuple[HeadBank, list]:
+    b = HeadBank(specs, embed_dim=EP_D, num_heads=HEADS, num_prefix_tokens=PREFIX, num_classes=C, batch_size=16,
+                 total_steps=8, warmup_steps=2)
+    return b, train_cached(b, ep_tokens(32, 1), ep_tokens(24, 2), ep_tokens(24, 3), epochs=2, batch_size=16)
+
+
+@pytest.mark.parametrize("kind", ["simpool", "esimpool", "clip", "siglip", "aim", "cbam", "coca", "cait", "dinovit",
+                                  "jepa", "dolg", "cae"])
+def test_efficient_probing_poolings_train_in_a_stack_bit_for_bit_as_alone(kind: str):
+    """Heads of one kind differing in lr, wd and seed: the stack (with each head's own inner BatchNorm statistics
+    for aim, cbam and dolg) equals each head trained alone, parameters, metrics and curves."""
+    agg = AggregatorEntry(kind, kind, "prenorm", EP_OPTIONS.get(kind, {}))
+    specs = [HeadSpec(f"{kind}/{i}", f"{kind}{i}", agg, {}, "lars", lr, wd, seed)
+             for i, (lr, wd, seed) in enumerate([(0.1, 0.0, 0), (0.4, 0.0, 0), (0.2, 0.05, 0), (0.1, 0.0, 1)])]
+    together, outcomes = ep_train(specs)
+    assert len(together.groups) == 2  # one stack per seed (cached protocol), three heads in the first
+    for i, s in enumerate(specs):
+        alone, (outcome,) = ep_train([s])
+        assert outcome == outcomes[i] and outcome.status == "ok", s.head_id
+        assert all(torch.equal(a, b) for a, b in zip(together.parameters_of(i), alone.parameters_of(0))), s.head_id

@@ -11,8 +11,7 @@ from rich.console import Console
 
 from harness.errors import HarnessError
 from harness.registry import load_registry, registry_dir
-from harness.report.html import render_html
-from harness.report.leaderboard import render_markdown
+from harness.report.leaderboard import leaderboard_pages
 from harness.report.markdown import md_escape
 from harness.report.plain import printable
 from results_factory import make_row
@@ -76,7 +75,8 @@ def _hostile_results():
 
 def test_leaderboards_escape_names_that_got_into_the_results():
     results = _hostile_results()
-    md, page = render_markdown(results), render_html(results)
+    pages = leaderboard_pages(results)[1]
+    md, page = pages["leaderboard.md"], pages["leaderboard.html"]
     for text in (md, page):
         assert "\x1b" not in text and "<svg onload" not in text
     assert not any(line.startswith("| 99 |") for line in md.splitlines())
@@ -102,7 +102,9 @@ def test_sweep_progress_reads_no_markup_and_sends_no_escapes():
     from harness.run.sweep import _StoreAndShow
 
     plan = TrialPlan(trial_id="t", grid="g", backbone=EVIL, dataset="digits", protocol="cached", epochs=1,
-                     batch_size=8, warmup_epochs=0, claim_margin=0.5, heads=())
+                     batch_size=8, warmup_epochs=0, claim_margin=0.5, heads=(),
+                     backbone_entry=load_registry().backbone("demo-mae-tiny"),
+                     dataset_entry=load_registry().dataset("digits"))
     out = io.StringIO()
     show = _StoreAndShow([plan], Path("unused"), Console(file=out, width=300, force_terminal=False))
     show._set(SimpleNamespace(config={"index": 0}), "running")  # a MarkupError here aborted the sweep

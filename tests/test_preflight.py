@@ -6,6 +6,7 @@ import os
 import pytest
 
 from harness.cli import main
+from harness.registry import load_registry
 from harness.results import store
 from results_factory import make_row
 
@@ -65,7 +66,7 @@ def test_nothing_to_run_still_regenerates_a_stale_leaderboard(tmp_path, capsys, 
     grid = load_registry().grid("demo")
     (trial, *_) = expand(grid, load_registry())
     rows = [make_row(backbone=trial.backbone, config_hash=h.config_hash, trial_id=trial.trial_id, lr=h.lr,
-                     seed=h.seed, aggregator=h.aggregator, head_id=h.head_id) for h in trial.heads]
+                     seed=h.seed, aggregator=h.aggregator.name, head_id=h.head_id) for h in trial.heads]
     store.write_trial(tmp_path, rows, [])  # the sweep was killed before its leaderboard
     assert main(["sweep", "--grid", "demo", "--backbones", trial.backbone, "--results-dir", str(tmp_path)]) == 0
     assert "Nothing to run" in capsys.readouterr().out and (tmp_path / "leaderboard.md").is_file()
@@ -82,7 +83,9 @@ def test_rows_the_store_refuses_mid_sweep_are_kept_and_imported_by_the_next_run(
     from harness.run.sweep import _StoreAndShow
 
     plan = TrialPlan(trial_id="t0", grid="demo", backbone="demo-mae-tiny", dataset="digits", protocol="cached",
-                     epochs=1, batch_size=8, warmup_epochs=0, claim_margin=0.5, heads=())
+                     epochs=1, batch_size=8, warmup_epochs=0, claim_margin=0.5, heads=(),
+                     backbone_entry=load_registry().backbone("demo-mae-tiny"),
+                     dataset_entry=load_registry().dataset("digits"))
     row = make_row(trial_id="t0")
     callback = _StoreAndShow([plan], tmp_path, None)
     real = store.write_trial

@@ -263,7 +263,7 @@ def test_knn_heads_run_in_a_trial_from_the_cache(tmp_path):
                     'layers = [-1, "last2"]\n[heads.mean]\noptimizer = "sgd"\nlr = [0.1]\n')
     reg = load_registry()
     dino, ijepa = (dataclasses.replace(t, cache_dir=str(tmp_path / "c")) for t in expand(reg.grid(str(path)), reg))
-    knn = [h for h in dino.heads if h.aggregator == "knn"]
+    knn = [h for h in dino.heads if h.aggregator.name == "knn"]
     assert len(knn) == 2 * 4 * 3 and {h.seed for h in knn} == {0}  # deterministic: one seed
     rows, curves, predictions = run_trial(dino)
     assert len(predictions) == len(rows)  # k-NN heads store their test predictions too

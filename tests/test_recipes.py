@@ -164,8 +164,9 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float, what: str)
     assert err <= atol, f"{what}: max |diff| {err:.3g} > {atol:g}"
 
 
-def _run(folder: Path, variant: str, cases: list[Case], m: dict) -> None:
-    """Every head of `cases` trained in one bank beside other heads; each follows its own trajectory."""
+def _run(folder: Path, variant: str, cases: list[Case], m: dict, alone: bool = False) -> None:
+    """Every head of `cases` trained in one bank beside other heads (none if `alone`); each follows its own
+    trajectory."""
     sizes, tol = m["sizes"], m["tolerance"]
     data = torch.load(folder / "data.pt", weights_only=True)
     traj = torch.load(folder / m["variants"][variant]["file"], weights_only=True)
@@ -176,7 +177,8 @@ def _run(folder: Path, variant: str, cases: list[Case], m: dict) -> None:
     evaluation, _ = _taps(data, "eval")
     warmups = {c.warmup_steps for c in cases}
     assert len(warmups) == 1
-    bank = HeadBank(_specs(cases), embed_dim=cases[0].embed_dim, num_heads=cases[0].num_heads,
+    specs = [_spec(c, f"under-test-{i}", c.lr, c.recipe) for i, c in enumerate(cases)] if alone else _specs(cases)
+    bank = HeadBank(specs, embed_dim=cases[0].embed_dim, num_heads=cases[0].num_heads,
                     num_prefix_tokens=sizes["T"] - sizes["n_patch_tokens"], num_classes=sizes["C"],
                     batch_size=sizes["B"], total_steps=steps, warmup_steps=warmups.pop(), depth=depth)
     assert len(bank.live()) == len(bank.specs)
@@ -236,6 +238,15 @@ def _run(folder: Path, variant: str, cases: list[Case], m: dict) -> None:
 def test_recipe_follows_the_official_trajectory(folder: Path, variant: str):
     m = json.loads((folder / "manifest.json").read_text())
     _run(folder, variant, BUILDERS[m["recipe"]](m, variant), m)
+
+
+@pytest.mark.parametrize("variant", ["cls", "cls_wd"])
+def test_a_one_head_lars_group_follows_the_mae_fixture(variant: str):
+    """The hand-written cross-entropy gradient of a linear group of one head, under LARS (with and without decay),
+    against every step of MAE's trajectory (20 in the visible fixture)."""
+    (path,) = [p for p in manifests("recipe") if json.loads(p.read_text())["recipe"] == "mae_linprobe"]
+    m = json.loads(path.read_text())
+    _run(path.parent, variant, _mae(m, variant), m, alone=True)
 
 
 def _rearranged(folder: Path, out: Path, cases: list[Case], seed: int) -> None:

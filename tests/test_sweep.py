@@ -51,7 +51,10 @@ def test_full_grid_runs_imagenet_online_and_transfer_sets_cached():
     trials = expand(grid, reg)
     assert len(trials) == 7 * 9 and {t.backbone for t in trials} >= {"mae-vit-b16", "ijepa-vit-h14-in1k",
                                                                     "dinov2-vit-b14-reg4", "dinov3-vit-b16"}
-    assert {a.aggregator for a in grid.heads} == set(reg.aggregators) and grid.seeds == (0, 1, 2)
+    poolings = {a.aggregator for a in reg.grid("poolings").heads} - {"cls", "abmilp", "ep"}  # that grid's alone
+    assert {a.aggregator for a in grid.heads} == {a for a, e in reg.aggregators.items()
+                                                  if a not in poolings and a.removesuffix("_all") not in poolings}
+    assert grid.seeds == (0, 1, 2)
     for t in trials:
         expected = ("online", 90, 16384, 10) if t.dataset == "imagenet-1k" else ("cached", 100, 256, 10)
         assert (t.protocol, t.epochs, t.batch_size, t.warmup_epochs) == expected, t.dataset
@@ -102,17 +105,17 @@ def test_claim_margin_must_be_finite_and_positive(tmp_path, margin):
 def test_cost_counts_online_epochs_and_cached_tokens(tmp_path):
     reg = load_registry()
     trials = expand(reg.grid(_grid_file(tmp_path, "[overrides.cifar10]\nprotocol = \"online\"\n")), reg)
-    digits, cifar = (trial_cost(t, reg, measured_speed={"demo-mae-tiny": 100.0}, measured_images={})
+    digits, cifar = (trial_cost(t, measured_speed={"demo-mae-tiny": 100.0}, measured_images={})
                      for t in trials[:2])
     assert digits.passes == digits.images == 1797 and digits.hours == pytest.approx(1797 / 100 / 3600)
     assert 1797 * 2 * 64 * 4 < digits.cache_bytes < 1797 * 3 * 64 * 4  # [cls] heads: [cls] + patch mean, float32
     attention = expand(reg.grid(_grid_file(tmp_path, '[heads.abmilp]\noptimizer = "lars"\nlr = [0.1]\n')), reg)[0]
-    every_token = trial_cost(attention, reg, measured_speed={}, measured_images={})
+    every_token = trial_cost(attention, measured_speed={}, measured_images={})
     # abmilp reads "prenorm" (16 patches + [cls], width 64, float16); "norm", read by cls and mean only, is summarised
     # ([cls] + patch mean, float32)
     assert every_token.cache_by_tap["prenorm"] > 1797 * 17 * 64 * 2 > 1797 * 3 * 64 * 4 > every_token.cache_by_tap["norm"]
     assert cifar.cache_bytes is None and cifar.passes == 60000 + 4 * 45000  # train split again every later epoch
-    ijepa = trial_cost(expand(reg.grid("full"), reg)[-1], reg, measured_speed={}, measured_images={})
+    ijepa = trial_cost(expand(reg.grid("full"), reg)[-1], measured_speed={}, measured_images={})
     assert ijepa.throughput == "registered 1-GPU" and ijepa.hours > 0
 
 
@@ -340,8 +343,9 @@ def test_user_error_inside_a_trial_is_not_retried_and_is_one_paragraph(failing_s
     assert rows[rows.backbone == "test-mae-corrupt"].empty  # no rows: the next sweep runs it again
     assert "corrupt.pth: not a readable checkpoint" in out and "test-mae-corrupt/digits: no rows written" in out
     paragraph = out[out.index("error: "):]  # (the flaky trial's retried crash is logged by Tune above it, as before)
-    assert "Traceback" not in paragraph and "\x1b[" not in out and "RayTaskError" not in paragraph
-    assert "2 trials ok, 0 failed, 0 stopped before they finished, 1 stopped by an error in their input" in out
+    assert "Traceback" not in paragraph and "\x1b[" not in paragraph and "RayTaskError" not in paragraph
+    summary = " ".join(out.split())  # the console wraps long lines
+    assert "2 trials ok, 0 failed, 0 stopped before they finished, 1 stopped by an error in their input" in summary
 
 
 @pytest.mark.slow
@@ -432,5 +436,40 @@ def test_cls_and_mean_trials_cache_summaries_and_attention_trials_every_token(tm
         # ep reads prenorm: [cls] + 16 patches; cls and mean read norm: [cls] + patch mean, in every split
         assert len(metas) == 3 * len(tokens) and {(m["key"]["tap"], m["shape"][1]) for m in metas} == set(tokens.items())
         written = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
-        predicted = trial_cost(plan, reg, measured_speed={}, measured_images={}).cache_bytes
+        predicted = trial_cost(plan, measured_speed={}, measured_images={}).cache_bytes
         assert 0.9 * predicted < written <= predicted
+
+
+def test_poolings_grid_trains_every_efficient_probing_pooling_from_one_pass_per_epoch():
+    reg = load_registry()
+    grid = reg.grid("poolings")
+    trials = expand(grid, reg)
+    kinds = {reg.aggregator(a.aggregator).kind for a in grid.heads}
+    assert kinds == {"cls", "abmilp", "ep", "simpool", "esimpool", "clip", "siglip", "aim", "cbam", "coca", "cait",
+                     "dinovit", "jepa", "dolg", "cae"}
+    for t in trials:
+        assert (t.dataset, t.protocol, t.epochs, t.batch_size, t.warmup_epochs) == ("imagenet-1k", "online", 90,
+                                                                                    4096, 10)
+        assert all(h.optimizer == "lars" and h.wd == 0 for h in t.heads) and 0.1 in {h.lr for h in t.heads}
+        assert len(t.heads) == 15 * 5
+
+
+def test_dry_run_compares_the_shared_pass_with_one_run_per_pooling(capsys):
+    code, out = _run(capsys, "sweep", "--grid", "poolings", "--dry-run")
+    assert code == 0
+    assert "One run per aggregator instead (15 aggregators" in " ".join(out.split()) and "15.0x this sweep's" in out
+
+
+@pytest.mark.parametrize("aggregator,options,backbone,fragment", [
+    ("esimpool", "", "ijepa-vit-h14-in1k", "width 1280 is not divisible by 12"),
+    ("clip", "", "ijepa-vit-h14-in1k", "this backbone gives 256"),
+    ("clip", "\noptions = { feat_size = 16 }", "mae-vit-b16", "this backbone gives 196"),
+])
+def test_a_pooling_that_cannot_read_a_backbone_is_refused_at_plan_time(tmp_path, capsys, aggregator, options,
+                                                                       backbone, fragment):
+    path = tmp_path / "g.toml"
+    path.write_text(f'backbones = ["{backbone}"]\ndatasets = ["imagenet-1k"]\nseeds = [0]\nepochs = 1\nbatch_size = 8\n'
+                    f'[heads.{aggregator}]\noptimizer = "lars"\nlr = [0.1]{options}\n')
+    code, out = _run(capsys, "sweep", "--grid", str(path), "--dry-run")
+    assert code == 2 and fragment in " ".join(out.split()) and "Traceback" not in out
+    assert "accepted:" in out

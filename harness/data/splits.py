@@ -31,6 +31,7 @@ class Splits:
     """The three splits of one dataset, transformed for one backbone."""
 
     train: Dataset  # items: (image float tensor (3, H, W) normalised for the backbone, label int)
+    augmented: Dataset  # the train split under the online protocol's augmentation (random crop and flip)
     val: Dataset  # seeded, stratified hold-out carved from the training pool
     test: Dataset  # the reported split
     num_classes: int
@@ -109,7 +110,7 @@ def _check_counts(dataset: DatasetEntry, source: Source) -> None:
     """Labels within num_classes, and the official image counts (`options.num_images`) when the entry records them."""
     found = int(max(source.pool_labels.max(), source.test_labels.max())) + 1
     if found > dataset.num_classes or min(source.pool_labels.min(), source.test_labels.min()) < 0:
-        raise HarnessError(f"{dataset.source_file}: dataset '{dataset.name}' read from {source.location} has labels "
+        raise HarnessError(f"{dataset.defined_in}: dataset '{dataset.name}' read from {source.location} has labels "
                            f"in 0..{found - 1}, but its field 'num_classes' is {dataset.num_classes}; accepted: the "
                            "number of classes.")
     expected = option(dataset, "num_images", dict, {})
@@ -117,7 +118,7 @@ def _check_counts(dataset: DatasetEntry, source: Source) -> None:
     for split, n in expected.items():
         if split not in got or got[split] != n:
             raise HarnessError(f"dataset '{dataset.name}': {source.location} holds {got} images, but the entry "
-                               f"({dataset.source_file}) records options.num_images = {expected}; the files there "
+                               f"({dataset.defined_in}) records options.num_images = {expected}; the files there "
                                "are incomplete or another version: remove them and download or place them again.")
 
 
@@ -130,7 +131,8 @@ def first_per_class(indices: np.ndarray, labels: np.ndarray, n: int) -> np.ndarr
 def load_splits(dataset: DatasetEntry, backbone: BackboneEntry, *, augment: bool = False, download: bool = False,
                 root: Path | None = None, limit_train: int | None = None) -> Splits:
     """The train / val / test splits of `dataset`, preprocessed for `backbone` (see the module docstring);
-    `limit_train` keeps the first N training images per class (val and test stay whole)."""
+    `augment` makes `train` the augmented view too; `limit_train` keeps the first N training images per class (val
+    and test stay whole)."""
     source = load_source(dataset, backbone, download=download, root=root)
     pool_labels, test_labels = source.pool_labels, source.test_labels
     _check_counts(dataset, source)
@@ -139,9 +141,11 @@ def load_splits(dataset: DatasetEntry, backbone: BackboneEntry, *, augment: bool
     if limit_train:
         train_idx = first_per_class(train_idx, pool_labels[train_idx], limit_train)
     eval_tf = build_transform(dataset, backbone, augment=False)
-    train_tf = build_transform(dataset, backbone, augment=True) if augment else eval_tf
+    augmented = LabelledView(source.pool, train_idx, pool_labels[train_idx],
+                             build_transform(dataset, backbone, augment=True), augment=True)
     return Splits(
-        train=LabelledView(source.pool, train_idx, pool_labels[train_idx], train_tf, augment=augment),
+        train=augmented if augment else LabelledView(source.pool, train_idx, pool_labels[train_idx], eval_tf),
+        augmented=augmented,
         val=LabelledView(source.pool, val_idx, pool_labels[val_idx], eval_tf),
         test=LabelledView(source.test, np.arange(len(source.test)), test_labels, eval_tf),
         num_classes=dataset.num_classes,

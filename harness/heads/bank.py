@@ -35,32 +35,10 @@ from torch.nn import functional as F
 from harness.heads import recipes
 from harness.heads.head import Head, build_head
 from harness.heads.kinds import NotApplicable
-from harness.heads.pool.kernels import StackedPool
+from harness.heads.pool.kernels import StackedPool, stat_buffers
 from harness.heads.optim import clip_per_head, new_state, update
-from harness.heads.recipes import Recipe
-from harness.registry import AggregatorEntry
-from harness.tokens.layers import DEFAULT_LAYER, layer_blocks, layer_taps
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """One head of the bank: an aggregator with its optimizer settings, seed and recipe (None: the harness's
-    own training for `optimizer`, recipes.harness_default)."""
-
-    head_id: str
-    config_hash: str
-    aggregator: AggregatorEntry
-    options: dict
-    optimizer: str
-    lr: float
-    wd: float
-    seed: int
-    recipe: Recipe | None = None
-    layer: str = DEFAULT_LAYER  # the blocks it reads (harness.tokens.layers)
-
-    @property
-    def training(self) -> Recipe:
-        return self.recipe or recipes.harness_default(self.optimizer)
+from harness.heads.spec import HeadSpec
+from harness.tokens.layers import layer_blocks, layer_taps
 
 
 def head_input(tokens: Mapping[str, Tensor], taps: Sequence[str]) -> Tensor:
@@ -119,6 +97,10 @@ class _Group:
         """The parameters as (N, ...) tensors that share storage with the trained ones."""
         raise NotImplementedError
 
+    def statistics(self) -> dict[str, Tensor]:
+        """Running statistics inside the poolings by name in the pooler, (N, ...) each (aim, cbam, dolg)."""
+        return {}
+
     def names(self) -> list[str]:
         """The parameters' names in a head module (`pooler.*`, `linear.weight`, `linear.bias`), as `stacked()`."""
         raise NotImplementedError
@@ -128,6 +110,7 @@ class _Group:
         (C, D)); writing into them sets the head."""
         state = {name: p[slot] for name, p in zip(self.names(), self.stacked())}
         state["linear.weight"] = state["linear.weight"].T
+        state |= {f"pooler.{name}": v[slot] for name, v in self.statistics().items()}
         running = self.running_stats()
         if running is not None:
             state |= {"norm.running_mean": running[0][slot], "norm.running_var": running[1][slot],
@@ -259,10 +242,11 @@ class _LinearGroup(_Group):
 
 
 class _AttentionGroup(_Group):
-    """Heads whose pooling has parameters (abmilp, query, ep): each parameter stacked on a head axis, the pooler's
-    `stacked` pools the shared tokens for every head in batched kernels, then BatchNorm (per head and channel, as
-    one BatchNorm over N * D' channels) and the linear layers as in _LinearGroup. Gradients by autograd of the
-    heads' summed losses: heads share nothing, so each head's gradient is that of its own loss."""
+    """Heads whose pooling has parameters (abmilp, query, ep, ...): each parameter stacked on a head axis, the
+    pooler's `stacked` pools the shared tokens for every head in batched kernels, then BatchNorm (per head and
+    channel, as one BatchNorm over N * D' channels) and the linear layers as in _LinearGroup. A pooling's own
+    running statistics (aim, cbam, dolg hold a BatchNorm) are stacked the same way, each head's its own. Gradients
+    by autograd of the heads' summed losses: heads share nothing, so each head's gradient is that of its own loss."""
 
     def __init__(self, members: list[int], specs: Sequence[HeadSpec], heads: list[Head], taps: tuple[str, ...],
                  batch_size: int, device: torch.device):
@@ -272,6 +256,8 @@ class _AttentionGroup(_Group):
         stacks = [torch.stack([o[name].detach() for o in own]).to(device).contiguous()
                   for name in self.names_in_pooler]
         self.params = [p.requires_grad_() for p in (*stacks, *_stacked_linear(heads, device))]
+        buffers = [dict(stat_buffers(h.pooler)) for h in heads]
+        self.stats = {name: torch.stack([b[name] for b in buffers]).to(device).contiguous() for name in buffers[0]}
         self.norm, self.running = heads[0].norm, None  # its eps and momentum
         if isinstance(self.norm, nn.BatchNorm1d):
             self.running = [torch.stack([getattr(h.norm, k) for h in heads]).to(device).contiguous()
@@ -281,6 +267,9 @@ class _AttentionGroup(_Group):
     def stacked(self) -> list[Tensor]:
         return [p.detach() for p in self.params]
 
+    def statistics(self) -> dict[str, Tensor]:
+        return self.stats
+
     def names(self) -> list[str]:
         return [f"pooler.{name}" for name in self.names_in_pooler] + ["linear.weight", "linear.bias"]
 
@@ -289,7 +278,8 @@ class _AttentionGroup(_Group):
 
     def logits(self, tokens: Tensor, train: bool) -> Tensor:
         *pool, weight, bias = self.params
-        feats = self.pooler.stacked(dict(zip(self.names_in_pooler, pool)), tokens)  # (N, B, D')
+        self.pooler.train(train)  # an inner BatchNorm: batch statistics (moving `stats`) or the running ones
+        feats = self.pooler.stacked({**dict(zip(self.names_in_pooler, pool)), **self.stats}, tokens)  # (N, B, D')
         if self.running is not None:
             n, b, d = feats.shape
             flat = F.batch_norm(feats.transpose(0, 1).reshape(b, n * d), self.running[0].view(-1),
@@ -302,12 +292,15 @@ class _AttentionGroup(_Group):
         with torch.enable_grad():
             logp = self.logits(tokens, train=True).log_softmax(-1)
             loss = -logp.gather(-1, labels.view(1, -1, 1).expand(len(self.members), -1, 1)).squeeze(-1).mean(1)
-            grads = torch.autograd.grad(loss.sum(), self.params)
-        return loss.detach(), list(grads)
+            grads = torch.autograd.grad(loss.sum(), self.params, allow_unused=True)
+        # a parameter the stacked kernel never reads (cait's key bias: it moves every score equally, so it cancels
+        # in the softmax) has a zero gradient, as in the official module up to rounding
+        return loss.detach(), [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
 
     def keep(self, slots: list[int]) -> None:
         index = torch.tensor(slots, dtype=torch.long, device=self.params[0].device)
         self.params = [p.detach()[index].requires_grad_() for p in self.params]
+        self.stats = {k: v[index] for k, v in self.stats.items()}
         if self.running is not None:
             self.running = [r[index] for r in self.running]
         super().keep(slots)
@@ -364,10 +357,13 @@ class HeadBank:
         return sorted({seed for g in self.groups for seed in g.seeds})
 
     def parameters_of(self, i: int) -> list[Tensor]:
-        """Head `i`'s current parameters (its slices of the stacks, linear weights as (D, C)); empty when it is
-        not training."""
+        """Head `i`'s current parameters (its slices of the stacks, linear weights as (D, C)), then its poolings'
+        running statistics; empty when it is not training."""
         found = self._slot(i)
-        return [p[found[1]].detach() for p in found[0].stacked()] if found else []
+        if not found:
+            return []
+        g, slot = found
+        return [p[slot].detach() for p in (*g.stacked(), *g.statistics().values())]
 
     def _slot(self, i: int) -> tuple[_Group, int] | None:
         for g in self.groups:

@@ -88,6 +88,13 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
            "(EfficientProbing with 32 queries on the last block's raw tokens, BatchNorm1d(affine=False, eps 1e-6) "
            "+ Linear at PyTorch's default init; LARS as MAE, the query tensor adapted; official wd 0)",
            ("ep",), **_LARS_SCRIPT, linear_init="default", kind_options=(("ep", (("num_queries", 32),)),)),
+    Recipe("ep-poolings",
+           "billpsomas/efficient-probing @ b8f4fb8: main_linprobe.py, probe_heads.py (POOLINGS: each pooling with "
+           "its factory's defaults, then BatchNorm1d(affine=False, eps 1e-6) and the encoder's own head Linear, "
+           "trunc_normal(0.01) weight and zero bias as main_linprobe sets it after loading; LARS as MAE; official "
+           "wd 0)",
+           ("simpool", "esimpool", "clip", "siglip", "aim", "cbam", "coca", "cait", "dinovit", "jepa", "dolg", "cae"),
+           **_LARS_SCRIPT, linear_init="trunc_normal"),
     Recipe("beyond-cls-abmilp",
            "gmum/beyond_cls @ 22ed799: main_linprobe.py, abmilp.py, README ImageNet command (ABMILP depth 1, relu, "
            "no self-attention, no conditioning, patch tokens of the last block; BatchNorm1d(affine=False, eps "

@@ -63,8 +63,9 @@ def _select(ckpt: Any, entry: BackboneEntry, checkpoint_key: str | None, path: P
     wanted = " or ".join(dict.fromkeys("the top level" if k is None else f"key {k!r}" for k in candidates))
     inner_names = f" (or one of its sub-networks: {', '.join(family.subnetworks)})" if family.subnetworks else ""
     raise HarnessError(f"{path}: found no state dict at {wanted} (for backbone {entry.name!r}, family "
-                       f"{entry.family}); keys present: {_listing(ckpt)}. Pass checkpoint_key / --checkpoint-key "
-                       f"naming one of them{inner_names}, or check that the file belongs to this family.")
+                       f"{entry.family}); keys present: {_listing(ckpt)}. Set checkpoint_key in the entry (or in an "
+                       f"entry with extends = {entry.name!r}) to one of them{inner_names}, or check that the file "
+                       "belongs to this family.")
 
 
 def convert_checkpoint(ckpt: Any, entry: BackboneEntry, checkpoint_key: str | None = None,
@@ -137,7 +138,7 @@ def build_model(entry: BackboneEntry, pretrained_file: Path | None = None, **arc
                                    "this timm model, as timm saves it or its hub holds it.") from None
             if "Unknown model" not in str(e):
                 raise
-            raise HarnessError(f"{entry.source}: backbone {entry.name!r} names arch {entry.arch!r}, which timm "
+            raise HarnessError(f"{entry.defined_in}: backbone {entry.name!r} names arch {entry.arch!r}, which timm "
                                f"{timm.__version__} does not know; accepted: a timm model name.") from None
 
 
@@ -182,26 +183,26 @@ class Backbone(nn.Module):
         return self.forward_tokens(images)
 
 
-def load_backbone(name: str, weights: str | Path | None = None, *, checkpoint_key: str | None = None,
+def load_backbone(name: BackboneEntry | str, weights: str | Path | None = None, *, checkpoint_key: str | None = None,
                   device: str | torch.device = "cpu", expected_sha256: str | None = None,
                   **arch_overrides: Any) -> Backbone:
-    """The registered backbone `name`, frozen on `device`.
+    """The backbone `name` (a registry entry, or its name in the registry), frozen on `device`.
 
     `weights` overrides where the file comes from; `checkpoint_key` picks another sub-network of it (e.g. a
     student); `expected_sha256` is the content `weights` must still have (what the plan hashed);
     `arch_overrides` change the architecture (e.g. tiny test sizes). `random_init` entries read no file.
     """
-    entry = load_registry().backbone(name)
+    entry = load_registry().backbone(name) if isinstance(name, str) else name
     if entry.random_init:
         if weights is not None or checkpoint_key is not None:
-            raise HarnessError(f"backbone {name!r} is a random-init demo variant and reads no weights; pass "
+            raise HarnessError(f"backbone {entry.name!r} is a random-init demo variant and reads no weights; pass "
                                "weights only to an entry with released weights.")
         return Backbone(build_model(entry, **arch_overrides), entry, RANDOM_INIT_SHA256).to(device)
     loader = families()[entry.family].loader
     if loader is not None:
         model, sha256 = resolve(loader)(entry, weights, checkpoint_key, expected_sha256, **arch_overrides)
         return Backbone(model, entry, sha256).to(device)
-    path, sha256 = resolve_weights(entry, weights, expected_sha256)  # file problems surface before a large model is built
+    path, sha256 = resolve_weights(entry, weights, expected_sha256)  # file problems surface before a model is built
     sd = convert_checkpoint(load_checkpoint(path), entry, checkpoint_key, path)
     model = build_model(entry, **arch_overrides)
     _load_strict(model, fit_to_model(sd, model, entry, path), entry, path)

@@ -31,7 +31,7 @@ def hub_file(entry: BackboneEntry) -> Path:
                    else "the hub cannot be reached")
         except Exception as e:  # no network, no access, ...: one user message for all
             why = f"downloading it failed ({type(e).__name__})"
-        raise HarnessError(f"backbone {entry.name!r} (timm {entry.arch}, {entry.source}): {cfg['hf_hub_id']}/{name} "
+        raise HarnessError(f"backbone {entry.name!r} (timm {entry.arch}, {entry.defined_in}): {cfg['hf_hub_id']}/{name} "
                            f"is not in the Hugging Face cache and {why}; accepted: run once with network access, or "
                            "pass a saved state dict with --weights.")
     raise HarnessError(f"backbone {entry.name!r} (timm {entry.arch}): the hub repository {cfg['hf_hub_id']} has "

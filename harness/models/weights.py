@@ -40,7 +40,7 @@ def file_name(entry: BackboneEntry) -> str:
         return entry.filename
     if entry.url:
         return entry.url.rstrip("/").rsplit("/", 1)[-1]
-    raise HarnessError(f"{entry.source}: backbone {entry.name!r} has neither 'filename' nor 'url'; "
+    raise HarnessError(f"{entry.defined_in}: backbone {entry.name!r} has neither 'filename' nor 'url'; "
                        "accepted: a file name for the weights folder, or a download address.")
 
 
@@ -58,7 +58,7 @@ def unobtainable(entry: BackboneEntry) -> HarnessError | None:
         return None
     name = file_name(entry)
     target = (setting("weights_dir") or setting("download_dir")) / name
-    return HarnessError(f"backbone {entry.name!r} ({entry.source}): the file {name} cannot be downloaded by script. "
+    return HarnessError(f"backbone {entry.name!r} ({entry.defined_in}): the file {name} cannot be downloaded by script. "
                         f"{entry.manual_download or ''} Then put it at {target} (or set HARNESS_WEIGHTS_DIR / [paths] "
                         "weights_dir to its folder, or pass its path with --weights).")
 
@@ -69,7 +69,7 @@ def verify_sha256(path: Path, entry: BackboneEntry) -> str:
     if entry.sha256 is None:
         check_lock(entry.name, path, actual)
     elif actual != entry.sha256:
-        raise HarnessError(f"{path}: sha256 is {actual}, but backbone {entry.name!r} ({entry.source}) registers "
+        raise HarnessError(f"{path}: sha256 is {actual}, but backbone {entry.name!r} ({entry.defined_in}) registers "
                            f"{entry.sha256}; the file is corrupt, incomplete or a different release. Delete it and "
                            "download it again.")
     return actual
@@ -98,7 +98,7 @@ def resolve_weights(entry: BackboneEntry, weights: str | Path | None = None,
         raise missing
     name = file_name(entry)
     path, actual = download(entry.url, setting("download_dir") / name, entry.sha256,
-                            f"backbone {entry.name!r} ({entry.source})")
+                            f"backbone {entry.name!r} ({entry.defined_in})")
     remember_sha256(path, actual)
     if entry.sha256 is None:
         check_lock(entry.name, path, actual)

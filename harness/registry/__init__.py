@@ -173,7 +173,7 @@ class BackboneEntry:
     licence: str = ""  # of the released weights, as their repository states it
     paper: str = ""  # the paper's address
     origin: str = ""  # the repository that released the weights
-    source: str = ""
+    defined_in: str = ""  # the registry file that defines the entry
     register_tokens: int = 0  # `timm` family: prefix tokens besides [cls], from the model timm builds
     warning: str = ""  # what a user must know before trusting the numbers (shown by `harness list`, at load)
 
@@ -197,7 +197,7 @@ class AggregatorEntry:
     tap: str  # "norm": after the final LayerNorm; "prenorm": last block output before it
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    source: str = ""
+    defined_in: str = ""  # the registry file that defines the entry
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,7 @@ class DatasetEntry:
     split_seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
     description: str = ""
-    source_file: str = ""
+    defined_in: str = ""  # the registry file that defines the entry (`source` is the kind of source)
 
 
 @dataclass(frozen=True)
@@ -250,7 +250,7 @@ class Grid:
     claim_margin: float = 0.5  # equivalence margin of the mean-vs-cls test, in top-1 points
     limit_train: int | None = None  # train on the first N training images per class (smoke tests; never in a file)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> some of TRIAL_SETTINGS
-    source: str = ""
+    defined_in: str = ""  # the registry file that defines the entry
 
     def settings(self, dataset: str | None) -> dict[str, Any]:
         """Protocol, epochs, batch size and warmup for one dataset: the grid's, with its [overrides.<dataset>]."""
@@ -362,7 +362,7 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         licence=(t.get("licence", str, ""), "")[random_init],  # a demo inherits its family's, but has no weights
         paper=t.get("paper", str, ""),
         origin=t.get("origin", str, ""),
-        source=str(path),
+        defined_in=str(path),
         register_tokens=timm_fields.get("register_tokens", 0),
         warning=timm_fields.get("warning", ""),
     )
@@ -398,7 +398,7 @@ def _parse_aggregators(path: Path, data: dict[str, Any]) -> dict[str, Aggregator
             tap=t.choice("tap", TOKEN_TAPS),
             options=dict(t.get("options", dict, {})),
             description=t.get("description", str, ""),
-            source=str(path),
+            defined_in=str(path),
         )
         t.finish()
         resolve_options(out[name])
@@ -418,7 +418,7 @@ def _parse_datasets(path: Path, data: dict[str, Any]) -> dict[str, DatasetEntry]
             split_seed=t.get("split_seed", int, 0),
             options=dict(t.get("options", dict, {})),
             description=t.get("description", str, ""),
-            source_file=str(path),
+            defined_in=str(path),
         )
         if not 0.0 < out[name].val_fraction < 1.0:
             raise t.fail("val_fraction", f"is {out[name].val_fraction}", "a fraction strictly between 0 and 1")
@@ -566,7 +566,7 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         max_retries=t.get("max_retries", int, 1, accepted=f"an integer from 0 to {RETRIES_MAX}"),
         claim_margin=_margin(t),
         overrides=overrides,
-        source=str(path),
+        defined_in=str(path),
     )
     resources.finish()
     t.finish()
@@ -618,8 +618,7 @@ def _lookup(kind: str, name: str, known: dict[str, Any]) -> Any:
 def _merge(kind: str, into: dict[str, Any], new: dict[str, Any], path: Path) -> None:
     for name in new:
         if name in into:
-            where = getattr(into[name], "source_file", into[name].source)  # a dataset's `source` is its loader
-            raise HarnessError(f"{path}: {kind} {name!r} is already registered in {where}; "
+            raise HarnessError(f"{path}: {kind} {name!r} is already registered in {into[name].defined_in}; "
                                "names must be unique across registry files.")
     into.update(new)
 

@@ -21,7 +21,7 @@ import pandas as pd
 from scipy import special
 
 from harness.registry import Registry, load_registry
-from harness.results.selection import RECIPE_KEYS, SELECTION_KEYS, select_best
+from harness.results.selection import RECIPE_KEYS, SELECTION_KEYS, Selection, select, select_best
 from harness.results.store import HASH_PREFIX
 from harness.tokens.layers import DEFAULT_LAYER
 
@@ -57,7 +57,8 @@ class Pick:
     def text(self) -> str:
         """`seed 0: lr 0.1, wd 0, layer last4, val ..`; an untrained head (k-NN) names its k and T instead of lr."""
         swept = json.loads(self.swept or "{}")
-        chosen = ", ".join(f"{k} {v:g}" for k, v in swept.items()) if swept else f"lr {self.lr:g}, wd {self.wd:g}"
+        chosen = (", ".join(f"{k} {v:g}" for k, v in sorted(swept.items(), key=lambda kv: kv[0].lower())) if swept
+                  else f"lr {self.lr:g}, wd {self.wd:g}")
         layer = f", layer {self.layer}" if self.layer != DEFAULT_LAYER else ""
         return (f"seed {self.seed}: {chosen}{layer}, val {self.val_top1:.2f}, "
                 f"test {self.test_top1:.2f}, {self.config_hash[:HASH_PREFIX]}")
@@ -252,18 +253,19 @@ def _curves(per_lr: pd.DataFrame) -> dict[tuple, list[Curve]]:
     return out
 
 
-def _recipe_columns(results: pd.DataFrame) -> pd.DataFrame:
-    """`aggregator` renamed `aggregator [recipe]` where one board holds that aggregator under several recipes (its
-    grid's settings changed between runs), so each recipe gets its own column and no cell mixes two."""
+def _recipe_columns(frame: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (the results or their picks) with `aggregator` renamed `aggregator [recipe]` where one board of
+    `results` holds that aggregator under several recipes (its grid's settings changed between runs), so each
+    recipe gets its own column and no cell mixes two."""
     recipe_keys, keys = [k for k in RECIPE_KEYS if k != "grid"], [*BOARD_KEYS, "aggregator"]
     varied = results.groupby(keys, sort=False, dropna=False)[recipe_keys].nunique(dropna=False).max(axis=1) > 1
-    if not varied.any():  # the usual case: vectorised, no per-row strings
-        return results
-    several = results.set_index(keys).index.isin(varied[varied].index)
-    label = results.loc[several, recipe_keys].astype(str).agg(" ".join, axis=1)
-    named = results["aggregator"].copy()
+    if not varied.any() or frame.empty:  # the usual case: vectorised, no per-row strings
+        return frame
+    several = frame.set_index(keys).index.isin(varied[varied].index)
+    label = frame.loc[several, recipe_keys].astype(str).agg(" ".join, axis=1)
+    named = frame["aggregator"].copy()
     named[several] = named[several] + " [" + label + "]"
-    return results.assign(aggregator=named)
+    return frame.assign(aggregator=named)
 
 
 def beats(top: Cell, other: Cell) -> bool:
@@ -314,19 +316,18 @@ def _edges(results: pd.DataFrame, picks: dict[tuple, list[Pick]]) -> set[tuple]:
     return {key for key, ps in picks.items() if lr_star(ps) in spans[key] and spans[key][1] > 0}  # k-NN: no lr
 
 
-def build_boards(results: pd.DataFrame, registry: Registry | None = None) -> list[Board]:
-    """Boards sorted by (dataset, protocol, grid), rows by backbone; deterministic for a given results frame."""
+def build_boards(results: pd.DataFrame, registry: Registry | None = None,
+                 selection: Selection | None = None) -> list[Board]:
+    """Boards sorted by (dataset, protocol, grid), rows by backbone; deterministic for a given results frame.
+    `selection` is `select(results)` when the caller has it (a regeneration selects once for boards and claim)."""
     if results.empty:
         return []
     registry = registry if registry is not None else load_registry()
-    results = _recipe_columns(results)
-    slim = results[[*SELECTION_KEYS, "lr", "wd", "status", "val_top1", "test_top1", "config_hash", "layer",
-                    "swept_options"]]
-    per_lr = select_best(slim, by=SELECTION_KEYS + ("lr",))
-    # The val-best head of each lr, then the val-best of those, is the rule's pick (ties: lowest lr, then wd).
-    picks = _picks(select_best(per_lr))
-    curves = _curves(per_lr)
-    layer_curves = _layer_curves(slim)
+    selection = select(results) if selection is None else selection
+    picks = _picks(_recipe_columns(selection.best, results))
+    curves = _curves(_recipe_columns(selection.per_lr, results))
+    results = _recipe_columns(results, results)
+    layer_curves = _layer_curves(results)
     edges = _edges(results, picks)
     statuses: dict[tuple, list[tuple[str, int]]] = {}
     for (*key, status), count in results.groupby([*CELL_KEYS, "status"], sort=True).size().items():

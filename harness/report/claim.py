@@ -45,7 +45,7 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.report.claim_stats import (ALPHA, CLS_BETTER, EQUIVALENT, INCONCLUSIVE, MEAN_BETTER, NARROW,
                                         NOT_APPLICABLE, Comparison, compare, holm, sampling_variance)
-from harness.results.selection import SELECTION_KEYS, select_best
+from harness.results.selection import SELECTION_KEYS, Selection, select
 
 CLS, MEAN = "cls", "mean"
 GROUP_KEYS = ["backbone", "dataset", "protocol", "grid", "recipe", "optimizer", "epochs", "batch_size",
@@ -67,10 +67,18 @@ def _claim_rows(results: pd.DataFrame) -> pd.DataFrame:
     return rows[both]
 
 
-def _prepared(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The claim rows and, per seed and lr, the head selected by validation over the wds there (curve points)."""
+def _prepared(results: pd.DataFrame, selection: Selection | None = None) -> tuple[pd.DataFrame, Selection]:
+    """The claim rows and the selection's picks among them (`select(results)` unless the caller has it): the
+    selection's groups include the aggregator, so picks among all rows restricted to the claim's are its own."""
     rows = _claim_rows(results)
-    return rows, select_best(rows, by=(*SELECTION_KEYS, "lr"))
+    if selection is None:
+        return rows, select(rows)
+    groups = rows[GROUP_KEYS].drop_duplicates()
+
+    def within(picks: pd.DataFrame) -> pd.DataFrame:
+        return picks[picks["aggregator"].isin([CLS, MEAN]).to_numpy(dtype=bool)].merge(groups, on=GROUP_KEYS)
+
+    return rows, Selection(within(selection.per_lr), within(selection.best))
 
 
 def _curves(rows: pd.DataFrame, per_lr: pd.DataFrame) -> pd.DataFrame:
@@ -89,7 +97,8 @@ def claim_curves(results: pd.DataFrame) -> pd.DataFrame:
     One row per group x aggregator x lr of the grid; `n_ok` seeds had an "ok" head there (0: every head at that
     lr diverged or failed, accuracies NaN).
     """
-    return _curves(*_prepared(results))
+    rows, selection = _prepared(results)
+    return _curves(rows, selection.per_lr)
 
 
 def _optima(rows: pd.DataFrame, best: pd.DataFrame, groups: pd.Index) -> pd.DataFrame:
@@ -126,9 +135,9 @@ def _margins(rows: pd.DataFrame) -> pd.Series:
     return margin
 
 
-def _groups(rows: pd.DataFrame, per_lr: pd.DataFrame):
+def _groups(rows: pd.DataFrame, selection: Selection):
     """Per group (sorted): its facts, and per seed the tuned and untuned (d, cls hash, mean hash)."""
-    best = select_best(per_lr)  # the val-best head of each lr, then the val-best of those: the rule's pick
+    per_lr, best = selection.per_lr, selection.best
     twice = best.duplicated([*_AGG_KEYS, "seed"])
     if twice.any():
         r = best[twice].iloc[0]
@@ -278,11 +287,11 @@ CLAIM_COLUMNS = [
 ]
 
 
-def _table(rows: pd.DataFrame, per_lr: pd.DataFrame, load_correct: LoadCorrect | None) -> pd.DataFrame:
+def _table(rows: pd.DataFrame, selection: Selection, load_correct: LoadCorrect | None) -> pd.DataFrame:
     """Vectorised over groups; only the tests run once per group (few)."""
     records = []
     if not rows.empty:
-        facts, tuned, untuned = _groups(rows, per_lr)
+        facts, tuned, untuned = _groups(rows, selection)
         statuses = _status_counts(rows) if not (facts["has_cls"] & facts["has_mean"]).all() else {}
         hashes = {h for pairs in (*tuned.values(), *untuned.values()) for _, *pair in pairs for h in pair}
         correct = load_correct(hashes) if load_correct is not None and hashes else {}
@@ -318,10 +327,12 @@ class ClaimAnalysis:
     curves: pd.DataFrame  # claim_curves'
 
 
-def claim_analysis(results: pd.DataFrame, load_correct: LoadCorrect | None = None) -> ClaimAnalysis:
-    """claim_table and claim_curves of `results`, sharing their selection work."""
-    rows, per_lr = _prepared(results)
-    return ClaimAnalysis(_table(rows, per_lr, load_correct), _curves(rows, per_lr))
+def claim_analysis(results: pd.DataFrame, load_correct: LoadCorrect | None = None,
+                   selection: Selection | None = None) -> ClaimAnalysis:
+    """claim_table and claim_curves of `results`, sharing their selection work (`selection`: `select(results)`,
+    when the caller has made it for the boards too)."""
+    rows, selection = _prepared(results, selection)
+    return ClaimAnalysis(_table(rows, selection, load_correct), _curves(rows, selection.per_lr))
 
 
 JSON_FIELDS = ("backbone", "dataset", "protocol", "grid", "recipe", "optimizer", "epochs", "batch_size",

@@ -11,9 +11,8 @@ from __future__ import annotations
 import pandas as pd
 
 from harness.report.plain import html_text
-from harness.report.boards import EXPLANATION, RANDOM_INIT_NOTE, Board, build_boards
+from harness.report.boards import EXPLANATION, RANDOM_INIT_NOTE, Board
 from harness.report.svg import color, epoch_plot, gain_chart, layer_plot, lr_plot
-from harness.registry import Registry
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1400px}
@@ -149,12 +148,3 @@ def html_page(boards: list[Board], claim_fragment: str, footer: str = "", curves
             f"<style>{_CSS}</style></head><body><h1>Leaderboard</h1><p>{prose(EXPLANATION)}</p>{sections}"
             f"{claim_fragment}<footer>{html_text(footer)}</footer><script>{_JS}</script></body></html>\n")
 
-
-def render_html(results: pd.DataFrame, registry: Registry | None = None, curves: pd.DataFrame | None = None) -> str:
-    """The HTML page of a results frame (and its curves, if given), claim section included."""
-    from harness.report.claim import claim_analysis
-    from harness.report.claim_pages import claim_html
-    from harness.report.provenance import provenance_text
-
-    return html_page(build_boards(results, registry), claim_html(claim_analysis(results)), provenance_text(results),
-                     curves)

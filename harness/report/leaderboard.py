@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from harness.report.attention import html_section, markdown_section
-from harness.report.claim import INPUT_COLUMNS, claim_analysis
+from harness.report.claim import INPUT_COLUMNS, LoadCorrect, claim_analysis
 from harness.report.claim_pages import claim_html, claim_markdown
 from harness.report.html import html_page
 from harness.report.boards import BOARD_COLUMNS, EXPLANATION, RANDOM_INIT_NOTE, Board, Cell, build_boards
@@ -24,6 +24,7 @@ from harness.report.provenance import PROVENANCE_COLUMNS, provenance_text
 from harness.report.terminal import print_table
 from harness.registry import Registry
 from harness.results.attention import read_attention
+from harness.results.selection import select
 from harness.results.store import read_correct, read_curves, read_results
 
 # The store columns a regeneration reads (boards and claim section): far faster than all of them on large stores.
@@ -71,12 +72,6 @@ def markdown_page(boards: list[Board], claim_section: str, footer: str = "") -> 
     return "\n".join(lines) + "\n" + claim_section.rstrip("\n") + "\n" + end
 
 
-def render_markdown(results: pd.DataFrame, registry: Registry | None = None) -> str:
-    """The Markdown page of a results frame, claim section included."""
-    return markdown_page(build_boards(results, registry), claim_markdown(claim_analysis(results)),
-                         provenance_text(results))
-
-
 def render_terminal(boards: list[Board], console: Console) -> None:
     """The boards (`build_boards`) as tables that never cut a backbone name (`print_table`)."""
     for board in boards:
@@ -109,25 +104,42 @@ def boards_json(boards: list[Board]) -> list[dict]:
                       for r in b.rows]} for b in boards]
 
 
-def write_leaderboards(root: Path, registry: Registry | None = None, *, results: pd.DataFrame | None = None,
-                       boards: list[Board] | None = None) -> list[Path]:
-    """Regenerate `root/leaderboard.md` and `root/leaderboard.html` from the store under `root`.
+def leaderboard_pages(results: pd.DataFrame, registry: Registry | None = None, *,
+                      attention: pd.DataFrame | None = None, load_correct: LoadCorrect | None = None,
+                      curves: pd.DataFrame | None = None) -> tuple[list[Board], dict[str, str]]:
+    """The boards and both pages (file name -> text) of a results frame, with the attention tables, the selected
+    heads' test predictions (`load_correct`, see `claim_analysis`) and training curves where given: one selection
+    feeds the boards and the claim, whose analysis is computed once for both pages."""
+    selection = select(results)
+    boards = build_boards(results, registry, selection)
+    claim = claim_analysis(results, load_correct, selection)
+    attention = pd.DataFrame() if attention is None else attention
+    footer = provenance_text(results)
+    return boards, {
+        "leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention), footer),
+        "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention), footer, curves)}
 
-    A caller that has already read the store (`read_results(root, COLUMNS)`) or built its boards passes them, so
-    a regeneration reads and selects once; the claim section is computed once for both pages.
-    """
+
+def regenerate(root: Path, registry: Registry | None = None, *,
+               results: pd.DataFrame | None = None) -> tuple[list[Board], list[Path]]:
+    """Rewrite `root/leaderboard.md` and `root/leaderboard.html` from the store under `root` (`results`: its rows,
+    when the caller has read them with `read_results(root, COLUMNS)`); the boards and the files written. Each
+    page is replaced atomically, so a reader never sees half of one."""
     root = Path(root)
     results = read_results(root, COLUMNS) if results is None else results
-    boards = build_boards(results, registry) if boards is None else boards
-    claim = claim_analysis(results, lambda hashes: read_correct(root, hashes))
-    attention = read_attention(root)
+    boards, texts = leaderboard_pages(results, registry, attention=read_attention(root), curves=read_curves(root),
+                                      load_correct=lambda hashes: read_correct(root, hashes))
     root.mkdir(parents=True, exist_ok=True)
-    footer = provenance_text(results)
-    pages = {root / "leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention), footer),
-             root / "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention), footer,
-                                                  read_curves(root))}
-    for path, text in pages.items():
+    paths = []
+    for name, text in texts.items():
+        path = root / name
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
-    return list(pages)
+        paths.append(path)
+    return boards, paths
+
+
+def write_leaderboards(root: Path, registry: Registry | None = None) -> list[Path]:
+    """Regenerate `root/leaderboard.md` and `root/leaderboard.html` from the store under `root`."""
+    return regenerate(root, registry)[1]

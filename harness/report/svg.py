@@ -77,6 +77,29 @@ def _legend(entries: list[tuple[str, str, str]]) -> list[str]:
 _DASHED = ' stroke-dasharray="5 3"'
 
 
+def _test_and_val(aggregator: str, colour: str, at: list[tuple[float, str] | None], test: tuple[float, ...],
+                  val: tuple[float, ...], py) -> list[str]:
+    """A curve's solid test and dashed val lines with a titled point each; `at` is (x, what the point is) per
+    value, None where it has no place on the axis (a non-positive lr on a log axis)."""
+    parts = []
+    for split, values, dash in (("test", test, ""), ("val", val, _DASHED)):
+        points = [(x, py(v), what, v) for place, v in zip(at, values) if place is not None and not math.isnan(v)
+                  for x, what in (place,)]
+        line = " ".join(f"{_n(x)},{_n(y)}" for x, y, _, _ in points)
+        parts.append(f'<polyline class="curve" points="{line}" fill="none" stroke="{colour}"{dash}/>')
+        parts += [f'<circle cx="{_n(x)}" cy="{_n(y)}" r="2.5" fill="{colour}"><title>'
+                  f'{html_text(f"{aggregator} {split}: {what}, top-1 {v:.2f}")}</title></circle>' for x, y, what, v in points]
+    return parts
+
+
+def _legend_of(curves: list, aggregators: tuple[str, ...], parts: list[str]) -> list[str]:
+    """Append the legend (each plotted aggregator, then the test and val line styles); the aggregators shown."""
+    present = [a for a in aggregators if any(c.aggregator == a for c in curves)]
+    parts += _legend([(agg, color(aggregators.index(agg)), "") for agg in present]
+                     + [("test (mean)", "#555", ""), ("val (mean)", "#555", _DASHED)])
+    return present
+
+
 def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...], css_class: str = "lr-plot") -> str:
     """One backbone's top-1 against lr (log x, one optimizer): solid test, dashed val, a colour per aggregator, a
     band over the seeds' range of test top-1, a tick at every lr of the grid. "" when there is nothing to plot."""
@@ -115,16 +138,9 @@ def lr_plot(title: str, curves: list[Curve], aggregators: tuple[str, ...], css_c
                       [f"{_n(x)},{_n(bottom)}" for x, bottom, _ in band[::-1]]
             parts.append(f'<polygon class="spread" points="{" ".join(outline)}" fill="{colour}" fill-opacity="0.15" '
                          'stroke="none"/>')
-        for split, values, dash in (("test", curve.test_top1, ""), ("val", curve.val_top1, _DASHED)):
-            points = [(px(lr), py(v), lr, v) for lr, v in zip(curve.lrs, values) if lr > 0 and not math.isnan(v)]
-            line = " ".join(f"{_n(x)},{_n(y)}" for x, y, _, _ in points)
-            parts.append(f'<polyline class="curve" points="{line}" fill="none" stroke="{colour}"{dash}/>')
-            parts += [f'<circle cx="{_n(x)}" cy="{_n(y)}" r="2.5" fill="{colour}"><title>'
-                      f'{html_text(f"{curve.aggregator} {split}: lr {lr:g}, top-1 {v:.2f}")}</title></circle>'
-                      for x, y, lr, v in points]
-    present = [a for a in aggregators if any(c.aggregator == a for c in curves)]
-    parts += _legend([(agg, color(aggregators.index(agg)), "") for agg in present]
-                     + [("test (mean)", "#555", ""), ("val (mean)", "#555", _DASHED)])
+        at = [(px(lr), f"lr {lr:g}") if lr > 0 else None for lr in curve.lrs]
+        parts += _test_and_val(curve.aggregator, colour, at, curve.test_top1, curve.val_top1, py)
+    present = _legend_of(curves, aggregators, parts)
     parts.append(_text(_W - _R + 8, _T + 8 + 17 * (len(present) + 2) + 4, "band: seed range", anchor="start",
                        extra=' class="legend"'))
     return "".join(parts) + "</svg>"
@@ -156,16 +172,9 @@ def layer_plot(title: str, curves: list[LayerCurve], aggregators: tuple[str, ...
         parts.append(f'<line x1="{_L}" y1="{_n(py(y))}" x2="{_L + pw}" y2="{_n(py(y))}" class="grid"/>')
     for curve in sorted(curves, key=lambda c: aggregators.index(c.aggregator)):
         colour = color(aggregators.index(curve.aggregator))
-        for split, values, dash in (("test", curve.test_top1, ""), ("val", curve.val_top1, _DASHED)):
-            points = [(px(layer), py(v), layer, v) for layer, v in zip(curve.layers, values) if not math.isnan(v)]
-            line = " ".join(f"{_n(x)},{_n(y)}" for x, y, _, _ in points)
-            parts.append(f'<polyline class="curve" points="{line}" fill="none" stroke="{colour}"{dash}/>')
-            parts += [f'<circle cx="{_n(x)}" cy="{_n(y)}" r="2.5" fill="{colour}"><title>'
-                      f'{html_text(f"{curve.aggregator} {split}: layer {layer}, top-1 {v:.2f}")}</title></circle>'
-                      for x, y, layer, v in points]
-    present = [a for a in aggregators if any(c.aggregator == a for c in curves)]
-    parts += _legend([(agg, color(aggregators.index(agg)), "") for agg in present]
-                     + [("test (mean)", "#555", ""), ("val (mean)", "#555", _DASHED)])
+        at = [(px(layer), f"layer {layer}") for layer in curve.layers]
+        parts += _test_and_val(curve.aggregator, colour, at, curve.test_top1, curve.val_top1, py)
+    _legend_of(curves, aggregators, parts)
     return "".join(parts) + "</svg>"
 
 

@@ -11,6 +11,8 @@ it), so it scales to millions of rows. No torch, no Ray.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -34,6 +36,20 @@ def select_best(results: pd.DataFrame, by: tuple[str, ...] = SELECTION_KEYS) -> 
     first = np.ones(len(order), dtype=bool)
     first[1:] = group[order][1:] != group[order][:-1]
     return results.iloc[ok[order[first]]].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The rule's picks, computed once per regeneration and read by the boards and the claim alike."""
+
+    per_lr: pd.DataFrame  # per selection key and lr: the val-best head over the wds there (the lr curves' points)
+    best: pd.DataFrame  # per selection key: the val-best of those, the reported head (ties: lowest lr, then wd)
+
+
+def select(results: pd.DataFrame) -> Selection:
+    """The per-lr and the overall val-selected heads of `results`."""
+    per_lr = select_best(results, by=SELECTION_KEYS + ("lr",))
+    return Selection(per_lr, select_best(per_lr))
 
 
 def _group_codes(results: pd.DataFrame, by: tuple[str, ...], rows: np.ndarray) -> np.ndarray:

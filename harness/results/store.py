@@ -263,9 +263,10 @@ def _to_pandas(table: pa.Table) -> pd.DataFrame:
     return table.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}.get)
 
 
-def _latest_rows(root: Path, columns: list[str]) -> tuple[pa.Table, dict[str, int]]:
-    """The latest row (by `ended_at`; ties: the later file) of every config hash, in file order."""
-    table, ids = _read_all(root, _ROWS, RESULTS_SCHEMA, ["config_hash", "ended_at", *columns])
+def _latest_rows(root: Path, columns: list[str], ids: dict[str, int] | None = None) -> tuple[pa.Table, dict[str, int]]:
+    """The latest row (by `ended_at`; ties: the later file) of every config hash, in file order (`ids`: number the
+    files as another kind's of the same stems, see `_read_all`)."""
+    table, ids = _read_all(root, _ROWS, RESULTS_SCHEMA, ["config_hash", "ended_at", *columns], ids)
     hashes = pc.dictionary_encode(table.column("config_hash").combine_chunks())
     if len(hashes.dictionary) == table.num_rows:  # no configuration was run twice
         return table, ids
@@ -311,10 +312,14 @@ def last_write_ns(root: Path) -> int | None:
 def read_correct(root: Path, config_hashes: set[str] | list[str]) -> dict[str, np.ndarray]:
     """Per config hash of `config_hashes` whose latest run stored test predictions: a (test_size,) bool vector,
     whether each test image was classified correctly. Hashes without stored predictions are absent."""
-    latest, ids = _latest_rows(Path(root), [])
-    table, _ = _read_all(Path(root), _PREDICTIONS, PREDICTIONS_SCHEMA, ["config_hash", "test_size", "correct"], ids)
+    root = Path(root)
+    if not _files(root, _PREDICTIONS):
+        return {}
+    table, ids = _read_all(root, _PREDICTIONS, PREDICTIONS_SCHEMA, ["config_hash", "test_size", "correct"])
     table = table.filter(pc.is_in(table.column("config_hash"), pa.array(sorted(config_hashes), pa.string())))
-    table = table.join(latest.select(["config_hash", "_file"]), ["config_hash", "_file"], join_type="left semi")
+    if pc.count_distinct(table.column("config_hash")).as_py() < table.num_rows:  # a rerun: keep the latest run's
+        latest, _ = _latest_rows(root, [], ids)
+        table = table.join(latest.select(["config_hash", "_file"]), ["config_hash", "_file"], join_type="left semi")
     return {h: np.unpackbits(np.frombuffer(bits, np.uint8), count=n).astype(bool)
             for h, n, bits in zip(*(table.column(c).to_pylist() for c in ("config_hash", "test_size", "correct")))}
 

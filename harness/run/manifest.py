@@ -28,7 +28,7 @@ def _version(package: str) -> str | None:
 
 def describe_sweep(grid: Grid, reg: Registry, *, commit: str, argv: list[str] | None = None) -> dict:
     """Everything about a sweep that is known before it runs."""
-    source = Path(grid.source) if grid.source else None
+    source = Path(grid.defined_in) if grid.defined_in else None
     return {
         "grid": grid.name, "grid_file": str(source) if source else None,
         "grid_text": source.read_text(encoding="utf-8") if source and source.is_file() else None,

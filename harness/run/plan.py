@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
+from harness.errors import HarnessError
 from harness.heads import recipes
+from harness.heads.kinds import kinds, resolve_options
 from harness.heads.recipes import Recipe
+from harness.heads.spec import HeadSpec
 from harness.models.digests import cached_sha256
 from harness.results.store import predictions_bytes
 from harness.tokens.layers import DEFAULT_LAYER, layer_taps, parse_tap
@@ -24,33 +27,10 @@ from harness.registry import AggregatorEntry, BackboneEntry, DatasetEntry, Grid,
 
 
 @dataclass(frozen=True)
-class HeadPlan:
-    head_id: str
-    config_hash: str
-    aggregator: str
-    options: dict
-    optimizer: str
-    lr: float
-    wd: float
-    seed: int
-    recipe: str | None = None  # harness/heads/recipes.py
-    recipe_options: dict = field(default_factory=dict)
-    layer: str = DEFAULT_LAYER  # harness.tokens.layers label: which blocks the head reads
-
-    def recipe_label(self) -> str:
-        """The results column: the recipe's name and its options (JSON), "" for the harness's own training."""
-        if not self.recipe:
-            return ""
-        options = f" {json.dumps(self.recipe_options, sort_keys=True)}" if self.recipe_options else ""
-        return f"{self.recipe}{options}"
-
-    def training(self) -> Recipe | None:
-        """The head's resolved recipe, None for the harness's own training."""
-        return recipes.resolve(self.recipe, self.recipe_options) if self.recipe else None
-
-
-@dataclass(frozen=True)
 class TrialPlan:
+    """One trial, carrying the frozen registry entries it was hashed over: a worker never re-reads a registry, so
+    the configuration hashes describe exactly what it trains."""
+
     trial_id: str
     grid: str
     backbone: str
@@ -60,20 +40,15 @@ class TrialPlan:
     batch_size: int
     warmup_epochs: int
     claim_margin: float
-    heads: tuple[HeadPlan, ...]
+    heads: tuple[HeadSpec, ...]
+    backbone_entry: BackboneEntry
+    dataset_entry: DatasetEntry
     weights: str | None = None  # explicit weights file for the backbone (--weights)
     weights_sha256: str | None = None  # that file's content when planned; the trial refuses another
     provenance: dict = field(default_factory=dict)  # git commit etc., read once by the driver
     cache_dir: str | None = None  # token cache folder (--cache-dir); None: the worker's HARNESS_CACHE_DIR/config
     download: bool = False  # let torchvision download missing datasets (--download)
     limit_train: int | None = None  # the first N training images per class only (--limit-train)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrialPlan:
-        return cls(**{**d, "heads": tuple(HeadPlan(**h) for h in d["heads"])})
 
 
 def _digest(obj: object) -> str:
@@ -144,29 +119,53 @@ def expand(grid: Grid, registry: Registry, *, weights: dict[str, str] | None = N
             for group in grid.heads:
                 recipe = recipes.resolve(group.recipe, group.recipe_options) if group.recipe else None
                 agg = trained_entry(registry.aggregator(group.aggregator), recipe)
+                _refuse_unreadable(grid, agg, {**(recipe.options_for(agg.kind) if recipe else {}), **group.options},
+                                   backbone)
                 # a head without a recipe keeps the hash it had before recipes existed
                 training = {"recipe": recipe.describe()} if recipe else {}
+                label = recipe_label(group.recipe, group.recipe_options)
                 for seed, layer, lr, wd, options, swept in group_heads(grid, group, registry):
                     described = {"name": agg.name, "kind": agg.kind, "tap": agg.tap, "options": options}
                     if layer != DEFAULT_LAYER:  # heads of the last block keep the hashes they had before layers
                         described["layer"] = layer
                     config = {**shared, "aggregator": described, "optimizer": group.optimizer, "lr": lr, "wd": wd,
                               "seed": seed, **training}
-                    heads.append(HeadPlan(head_id(agg.name, lr, wd, seed, layer, swept), _digest(config), agg.name,
-                                          options, group.optimizer, lr, wd, seed, group.recipe,
-                                          dict(group.recipe_options), layer))
+                    heads.append(HeadSpec(head_id(agg.name, lr, wd, seed, layer, swept), _digest(config), agg,
+                                          options, group.optimizer, lr, wd, seed, recipe, layer, label))
             trials.append(TrialPlan(
                 trial_id=_digest(shared)[:16], grid=grid.name, backbone=backbone_name, dataset=dataset_name,
-                **settings, claim_margin=grid.claim_margin, heads=tuple(heads),
+                **settings, claim_margin=grid.claim_margin, heads=tuple(heads), backbone_entry=backbone,
+                dataset_entry=dataset,
                 weights=weights.get(backbone_name), weights_sha256=sha256, provenance=dict(provenance or {}),
                 limit_train=grid.limit_train,
             ))
     return trials
 
 
+def recipe_label(name: str | None, options: dict) -> str:
+    """The results column: the recipe's name and its options (JSON), "" for the harness's own training."""
+    if not name:
+        return ""
+    return name + (f" {json.dumps(options, sort_keys=True)}" if options else "")
+
+
 def trained_entry(entry: AggregatorEntry, recipe: Recipe | None) -> AggregatorEntry:
     """The aggregator entry as a recipe trains it: MAE's global pool reads the tokens before the final norm."""
     return replace(entry, tap=recipe.tap_for(entry.kind, entry.tap)) if recipe else entry
+
+
+def _refuse_unreadable(grid: Grid, agg: AggregatorEntry, options: dict, backbone: BackboneEntry) -> None:
+    """A pooling whose official module cannot read this backbone (clip's position table, esimpool's 12-way width
+    split, a square grid for cbam and dolg) is a user error before anything runs, not a failed trial."""
+    refuse = kinds()[agg.kind].refuse
+    if refuse is None:
+        return
+    tokens, width = token_shape(backbone)
+    why = refuse(resolve_options(agg, options), tokens - backbone.num_prefix_tokens, width)
+    if why:
+        raise HarnessError(f"grid {grid.name!r} ({grid.defined_in}): aggregator {agg.name!r} on backbone "
+                           f"{backbone.name!r}: {why}; accepted: backbones it can read, or the grid without "
+                           f"[heads.{agg.name}].")
 
 
 def without_done(trials: list[TrialPlan], done: set[str]) -> list[TrialPlan]:
@@ -192,12 +191,11 @@ def backbone_depth(entry: BackboneEntry) -> int | None:
                                                      None)
 
 
-def head_taps(trial: TrialPlan, registry: Registry, depth: int) -> list[tuple[str, str]]:
+def head_taps(trial: TrialPlan, depth: int) -> list[tuple[str, str]]:
     """(aggregator kind, tap) of every block every head of a trial reads."""
     out = []
     for h in trial.heads:
-        agg = trained_entry(registry.aggregator(h.aggregator), h.training())
-        out += [(agg.kind, tap) for tap in layer_taps(h.layer, agg.tap, depth, f"head {h.head_id}")]
+        out += [(h.aggregator.kind, tap) for tap in layer_taps(h.layer, h.aggregator.tap, depth, f"head {h.head_id}")]
     return out
 
 
@@ -224,14 +222,13 @@ def token_shape(entry: BackboneEntry) -> tuple[int, int | None]:
     return (img // patch) ** 2 + entry.num_prefix_tokens, width
 
 
-def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str, float],
-               measured_images: dict[str, int]) -> TrialCost:
+def trial_cost(trial: TrialPlan, *, measured_speed: dict[str, float], measured_images: dict[str, int]) -> TrialCost:
     """Cost of one trial from registered sizes and throughput, else from what earlier results measured."""
-    backbone, dataset = registry.backbone(trial.backbone), registry.dataset(trial.dataset)
+    backbone, dataset = trial.backbone_entry, trial.dataset_entry
     sizes = planned_split_sizes(dataset)
     images = sum(sizes.values()) if sizes else measured_images.get(trial.dataset)
     passes = cache = by_tap = knn = None
-    untrained = [h for h in trial.heads if not kinds()[registry.aggregator(h.aggregator).kind].trained]
+    untrained = [h for h in trial.heads if not kinds()[h.aggregator.kind].trained]
     if images is not None:
         passes = images
         if trial.protocol == "online":  # every epoch's augmented train split, and once more unaugmented for k-NN
@@ -240,7 +237,7 @@ def trial_cost(trial: TrialPlan, registry: Registry, *, measured_speed: dict[str
         depth = backbone_depth(backbone)
         if trial.protocol == "cached" and width is not None and depth is not None:
             by_tap = {}
-            layouts = summary_taps(head_taps(trial, registry, depth))
+            layouts = summary_taps(head_taps(trial, depth))
             for tap in sorted(layouts, key=lambda t: parse_tap(t, depth)):  # block order, each without then with norm
                 summary = layouts[tap]
                 stored = backbone.num_prefix_tokens + 1 if summary else tokens  # the prefix tokens and the patch mean

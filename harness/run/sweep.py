@@ -40,13 +40,13 @@ from harness.run.plan import TrialPlan
 
 
 
-def _trainable(config: dict, plans: list[dict]) -> None:
+def _trainable(config: dict, plans: list[TrialPlan]) -> None:
     """Ray Tune entry point: run one trial on the device Ray assigned and report its rows."""
     import torch
 
     from harness.run.trial import run_trial
 
-    plan = TrialPlan.from_dict(plans[config["index"]])
+    plan = plans[config["index"]]
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     gpu_ids = ray.get_gpu_ids()
     device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
@@ -218,8 +218,7 @@ def git_commit() -> str:
 
 
 def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float | None = None) -> None:
-    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local Ray instance for this process, bound
-    to localhost."""
+    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local Ray instance for this process."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -227,9 +226,7 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float
     if address:
         ray.init(address=address, **quiet)
     else:
-        # node address 127.0.0.1: the raylet, object manager, agents and metrics exporters of a local instance
-        # listen on the loopback interface only, not on every interface of this machine
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
                  object_store_memory=200 * 1024**2, **quiet)
 
 
@@ -278,7 +275,7 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
                       f"{gpus_per_trial:g} GPUs.", highlight=False, markup=False)
     check_resources(cpus_per_trial, gpus_per_trial, local=not (address or os.environ.get("RAY_ADDRESS")),
                     console=console)
-    trainable = tune.with_resources(tune.with_parameters(_trainable, plans=[p.to_dict() for p in plans]),
+    trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     with tempfile.TemporaryDirectory(prefix="harness-tune-") as storage, \
             _StoreAndShow(plans, results_dir, console) as callback:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime, timezone
+from collections.abc import Sequence
+from importlib.metadata import version
 
 import torch
 
@@ -19,12 +21,13 @@ from harness.tokens.space import summary_taps
 from harness.data.splits import Splits, load_splits
 from harness.data.device_feed import on_device
 from harness.heads.precision import head_matmuls
-from harness.heads.bank import HeadBank, HeadOutcome, HeadSpec
+from harness.heads.bank import HeadBank, HeadOutcome
+from harness.heads.spec import HeadSpec
 from harness.heads.head import head_dims
 from harness.heads.kinds import kinds
 from harness.heads.knn import evaluate_knn, knn_taps
-from harness.run.plan import SWEPT_OPTIONS, HeadPlan, TrialPlan, trained_entry
-from harness.registry import AggregatorEntry, BackboneEntry, load_registry
+from harness.run.plan import SWEPT_OPTIONS, TrialPlan
+from harness.registry import BackboneEntry
 from harness.tokens.cache import cached_tokens, extract_tokens, loader_workers
 from harness.heads.train import (EpochHook, online_loader, total_steps, train_cached, train_online,
                                  warmup_steps)
@@ -34,12 +37,11 @@ EXTRACT_BATCH = 512
 
 
 def versions() -> dict[str, str]:
-    """Library versions of the process that ran the trial."""
-    import ray
+    """Library versions of the process that ran the trial (Ray's from its package metadata: a trial imports no Ray)."""
     import timm
 
     return {"harness_version": harness.__version__, "torch_version": torch.__version__,
-            "timm_version": timm.__version__, "ray_version": ray.__version__}
+            "timm_version": timm.__version__, "ray_version": version("ray")}
 
 
 def device_name(device: torch.device) -> str:
@@ -56,12 +58,11 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
     device = torch.device(device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    registry = load_registry()
-    backbone = load_backbone(plan.backbone, plan.weights, device=device, expected_sha256=plan.weights_sha256)
-    dataset = registry.dataset(plan.dataset)
+    backbone = load_backbone(plan.backbone_entry, plan.weights, device=device, expected_sha256=plan.weights_sha256)
+    dataset = plan.dataset_entry
     splits = load_splits(dataset, backbone.entry, download=plan.download, limit_train=plan.limit_train)
     sizes = splits.sizes()
-    specs = head_specs(plan)
+    specs = plan.heads
     trained = [i for i, spec in enumerate(specs) if kinds()[spec.aggregator.kind].trained]
     untrained = [i for i in range(len(specs)) if i not in set(trained)]
     bank = make_bank(plan, [specs[i] for i in trained], backbone, splits, device)
@@ -97,12 +98,10 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
         passes, test_labels = extracted, token_sets["test"].labels.numpy()
         trained_outcomes = bank.outcomes
         if bank.live() and plan.protocol == "online":
-            augmented = load_splits(dataset, backbone.entry, augment=True, download=plan.download,
-                                    limit_train=plan.limit_train).train
-            loader = online_loader(augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
+            loader = online_loader(splits.augmented, batch_size=plan.batch_size, seed=min(bank.seeds),
                                    num_workers=loader_workers(device), pin_memory=device.type == "cuda")
             if device.type == "cuda":  # JPEG decode and augmentation on the GPU, where the dataset has files
-                loader = on_device(loader, augmented, backbone.entry, device) or loader
+                loader = on_device(loader, splits.augmented, backbone.entry, device) or loader
             with head_matmuls(device):
                 trained_outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
                                                    epochs=plan.epochs, device=device, forward_chunk=extract_batch,
@@ -129,8 +128,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
         "backbone_passes": passes, "images_per_s": extracted / extract_s if extract_s > 0 else 0.0,
         "device": device_name(device),
     }
-    rows = [head_row(shared, head, trained_entry(spec.aggregator, spec.recipe), outcome)
-            for head, spec, outcome in zip(plan.heads, specs, outcomes)]
+    rows = [head_row(shared, head, outcome) for head, outcome in zip(plan.heads, outcomes)]
     curves = [{"config_hash": head.config_hash, **point, "schema_version": store.SCHEMA_VERSION}
               for head, outcome in zip(plan.heads, outcomes) for point in outcome.curves]
     predictions = [store.prediction_record(head.config_hash, outcome.test_predicted.numpy(), test_labels)
@@ -138,14 +136,7 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
     return rows, curves, predictions
 
 
-def head_specs(plan: TrialPlan) -> list[HeadSpec]:
-    """Every head of the plan with its registry entry."""
-    registry = load_registry()
-    return [HeadSpec(h.head_id, h.config_hash, registry.aggregator(h.aggregator), h.options, h.optimizer, h.lr,
-                     h.wd, h.seed, h.training(), h.layer) for h in plan.heads]
-
-
-def make_bank(plan: TrialPlan, specs: list[HeadSpec], backbone: Backbone, splits: Splits,
+def make_bank(plan: TrialPlan, specs: Sequence[HeadSpec], backbone: Backbone, splits: Splits,
               device: torch.device) -> HeadBank:
     """The head bank of a trial's trained heads, sized for the backbone's tokens and the train split."""
     n = len(splits.train)
@@ -157,17 +148,18 @@ def make_bank(plan: TrialPlan, specs: list[HeadSpec], backbone: Backbone, splits
                     depth=backbone.depth, num_registers=backbone.num_registers)
 
 
-def head_row(shared: dict, head: HeadPlan, aggregator: AggregatorEntry, outcome: HeadOutcome) -> dict:
+def head_row(shared: dict, head: HeadSpec, outcome: HeadOutcome) -> dict:
     """One results-store row: the trial's shared columns plus this head's configuration and outcome."""
+    aggregator = head.aggregator
     swept = () if kinds()[aggregator.kind].trained else SWEPT_OPTIONS
     return {
-        **shared, "config_hash": head.config_hash, "head_id": head.head_id, "aggregator": head.aggregator,
+        **shared, "config_hash": head.config_hash, "head_id": head.head_id, "aggregator": aggregator.name,
         "aggregator_kind": aggregator.kind, "token_tap": aggregator.tap, "layer": head.layer,
         # options swept like an lr (k-NN's k and T) stay out of aggregator_options, which selection keeps apart
         "aggregator_options": json.dumps({k: v for k, v in head.options.items() if k not in swept}, sort_keys=True),
         "swept_options": json.dumps({k: v for k, v in head.options.items() if k in swept}, sort_keys=True),
         "optimizer": head.optimizer,
-        "recipe": head.recipe_label(), "lr": head.lr, "wd": head.wd, "seed": head.seed, "status": outcome.status,
+        "recipe": head.recipe_label, "lr": head.lr, "wd": head.wd, "seed": head.seed, "status": outcome.status,
         "error": outcome.error,
         "diverged_step": outcome.diverged_step, "val_top1": outcome.val_top1, "val_top5": outcome.val_top5,
         "test_top1": outcome.test_top1, "test_top5": outcome.test_top5, "train_loss": outcome.train_loss,
@@ -188,13 +180,11 @@ def trial_columns(plan: TrialPlan, entry: BackboneEntry, started: datetime) -> d
 
 def failed_rows(plan: TrialPlan, error: str, started: datetime) -> list[dict]:
     """Rows recording a trial that still failed after its retries: every head "failed", with the error."""
-    registry = load_registry()
-    dataset = registry.dataset(plan.dataset)
+    dataset = plan.dataset_entry
     shared = {
-        **trial_columns(plan, registry.backbone(plan.backbone), started), "weights_sha256": "",
+        **trial_columns(plan, plan.backbone_entry, started), "weights_sha256": "",
         "num_classes": dataset.num_classes, "train_size": None, "val_size": None, "test_size": None,
         "split_seed": dataset.split_seed, "wall_s": 0.0, "backbone_passes": 0, "images_per_s": 0.0, "device": "",
     }
     outcome = HeadOutcome(status="failed", error=error)
-    return [head_row(shared, h, trained_entry(registry.aggregator(h.aggregator), h.training()), outcome)
-            for h in plan.heads]
+    return [head_row(shared, h, outcome) for h in plan.heads]

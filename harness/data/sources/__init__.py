@@ -62,7 +62,7 @@ def option(dataset: DatasetEntry, key: str, kind: type | tuple[type, ...], defau
     value = dataset.options.get(key, default)
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if value is ... or not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise HarnessError(f"{dataset.source_file}: field '{dataset.name}.options.{key}' is "
+        raise HarnessError(f"{dataset.defined_in}: field '{dataset.name}.options.{key}' is "
                            f"{'missing' if value is ... else repr(value)}; accepted: "
                            f"{' or '.join(k.__name__ for k in kinds)}.")
     return value

@@ -18,7 +18,7 @@ def load(dataset: DatasetEntry, backbone: BackboneEntry, download: bool, root: P
 
     k = option(dataset, "object_patches", int, 1)
     if backbone.img_size % backbone.patch_size or not 0 < k <= backbone.img_size // backbone.patch_size:
-        raise HarnessError(f"{dataset.source_file}: field '{dataset.name}.options.object_patches' is {k} for "
+        raise HarnessError(f"{dataset.defined_in}: field '{dataset.name}.options.object_patches' is {k} for "
                            f"backbone {backbone.name!r} ({backbone.img_size}px, patch {backbone.patch_size}); "
                            "accepted: 1 to the patches per side, on a backbone whose patches tile the image.")
     common = dict(num_classes=dataset.num_classes, img_size=backbone.img_size, patch_size=backbone.patch_size,

@@ -24,7 +24,7 @@ def load(dataset: DatasetEntry, backbone: BackboneEntry, download: bool, root: P
     name = option(dataset, "class", str)
     cls = getattr(torchvision.datasets, name, None)
     if not isinstance(cls, type):
-        raise HarnessError(f"{dataset.source_file}: field '{dataset.name}.options.class' is {name!r}; accepted: a "
+        raise HarnessError(f"{dataset.defined_in}: field '{dataset.name}.options.class' is {name!r}; accepted: a "
                            "dataset class of torchvision.datasets, e.g. CIFAR10.")
     folder = root / option(dataset, "folder", str, dataset.name)
     common = option(dataset, "kwargs", dict, {})
@@ -38,7 +38,7 @@ def load(dataset: DatasetEntry, backbone: BackboneEntry, download: bool, root: P
                 f"expected the files {name} downloads there; run with --download to fetch them into {folder}, or "
                 f"{root_hint(folder)}.") from None
         except (ValueError, TypeError) as e:  # a split name or keyword the class does not take
-            raise HarnessError(f"{dataset.source_file}: dataset '{dataset.name}': torchvision's {name} rejects "
+            raise HarnessError(f"{dataset.defined_in}: dataset '{dataset.name}': torchvision's {name} rejects "
                                f"options {kwargs} ({e}).") from None
         except OSError as e:
             raise HarnessError(f"dataset '{dataset.name}': reading or downloading {name} into {folder} failed "
@@ -46,7 +46,7 @@ def load(dataset: DatasetEntry, backbone: BackboneEntry, download: bool, root: P
 
     train = option(dataset, "train", list)
     if not train or not all(isinstance(kwargs, dict) for kwargs in train):
-        raise HarnessError(f"{dataset.source_file}: field '{dataset.name}.options.train' is {train!r}; accepted: a "
+        raise HarnessError(f"{dataset.defined_in}: field '{dataset.name}.options.train' is {train!r}; accepted: a "
                            "non-empty list of tables of keyword arguments, one per official split in the pool.")
     parts = [build(kwargs) for kwargs in train]
     test = build(option(dataset, "test", dict))

@@ -24,10 +24,14 @@ Kind fields:
   PyTorch's default).
 - `trained`: False for a readout that trains nothing (k-NN): the grid gives it no optimizer or lr, the bank never
   holds it, and `pooler` builds the features it reads.
+- `refuse`: `refuse(opts, num_patches, width) -> why | None`, for a kind whose official module cannot read some
+  backbones (a fixed position table, a width split into a fixed number of heads); the plan refuses such a
+  combination before anything runs (either size may be None where the registry does not say).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -108,9 +112,19 @@ class Kind:
     batchnorm: bool = True
     linear_std: float | None = LINEAR_STD
     trained: bool = True
+    refuse: Callable[[dict[str, Any], int | None, int | None], str | None] | None = None
 
     def build_pooler(self, dims: Dims, opts: dict[str, Any]) -> tuple[Any, int]:
         return resolve(self.pooler)(dims, opts)
+
+
+def square_grid(kind: str) -> Callable[[dict[str, Any], int | None, int | None], str | None]:
+    """`refuse` of a kind that lays the patch tokens out on a square grid (cbam, dolg)."""
+    def refuse(opts: dict[str, Any], num_patches: int | None, width: int | None) -> str | None:
+        if num_patches is None or math.isqrt(num_patches) ** 2 == num_patches:
+            return None
+        return f"aggregator kind {kind!r} needs a square patch grid; this backbone gives {num_patches} patch tokens"
+    return refuse
 
 
 BUILTIN = (  # in the order listings and error messages show them
@@ -122,6 +136,19 @@ BUILTIN = (  # in the order listings and error messages show them
     "query",
     "ep",
     "knn",
+    # efficient probing's other poolings (billpsomas/efficient-probing `--cls_features <name>`)
+    "simpool",
+    "esimpool",
+    "clip",
+    "siglip",
+    "aim",
+    "cbam",
+    "coca",
+    "cait",
+    "dinovit",
+    "jepa",
+    "dolg",
+    "cae",
 )
 _KINDS: Plugins[Kind] = Plugins("aggregator kind", __name__, BUILTIN)
 register, kinds = _KINDS.register, _KINDS.all
@@ -132,7 +159,7 @@ def resolve_options(entry: AggregatorEntry, options: dict[str, Any] | None = Non
     spec, overrides = kinds()[entry.kind].options, options or {}
     merged = {**entry.options, **overrides}
     for key, value in merged.items():
-        where = f"aggregator {entry.name!r} ({'grid options' if key in overrides else entry.source or 'entry'})"
+        where = f"aggregator {entry.name!r} ({'grid options' if key in overrides else entry.defined_in or 'entry'})"
         if key not in spec:
             accepted = ", ".join(sorted(spec)) or "none (this aggregator has no options)"
             raise HarnessError(f"{where}: unknown option {key!r}; accepted: {accepted}.")

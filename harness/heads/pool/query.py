@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from harness.errors import HarnessError
 from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import (Params, StackedPool, each_linear, layer_norm, mlp, mlp_module, pool_shared,
+from harness.heads.pool.kernels import (Params, add_each, row_blocks, StackedPool, each_linear, layer_norm, mlp, mlp_module, pool_shared,
                                         rows_shared)
 
 
@@ -52,7 +52,8 @@ class QueryPool(StackedPool):
     2 D^2 of a key/value projection.
     """
 
-    def __init__(self, dim: int, skip: int, *, num_heads: int, num_queries: int, depth: int, mlp_ratio: float):
+    def __init__(self, dim: int, skip: int, *, num_heads: int, num_queries: int, depth: int, mlp_ratio: float,
+                 out_proj: bool = False):
         super().__init__()
         if dim % num_heads:
             raise HarnessError(f"query option num_heads={num_heads} does not divide the embedding width {dim}; "
@@ -62,6 +63,8 @@ class QueryPool(StackedPool):
         self.norm1 = nn.LayerNorm(dim)
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
+        if out_proj:  # efficient probing's copy (jepa @ 787b04a) applies xattn.proj; the later upstream code does not
+            self.proj = nn.Linear(dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = mlp_module(dim, int(dim * mlp_ratio))
         self.blocks = nn.ModuleList(QueryBlock(dim, mlp_ratio) for _ in range(depth - 1))
@@ -87,13 +90,16 @@ class QueryPool(StackedPool):
         queries = p["query_tokens"][:, 0]
         n, n_q, dim = queries.shape
         h, hd = self.num_heads, dim // self.num_heads
-        w_k, w_v = p["kv.weight"].view(n, 2, h, hd, dim).unbind(1)
+        w_k, w_v = (w.view(n, h, hd, dim) for w in row_blocks(p["kv.weight"], 2))
         q = each_linear(queries, p["q.weight"], p["q.bias"]).view(n, n_q, h, hd) * hd ** -0.5
         q_in_token_space = torch.einsum("nqhc,nhcd->nqhd", q, w_k).reshape(n, n_q * h, dim) * gain[:, 0]
         attn = rows_shared(q_in_token_space, normed).softmax(dim=-1)  # (N, B, Q*H, T)
         pooled = (pool_shared(attn, normed) * gain + shift).view(n, -1, n_q, h, dim)
         y = torch.einsum("nbqhd,nhcd->nbqhc", pooled, w_v) + p["kv.bias"][:, dim:].view(n, 1, 1, h, hd)
-        out = queries[:, None] + y.reshape(n, -1, n_q, dim)
+        y = y.reshape(n, -1, n_q, dim)
+        if "proj.weight" in p:
+            y = each_linear(y, p["proj.weight"], p["proj.bias"])
+        out = add_each(y, queries)
         out = out + mlp(p, "mlp.", layer_norm(out, p["norm2.weight"], p["norm2.bias"], 1e-5))
         for i in range(len(self.blocks)):
             out = _query_block(p, f"blocks.{i}.", out, h)

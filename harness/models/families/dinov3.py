@@ -34,7 +34,7 @@ def convert(sd: StateDict) -> dict:
             q, k, v = (value * mask if mask is not None else value).chunk(3, dim=-1)
             if k.abs().max() > 0:
                 raise ValueError(f"{key}: the key third of the qkv bias is not masked to zero (no {key}_mask "
-                                 "zeroing it); accepted: a DINOv3 file whose qkv bias has a key-masking bias_mask")
+                                 "zeroing it, as DINOv3's files have)")
             out[key.replace(".qkv.bias", ".q_bias")], out[key.replace(".qkv.bias", ".v_bias")] = q, v
             continue
         key = "reg_token" if key == "storage_tokens" else key
