@@ -42,6 +42,9 @@ from harness.tokens.cache import backbone_autocast
 
 SHAPES = {"tiny": "demo-mae-tiny", "vitb16": "mae-vit-b16"}  # registry entries, built with random weights
 ONE_HEAD = {"cls": "sgd", "mean": "sgd", "abmilp": "lars", "query": "adamw", "ep": "adamw"}  # their papers' optimizers
+POOLINGS = {k: "lars" for k in ("simpool", "esimpool", "clip", "siglip", "aim", "cbam", "coca", "cait", "dinovit",
+                                "jepa", "dolg", "cae")}  # efficient probing's other poolings, LARS as its recipe
+KIND_SETS = {"bank": ONE_HEAD, "poolings": POOLINGS}
 
 
 def timed(fn: Callable[[], object], reps: int, device: torch.device) -> float:
@@ -90,11 +93,13 @@ class LoopBank:
                 assert all(torch.isfinite(p).all() for p in head.parameters())
 
 
-def stack_vs_alone(bank: Callable[[list[HeadSpec]], HeadBank], tokens: dict, labels: torch.Tensor) -> dict:
+def stack_vs_alone(bank: Callable[[list[HeadSpec]], HeadBank], tokens: dict, labels: torch.Tensor,
+                   kinds: dict[str, str]) -> dict:
     """Largest difference, after 3 steps, between each head of a stack of three and the same head alone, per
     aggregator and optimizer (0.0: bit for bit on this device at these shapes)."""
     out = {}
-    for kind, optimizer in (("cls", "sgd"), ("mean", "lars"), ("cls", "adamw"), *ONE_HEAD.items()):
+    extra = (("cls", "sgd"), ("mean", "lars"), ("cls", "adamw")) if kinds is ONE_HEAD else ()
+    for kind, optimizer in (*extra, *kinds.items()):
         specs = specs_for(kind, optimizer, [1e-3, 1e-2, 1e-1], [0])
         banks = [bank(specs)] + [bank([s]) for s in specs]
         for b in banks:
@@ -127,15 +132,29 @@ def measure(shape: str, args: argparse.Namespace, device: torch.device) -> dict:
         return HeadBank(specs, **dims, batch_size=b, total_steps=10 ** 6, warmup_steps=0, shared_order=True,
                         device=device)
 
+    kinds = KIND_SETS[args.kinds]
     per_head = {}
-    for kind, optimizer in ONE_HEAD.items():
+    for kind, optimizer in kinds.items():
         one = bank(specs_for(kind, optimizer, [0.1], [0]))
         per_head[kind] = timed(lambda: one.step(tokens, labels), args.reps, device)
     stack_s = {}
-    for kind, optimizer in ONE_HEAD.items():
+    for kind, optimizer in kinds.items():
         stack = bank(specs_for(kind, optimizer, [10 ** (-4 + 3 * i / max(args.stack - 1, 1))
                                                  for i in range(args.stack)], [0]))
         stack_s[kind] = timed(lambda: stack.step(tokens, labels), args.reps, device)
+        del stack
+    figures = {
+        "backbone": entry.name, "embed_dim": dims["embed_dim"], "tokens": tokens["norm"].shape[1],
+        "stack_vs_alone_max_abs_diff": stack_vs_alone(bank, tokens, labels, kinds),
+        "backbone_s": backbone_s, "per_head_s": per_head,
+        "per_head_vs_backbone": {k: v / backbone_s for k, v in per_head.items()},
+        "stack_heads": args.stack, "stack_s": stack_s,
+        "stack_s_per_head": {k: v / args.stack for k, v in stack_s.items()},
+        "stack_per_head_vs_backbone": {k: v / args.stack / backbone_s for k, v in stack_s.items()},
+        "stack_speedup_vs_one_at_a_time": {k: per_head[k] * args.stack / v for k, v in stack_s.items()},
+    }
+    if kinds is POOLINGS:  # the cls + mean bank is the `bank` set's figure
+        return figures
     lrs = [10 ** (-4 + 5 * i / max(args.lrs - 1, 1)) for i in range(args.lrs)]
     specs = specs_for("cls", "sgd", lrs, list(range(args.seeds))) + specs_for("mean", "sgd", lrs,
                                                                                list(range(args.seeds)))
@@ -150,14 +169,7 @@ def measure(shape: str, args: argparse.Namespace, device: torch.device) -> dict:
     loop_bank_s = timed(lambda: loop.step(tokens, labels), args.reps, device)
     del loop
     return {
-        "backbone": entry.name, "embed_dim": dims["embed_dim"], "tokens": tokens["norm"].shape[1],
-        "stack_vs_alone_max_abs_diff": stack_vs_alone(bank, tokens, labels),
-        "backbone_s": backbone_s, "per_head_s": per_head,
-        "per_head_vs_backbone": {k: v / backbone_s for k, v in per_head.items()},
-        "stack_heads": args.stack, "stack_s": stack_s,
-        "stack_s_per_head": {k: v / args.stack for k, v in stack_s.items()},
-        "stack_speedup_vs_one_at_a_time": {k: per_head[k] * args.stack / v for k, v in stack_s.items()},
-        "bank_heads": len(specs), "bank_s": bank_s, "bank_vs_backbone": bank_s / backbone_s,
+        **figures, "bank_heads": len(specs), "bank_s": bank_s, "bank_vs_backbone": bank_s / backbone_s,
         "bank_vs_backbone_by_head_precision": bank_share,
         "bank_s_per_head": bank_s / len(specs), "loop_bank_s": loop_bank_s,
         "loop_bank_vs_backbone": loop_bank_s / backbone_s, "speedup_vs_loop": loop_bank_s / bank_s,
@@ -174,6 +186,10 @@ def main() -> None:
     parser.add_argument("--stack", type=int, default=8, help="heads per aggregator stack (the sweep grid's 8 lrs)")
     parser.add_argument("--reps", type=int, default=3, help="timed repetitions (median), after one warm-up")
     parser.add_argument("--shapes", default="tiny,vitb16", help=f"comma list of {', '.join(SHAPES)}")
+    parser.add_argument("--kinds", default="bank", choices=sorted(KIND_SETS),
+                        help="bank: cls, mean, abmilp, query, ep and the cls + mean bank; poolings: efficient "
+                             "probing's twelve other poolings, each alone and in a stack (use --shapes vitb16: "
+                             "clip's 14x14 table and esimpool's 12 heads do not fit the tiny ViT)")
     args = parser.parse_args()
     device = torch.device(args.device)
     out = {
@@ -193,14 +209,16 @@ def main() -> None:
         for kind, s in r["stack_s"].items():
             print(f"  stack of {args.stack} {kind:<7}    {s * 1e3:10.2f} ms/batch  {s / args.stack * 1e3:8.3f} "
                   f"ms/head  ({r['stack_speedup_vs_one_at_a_time'][kind]:.1f}x one head at a time)")
-        print(f"  bank of {r['bank_heads']} cls+mean   {r['bank_s'] * 1e3:10.2f} ms/batch  "
-              f"{100 * r['bank_vs_backbone']:8.2f}% of backbone  ({r['bank_s_per_head'] * 1e3:.3f} ms/head)")
-        print("  bank share by head-matmul precision: " + ", ".join(
-            f"{mode} {100 * share:.2f}%" for mode, share in r["bank_vs_backbone_by_head_precision"].items()))
-        print(f"  same, loop per head     {r['loop_bank_s'] * 1e3:10.2f} ms/batch  "
-              f"{100 * r['loop_bank_vs_backbone']:8.2f}% of backbone  (stacked is {r['speedup_vs_loop']:.1f}x faster)")
+        if 'bank_s' in r:
+            print(f"  bank of {r['bank_heads']} cls+mean   {r['bank_s'] * 1e3:10.2f} ms/batch  "
+                  f"{100 * r['bank_vs_backbone']:8.2f}% of backbone  ({r['bank_s_per_head'] * 1e3:.3f} ms/head)")
+            print("  bank share by head-matmul precision: " + ", ".join(
+                f"{mode} {100 * share:.2f}%" for mode, share in r["bank_vs_backbone_by_head_precision"].items()))
+            print(f"  same, loop per head     {r['loop_bank_s'] * 1e3:10.2f} ms/batch  "
+                  f"{100 * r['loop_bank_vs_backbone']:8.2f}% of backbone  (stacked is {r['speedup_vs_loop']:.1f}x faster)")
         print(f"  stack of 3 vs alone, max |diff| after 3 steps: {r['stack_vs_alone_max_abs_diff']}")
-    path = Path(__file__).resolve().parent / "out" / f"head_bank-{device.type}.json"
+    suffix = "" if args.kinds == "bank" else f"-{args.kinds}"
+    path = Path(__file__).resolve().parent / "out" / f"head_bank-{device.type}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")

@@ -38,11 +38,9 @@ def pooled_features(tokens: Mapping[str, Tensor], taps: Sequence[str], pool: tor
     return torch.cat(parts)
 
 
-def _keep_best(values: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The k best candidates of every row, in the rows' order (ascending training index): all above the row's
-    k-th largest value, then the earliest of those equal to it."""
-    if values.shape[1] <= k:
-        return values, index
+def _best_positions(values: Tensor, k: int) -> Tensor:
+    """(Q, k) positions, ascending, of every row's k best values: all above the row's k-th largest value, then the
+    earliest of those equal to it (positions follow training indices, so ties go to the lower index)."""
     bound = values.topk(k, dim=1).values[:, -1:]
     keep = values > bound
     ties = values == bound
@@ -52,20 +50,24 @@ def _keep_best(values: Tensor, index: Tensor, k: int) -> tuple[Tensor, Tensor]:
         need = k - keep[crowded].sum(1, keepdim=True)
         tied = ties[crowded]
         keep[crowded] = keep[crowded] | (tied & (tied.cumsum(1) <= need))
-    pos = keep.nonzero()[:, 1].view(len(values), k)
-    return values.gather(1, pos), index.gather(1, pos)
+    return keep.nonzero()[:, 1].view(len(values), k)
 
 
 def neighbours(train: Tensor, queries: Tensor, k: int, train_chunk: int = TRAIN_CHUNK) -> tuple[Tensor, Tensor]:
-    """(similarities, training indices), both (Q, k), nearest first, of normalised `queries` among `train`."""
+    """(similarities, training indices), both (Q, k), nearest first, of normalised `queries` among `train`.
+
+    A running top-k over training chunks: the candidates of a chunk are the k kept so far (lower indices) followed
+    by the chunk's similarities, so positions in that row order are training-index order."""
     k = min(k, len(train))
     best_v = queries.new_empty(len(queries), 0)
     best_i = torch.empty(len(queries), 0, dtype=torch.long, device=queries.device)
     for start in range(0, len(train), train_chunk):
-        block = train[start:start + train_chunk]
-        sims = queries @ block.T
-        index = torch.arange(start, start + len(block), device=queries.device).expand(len(queries), -1)
-        best_v, best_i = _keep_best(torch.cat([best_v, sims], 1), torch.cat([best_i, index], 1), k)
+        candidates = torch.cat([best_v, queries @ train[start:start + train_chunk].T], 1)
+        kept = best_v.shape[1]
+        pos = _best_positions(candidates, k) if candidates.shape[1] > k else \
+            torch.arange(candidates.shape[1], device=queries.device).expand(len(queries), -1)
+        earlier = best_i.gather(1, pos.clamp(max=max(kept - 1, 0))) if kept else pos
+        best_v, best_i = candidates.gather(1, pos), torch.where(pos < kept, earlier, pos - kept + start)
     order = best_v.sort(dim=1, descending=True, stable=True).indices  # equal values keep ascending index
     return best_v.gather(1, order), best_i.gather(1, order)
 
@@ -87,7 +89,7 @@ def knn_rankings(train: Tensor, train_labels: Tensor, queries: Tensor, num_class
                 votes = torch.zeros(len(sims), num_classes, dtype=torch.float64, device=sims.device)
                 votes.scatter_add_(1, voters[:, :k], weights)
                 ranking = votes.sort(dim=1, descending=True, stable=True).indices[:, :min(top, num_classes)]
-                out[(k, t)].append(ranking)
+                out[(k, t)].append(ranking.clone())  # a copy: the slice would keep the whole (Q, C) sort alive
     return {key: torch.cat(parts) for key, parts in out.items()}
 
 

@@ -57,7 +57,8 @@ class Pick:
     def text(self) -> str:
         """`seed 0: lr 0.1, wd 0, layer last4, val ..`; an untrained head (k-NN) names its k and T instead of lr."""
         swept = json.loads(self.swept or "{}")
-        chosen = ", ".join(f"{k} {v:g}" for k, v in swept.items()) if swept else f"lr {self.lr:g}, wd {self.wd:g}"
+        chosen = (", ".join(f"{k} {v:g}" for k, v in sorted(swept.items(), key=lambda kv: kv[0].lower())) if swept
+                  else f"lr {self.lr:g}, wd {self.wd:g}")
         layer = f", layer {self.layer}" if self.layer != DEFAULT_LAYER else ""
         return (f"seed {self.seed}: {chosen}{layer}, val {self.val_top1:.2f}, "
                 f"test {self.test_top1:.2f}, {self.config_hash[:HASH_PREFIX]}")

@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import Params, StackedPool, rows_shared, pool_shared, split_heads, head_values, token_stats
-
 from harness.errors import HarnessError
+from harness.heads.kinds import Dims
+from harness.heads.pool.kernels import (Params, StackedPool, head_values, pool_shared, rows_shared, split_heads,
+                                        token_stats)
+
 
 
 class AimPool(StackedPool):

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import Params, StackedPool, each_linear, rows_shared, pool_shared, layer_norm, split_heads, head_values, plain_norm
+from harness.heads.pool.kernels import (Params, StackedPool, each_linear, head_split, head_values, layer_norm,
+                                        plain_norm, pool_shared, rows_shared, split_heads)
 
-from harness.errors import HarnessError
 
 HEADS = 8
 
@@ -22,10 +22,8 @@ HEADS = 8
 class CaePool(StackedPool):
     def __init__(self, dim: int, skip: int):
         super().__init__()
-        if dim % HEADS:
-            raise HarnessError(f"aggregator kind 'cae' splits the width into {HEADS} heads; the width {dim} is "
-                               f"not divisible by {HEADS}; accepted: a width divisible by {HEADS}.")
-        self.skip, self.scale = skip, (dim // HEADS) ** -0.5
+        head_dim = head_split("cae", dim, HEADS)
+        self.skip, self.scale = skip, head_dim ** -0.5
         self.query_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.norm1_q, self.norm1_k, self.norm1_v = (nn.LayerNorm(dim) for _ in range(3))
         self.cross_attn = nn.ModuleDict(dict(q=nn.Linear(dim, dim, bias=False), k=nn.Linear(dim, dim, bias=False),

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import Params, StackedPool, each_linear, rows_shared, pool_shared, layer_norm, mlp, mlp_module, split_heads, head_values, plain_norm
+from harness.heads.pool.kernels import (Params, StackedPool, each_linear, head_split, head_values, layer_norm, mlp,
+                                        mlp_module, plain_norm, pool_shared, rows_shared, split_heads)
 
-from harness.errors import HarnessError
 
 HEADS, LAYER_SCALE = 4, 1e-5
 BLOCK = "blocks_token_only.0."
@@ -36,10 +36,8 @@ class _ClassAttentionBlock(nn.Module):
 class CaitPool(StackedPool):
     def __init__(self, dim: int, skip: int):
         super().__init__()
-        if dim % HEADS:
-            raise HarnessError(f"aggregator kind 'cait' splits the width into {HEADS} heads; the width {dim} is "
-                               f"not divisible by {HEADS}; accepted: a width divisible by {HEADS}.")
-        self.skip, self.scale = skip, (dim // HEADS) ** -0.5
+        head_dim = head_split("cait", dim, HEADS)
+        self.skip, self.scale = skip, head_dim ** -0.5
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.blocks_token_only = nn.ModuleList([_ClassAttentionBlock(dim)])
         self.norm = nn.LayerNorm(dim)
@@ -63,7 +61,8 @@ class CaitPool(StackedPool):
         mixed = to_self * c_normed[:, None] + pool_shared(to_tokens, x) * gain[:, None, None] + \
             to_tokens.sum(-1, keepdim=True) * shift[:, None, None]  # sum_j A_j norm1(u_j), per head (N, B, H, D)
         y = head_values(mixed, p[BLOCK + "attn.v.weight"]) + p[BLOCK + "attn.v.bias"][:, None]
-        c = c + p[BLOCK + "gamma_1"][:, None] * each_linear(y, p[BLOCK + "attn.proj.weight"], p[BLOCK + "attn.proj.bias"])
+        y = each_linear(y, p[BLOCK + "attn.proj.weight"], p[BLOCK + "attn.proj.bias"])
+        c = c + p[BLOCK + "gamma_1"][:, None] * y
         c = c + p[BLOCK + "gamma_2"][:, None] * mlp(
             p, BLOCK + "mlp.", layer_norm(c, p[BLOCK + "norm2.weight"], p[BLOCK + "norm2.bias"], 1e-6))
         return layer_norm(c, p["norm.weight"], p["norm.bias"], 1e-5)

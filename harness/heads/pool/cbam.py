@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import Params, StackedPool, each_linear, shared_linear, mlp, grid_side
+from harness.heads.pool.kernels import Params, StackedPool, each_linear, grid_side, mlp, shared_linear
 
 
 KERNEL, RATIO = 7, 1 / 16

@@ -14,11 +14,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.errors import HarnessError
 from harness.heads.kinds import Dims
 from harness.heads.kinds.clip import why_not
-from harness.heads.pool.kernels import row_blocks, Params, StackedPool, each_linear, pool_shared, rows_per_image, split_heads, head_values, plain_norm
+from harness.heads.pool.kernels import (Params, StackedPool, each_linear, head_split, head_values, plain_norm,
+                                        pool_shared, row_blocks, rows_per_image, split_heads)
 
-from harness.errors import HarnessError
 
 HEADS = 4
 
@@ -26,10 +27,8 @@ HEADS = 4
 class ClipPool(StackedPool):
     def __init__(self, dim: int, skip: int, *, feat_size: int):
         super().__init__()
-        if dim % HEADS:
-            raise HarnessError(f"aggregator kind 'clip' splits the width into {HEADS} heads; the width {dim} is "
-                               f"not divisible by {HEADS}; accepted: a width divisible by {HEADS}.")
-        self.skip, self.feat_size, self.scale = skip, feat_size, (dim // HEADS) ** -0.5
+        head_dim = head_split("clip", dim, HEADS)
+        self.skip, self.feat_size, self.scale = skip, feat_size, head_dim ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.pos_embed = nn.Parameter(torch.zeros(feat_size ** 2 + 1, dim))

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import row_blocks, Params, StackedPool, each_linear, rows_shared, pool_shared, plain_norm
+from harness.heads.pool.kernels import Params, StackedPool, each_linear, pool_shared, row_blocks, rows_shared
 
 
 HEADS, HEAD_DIM = 8, 64

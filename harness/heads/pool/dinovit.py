@@ -13,9 +13,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import Params, StackedPool, each_linear, shared_linear, layer_norm, mlp, mlp_module, plain_norm
+from harness.heads.pool.kernels import (Params, StackedPool, each_linear, head_split, layer_norm, mlp, mlp_module,
+                                        plain_norm, shared_linear)
 
-from harness.errors import HarnessError
 
 HEADS = 8
 BLOCK = "dino_block."
@@ -24,9 +24,7 @@ BLOCK = "dino_block."
 class DinoBlockPool(StackedPool):
     def __init__(self, dim: int, skip: int):
         super().__init__()
-        if dim % HEADS:
-            raise HarnessError(f"aggregator kind 'dinovit' splits the width into {HEADS} heads; the width {dim} is "
-                               f"not divisible by {HEADS}; accepted: a width divisible by {HEADS}.")
+        head_split("dinovit", dim, HEADS)
         self.skip = skip
         self.dino_block = nn.ModuleDict(dict(
             norm1=nn.LayerNorm(dim), attn=nn.ModuleDict(dict(qkv=nn.Linear(dim, 3 * dim, bias=False),

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import Params, StackedPool, each_linear, shared_linear, grid_side
+from harness.heads.pool.kernels import Params, StackedPool, grid_side, shared_linear
 
 
 

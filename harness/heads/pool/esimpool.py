@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from harness.errors import HarnessError
 from harness.heads.kinds import Dims
 from harness.heads.kinds.esimpool import HEADS, why_not
 from harness.heads.pool.kernels import Params, StackedPool, plain_norm
 
-from harness.errors import HarnessError
 
 class ESimPool(StackedPool):
     def __init__(self, dim: int, skip: int):

@@ -154,6 +154,14 @@ def grid_side(num_tokens: int, kind: str) -> int:
     return side
 
 
+def head_split(kind: str, dim: int, heads: int) -> int:
+    """The width of each of a pooling's `heads` attention heads; a width they do not divide is a user error."""
+    if dim % heads:
+        raise HarnessError(f"aggregator kind {kind!r} splits the width into {heads} heads; the width {dim} is not "
+                           f"divisible by {heads}; accepted: a width divisible by {heads}.")
+    return dim // heads
+
+
 def plain_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """LayerNorm without affine, shared by every head (each head's gain and shift are applied after pooling)."""
     return F.layer_norm(x, x.shape[-1:], eps=eps)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import row_blocks, Params, StackedPool, each_linear, rows_shared, pool_shared, mlp, mlp_module, split_heads, head_values
+from harness.heads.pool.kernels import (Params, StackedPool, each_linear, head_split, head_values, mlp, mlp_module,
+                                        pool_shared, row_blocks, rows_shared, split_heads)
 
-from harness.errors import HarnessError
 
 HEADS = 8
 
@@ -21,10 +21,8 @@ HEADS = 8
 class SiglipPool(StackedPool):
     def __init__(self, dim: int, skip: int):
         super().__init__()
-        if dim % HEADS:
-            raise HarnessError(f"aggregator kind 'siglip' splits the width into {HEADS} heads; the width {dim} is "
-                               f"not divisible by {HEADS}; accepted: a width divisible by {HEADS}.")
-        self.skip, self.scale = skip, (dim // HEADS) ** -0.5
+        head_dim = head_split("siglip", dim, HEADS)
+        self.skip, self.scale = skip, head_dim ** -0.5
         self.latent = nn.Parameter(torch.zeros(1, 1, dim))
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)

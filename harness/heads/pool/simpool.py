@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import scale_each, Params, StackedPool, shared_linear, pool_shared, rows_per_image, plain_norm
+from harness.heads.pool.kernels import (Params, StackedPool, plain_norm, pool_shared, rows_per_image, scale_each,
+                                        shared_linear)
 
 
 
