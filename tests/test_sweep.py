@@ -235,7 +235,8 @@ def test_progress_shows_each_running_trials_epoch_heads_alive_and_best_val_withi
         config = {"index": 0}
 
     show.on_trial_start(0, [], Trial())
-    show.on_trial_result(0, [], Trial(), {"progress": "[5, 10, 1, 61.5]"})  # what the trial reports per epoch
+    show.on_trial_result(0, [], Trial(), {"progress": "[4, 10, 2, 61.5]"})  # what the trial reports per epoch
+    show.on_trial_result(0, [], Trial(), {"progress": "[5, 10, 1, 58.0]"})  # a worse epoch: the best so far stays
     assert show._fraction() == pytest.approx(0.5 / len(plans))
     console = Console(record=True, width=80)
     console.print(show.table())

@@ -89,7 +89,7 @@ def knn_rankings(train: Tensor, train_labels: Tensor, queries: Tensor, num_class
                 votes = torch.zeros(len(sims), num_classes, dtype=torch.float64, device=sims.device)
                 votes.scatter_add_(1, voters[:, :k], weights)
                 ranking = votes.sort(dim=1, descending=True, stable=True).indices[:, :min(top, num_classes)]
-                out[(k, t)].append(ranking)
+                out[(k, t)].append(ranking.clone())  # a copy: the slice would keep the whole (Q, C) sort alive
     return {key: torch.cat(parts) for key, parts in out.items()}
 
 

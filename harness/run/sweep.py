@@ -122,7 +122,11 @@ class _StoreAndShow(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "progress" in result:  # an epoch ended inside the trial
             index = trial.config["index"]
-            self.progress[index] = tuple(json.loads(result["progress"]))
+            epoch, epochs, alive, best = json.loads(result["progress"])
+            before = self.progress.get(index, (0, 0, 0, None))[3]
+            if before is not None and epoch > 1:  # the best so far in this trial, not only this epoch's
+                best = before if best is None else max(best, before)
+            self.progress[index] = (epoch, epochs, alive, best)
             self._log(index, f"epoch {_epoch_text(self.progress[index])}")
             return
         if "user_error" in result:
