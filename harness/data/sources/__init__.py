@@ -47,12 +47,8 @@ class SourceKind:
     check: Callable[[DatasetEntry, bool, Path], None] | None = None
 
 
-BUILTIN = (  # in the order listings and error messages show them
-    "sklearn_digits",
-    "torchvision",
-    "imagefolder",
-    "synthetic",
-)
+# in the order listings and error messages show them
+BUILTIN = ("sklearn_digits", "torchvision", "imagefolder", "synthetic")
 _SOURCES: Plugins[SourceKind] = Plugins("dataset source", __name__, BUILTIN)
 register, source_kinds = _SOURCES.register, _SOURCES.all
 

@@ -127,29 +127,10 @@ def square_grid(kind: str) -> Callable[[dict[str, Any], int | None, int | None],
     return refuse
 
 
-BUILTIN = (  # in the order listings and error messages show them
-    "cls",
-    "mean",
-    "cls_mean",
-    "registers",
-    "abmilp",
-    "query",
-    "ep",
-    "knn",
-    # efficient probing's other poolings (billpsomas/efficient-probing `--cls_features <name>`)
-    "simpool",
-    "esimpool",
-    "clip",
-    "siglip",
-    "aim",
-    "cbam",
-    "coca",
-    "cait",
-    "dinovit",
-    "jepa",
-    "dolg",
-    "cae",
-)
+# in the order listings and error messages show them; from simpool on, efficient probing's other poolings
+# (billpsomas/efficient-probing `--cls_features <name>`)
+BUILTIN = ("cls", "mean", "cls_mean", "registers", "abmilp", "query", "ep", "knn", "simpool", "esimpool", "clip",
+           "siglip", "aim", "cbam", "coca", "cait", "dinovit", "jepa", "dolg", "cae")
 _KINDS: Plugins[Kind] = Plugins("aggregator kind", __name__, BUILTIN)
 register, kinds = _KINDS.register, _KINDS.all
 

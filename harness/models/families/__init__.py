@@ -58,18 +58,8 @@ class Family:
     loader: str | None = None
 
 
-BUILTIN = (  # in the order listings and error messages show them
-    "mae",
-    "simmim",
-    "dino",
-    "ibot",
-    "ijepa",
-    "dinov2",
-    "dinov2_reg",
-    "dinov3",
-    "mocov3",
-    "timm",
-)
+# in the order listings and error messages show them
+BUILTIN = ("mae", "simmim", "dino", "ibot", "ijepa", "dinov2", "dinov2_reg", "dinov3", "mocov3", "timm")
 _FAMILIES: Plugins[Family] = Plugins("backbone family", __name__, BUILTIN)
 register, families = _FAMILIES.register, _FAMILIES.all
 
