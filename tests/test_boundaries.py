@@ -36,3 +36,15 @@ def test_only_the_sweep_imports_ray():
             if any(n.split(".")[0] == "ray" for n in names):
                 importers.add(path.relative_to(HARNESS).as_posix())
     assert importers == {"run/sweep.py"}
+
+
+def test_a_fresh_install_reads_the_registry_without_importing_timm(tmp_path):
+    """With no timm-configuration cache yet (a fresh machine), the built-in timm entries' facts ship with the
+    registry, so the first `harness list` imports neither timm nor torch."""
+    import os
+
+    code = ("import sys\nfrom harness.registry import load_registry\nload_registry()\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'timm', 'ray'}))")
+    env = {**os.environ, "HARNESS_TIMM_CONFIGS": str(tmp_path / "empty")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.strip() == "[]"

@@ -90,11 +90,21 @@ def test_timm_entry_may_not_restate_timms_fields(tmp_path, monkeypatch):
 
 
 def test_a_warm_config_cache_keeps_registry_reads_free_of_torch(tmp_path):
-    """Only the first read after a timm upgrade (or with an empty configuration cache) imports timm."""
-    env = {**os.environ, "HARNESS_TIMM_CONFIGS": str(tmp_path)}
+    """Only the first read of a tag this timm version's shipped answers lack (a user's entry, or any entry after a
+    timm upgrade) imports timm; the built-in entries' answers ship with the registry."""
+    users = tmp_path / "users" / "backbones"
+    users.mkdir(parents=True)
+    (users / "mine.toml").write_text('["my-timm-dino"]\nfamily = "timm"\narch = "vit_small_patch16_224.dino"\n')
+    cache = tmp_path / "cache"
     code = ("import sys, harness.registry; harness.registry.load_registry(); "
             "print('torch' in sys.modules)")
-    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    second = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert (first.stdout.strip(), second.stdout.strip()) == ("True", "False")
-    assert [p.name for p in tmp_path.iterdir()] == [f"timm-{timm.__version__}.json"]
+    runs = []
+    for users_dir in (None, users.parent, users.parent):
+        env = {**os.environ, "HARNESS_TIMM_CONFIGS": str(cache)}
+        env.pop("HARNESS_USER_REGISTRY", None)
+        if users_dir is not None:
+            env["HARNESS_USER_REGISTRY"] = str(users_dir)
+        runs.append(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                   env=env).stdout.strip())
+    assert runs == ["False", "True", "False"]
+    assert [p.name for p in cache.iterdir()] == [f"timm-{timm.__version__}.json"]

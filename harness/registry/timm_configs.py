@@ -5,7 +5,8 @@ An entry names `<timm model>.<pretrained tag>`; its input transform (size, mean,
 timm's pretrained configuration and its architecture facts (patch size, [cls], prefix tokens, width, model class)
 from the model timm builds for it (on the meta device: no weights, no memory). The answers are kept in one JSON file
 per timm version (folder: `setting("timm_configs")`), so only the first registry read after a timm upgrade imports
-timm.
+timm; the built-in entries' answers for the timm version the project is tested with ship in `registry/timm-configs/`,
+so on a fresh install with that version no registry read imports timm (or torch).
 """
 
 from __future__ import annotations
@@ -24,19 +25,28 @@ from harness.errors import HarnessError
 VIT_CLASSES = ("VisionTransformer", "Eva", "Beit")
 
 
+SHIPPED = Path(__file__).resolve().parents[2] / "registry" / "timm-configs"
+
+
 def _cache_file() -> Path:
     return setting("timm_configs") / f"timm-{version('timm')}.json"
 
 
-def pretrained_config(tag: str) -> dict[str, Any]:
-    """The transform and architecture facts of `tag` (e.g. `vit_base_patch16_224.mae`), from the cache or timm."""
-    path = _cache_file()
+def _read(path: Path) -> dict[str, Any]:
     try:
-        known = json.loads(path.read_text()) if path.is_file() else {}
+        return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
-        known = {}  # a damaged cache is rebuilt from timm
+        return {}  # a damaged cache is rebuilt from timm
+
+
+def pretrained_config(tag: str) -> dict[str, Any]:
+    """The transform and architecture facts of `tag` (e.g. `vit_base_patch16_224.mae`): from the user's cache, the
+    shipped answers for this timm version, or timm itself (then cached)."""
+    path = _cache_file()
+    known = _read(path)
     if tag not in known:
-        known[tag] = _from_timm(tag)
+        shipped = _read(SHIPPED / path.name)
+        known[tag] = shipped[tag] if tag in shipped else _from_timm(tag)
         _write(path, known)
     return known[tag]
 
