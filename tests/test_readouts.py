@@ -350,3 +350,23 @@ def test_boards_show_knn_the_selected_layer_and_accuracy_against_layer():
     page = html_page([board], "")
     assert "top-1 vs layer" in page and page.count('class="plot layer-plot"') == 1
     assert "cls: 0 40.00, -1 60.00, last2 70.00" in markdown_page([board], "")
+
+
+def test_knn_in_the_online_protocol_reads_an_unaugmented_train_pass_in_the_summary_layout(tmp_path, monkeypatch):
+    from harness.registry import load_registry
+    from harness.run import trial
+    from harness.run.plan import expand
+
+    shapes = []
+    original = trial.extract_tokens
+    monkeypatch.setattr(trial, "extract_tokens", lambda *a, **k: shapes.append(k.get("summary_prefix"))
+                        or original(*a, **k))
+    path = tmp_path / "g.toml"
+    path.write_text('backbones = ["demo-dino-tiny"]\ndatasets = ["digits"]\nprotocol = "online"\nepochs = 1\n'
+                    'batch_size = 256\nseeds = [0]\n[heads.knn]\noptions = { k = [10], T = [0.07] }\n'
+                    '[heads.cls]\noptimizer = "sgd"\nlr = [0.1]\n')
+    reg = load_registry()
+    (plan,) = expand(reg.grid(str(path)), reg)
+    rows, _, _ = trial.run_trial(plan)
+    assert {r["status"] for r in rows} == {"ok"} and shapes[0] == 1  # train: [cls] + patch mean only
+    assert rows[0]["backbone_passes"] == 1144 + 203 + 450 + 1024  # + one augmented epoch of full batches

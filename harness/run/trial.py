@@ -81,9 +81,10 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
         cached = ("train", "val", "test") if plan.protocol == "cached" or knn_specs else ("val", "test")
         for name in cached:
             t = time.perf_counter()
-            if plan.protocol == "online" and name == "train":  # un-augmented, for the k-NN heads alone
+            if plan.protocol == "online" and name == "train":  # un-augmented, for the k-NN heads alone (summaries)
                 token_sets[name], n = extract_tokens(backbone, splits.train, sorted({t for _, t in knn_taps(
-                    knn_specs, backbone.depth)}), batch_size=extract_batch, device=device)
+                    knn_specs, backbone.depth)}), batch_size=extract_batch, device=device,
+                    summary_prefix=backbone.num_prefix_tokens)
             elif plan.protocol == "cached":  # written once to the token cache, reused by later sweeps
                 split = f"train-first{plan.limit_train}" if name == "train" and plan.limit_train else name
                 token_sets[name], n = cached_tokens(backbone, dataset, split, getattr(splits, name), taps,

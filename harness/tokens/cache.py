@@ -185,11 +185,13 @@ def _run_backbone(backbone: TokenBackbone, dataset: Dataset, taps: tuple[str, ..
 
 def extract_tokens(backbone: TokenBackbone, dataset: Dataset, taps: Sequence[str], *, batch_size: int,
                    device: torch.device | str, num_workers: int | None = None,
-                   channels_last: bool = False) -> tuple[TokenSet, int]:
-    """Tokens of every image of `dataset` for each tap, in memory, and the number of images passed."""
-    return _run_backbone(backbone, dataset, tuple(dict.fromkeys(taps)), batch_size=batch_size,
-                         device=torch.device(device), num_workers=num_workers, allocate=_in_memory,
-                         channels_last=channels_last)
+                   channels_last: bool = False, summary_prefix: int | None = None) -> tuple[TokenSet, int]:
+    """Tokens of every image of `dataset` for each tap, in memory, and the number of images passed; with
+    `summary_prefix` (the prefix-token count) only each tap's `summary_tokens`."""
+    taps = tuple(dict.fromkeys(taps))
+    return _run_backbone(backbone, dataset, taps, batch_size=batch_size, device=torch.device(device),
+                         num_workers=num_workers, allocate=_in_memory, channels_last=channels_last,
+                         summary=None if summary_prefix is None else {t: summary_prefix for t in taps})
 
 
 # ------------------------------------------------------------------------------------------------ cache
