@@ -12,18 +12,16 @@ import torch
 from torch import nn
 
 from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import (Params, StackedPool, each_linear, head_split, head_values, layer_norm,
+from harness.heads.pool.kernels import (HeadedPool, Params, each_linear, head_values, layer_norm,
                                         plain_norm, pool_shared, rows_shared, split_heads)
 
 
 HEADS = 8
 
 
-class CaePool(StackedPool):
+class CaePool(HeadedPool):
     def __init__(self, dim: int, skip: int):
-        super().__init__()
-        head_dim = head_split("cae", dim, HEADS)
-        self.skip, self.scale = skip, head_dim ** -0.5
+        super().__init__("cae", dim, skip, HEADS)
         self.query_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.norm1_q, self.norm1_k, self.norm1_v = (nn.LayerNorm(dim) for _ in range(3))
         self.cross_attn = nn.ModuleDict(dict(q=nn.Linear(dim, dim, bias=False), k=nn.Linear(dim, dim, bias=False),

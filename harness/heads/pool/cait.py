@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import (Params, StackedPool, each_linear, head_split, head_values, layer_norm, mlp,
+from harness.heads.pool.kernels import (HeadedPool, Params, each_linear, head_values, layer_norm, mlp,
                                         mlp_module, plain_norm, pool_shared, rows_shared, split_heads)
 
 
@@ -33,11 +33,9 @@ class _ClassAttentionBlock(nn.Module):
         self.gamma_2 = nn.Parameter(torch.full((dim,), LAYER_SCALE))
 
 
-class CaitPool(StackedPool):
+class CaitPool(HeadedPool):
     def __init__(self, dim: int, skip: int):
-        super().__init__()
-        head_dim = head_split("cait", dim, HEADS)
-        self.skip, self.scale = skip, head_dim ** -0.5
+        super().__init__("cait", dim, skip, HEADS)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.blocks_token_only = nn.ModuleList([_ClassAttentionBlock(dim)])
         self.norm = nn.LayerNorm(dim)

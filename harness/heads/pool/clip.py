@@ -17,18 +17,17 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.heads.kinds import Dims
 from harness.heads.kinds.clip import why_not
-from harness.heads.pool.kernels import (Params, StackedPool, each_linear, head_split, head_values, plain_norm,
+from harness.heads.pool.kernels import (HeadedPool, Params, each_linear, head_values, plain_norm,
                                         pool_shared, row_blocks, rows_per_image, split_heads)
 
 
 HEADS = 4
 
 
-class ClipPool(StackedPool):
+class ClipPool(HeadedPool):
     def __init__(self, dim: int, skip: int, *, feat_size: int):
-        super().__init__()
-        head_dim = head_split("clip", dim, HEADS)
-        self.skip, self.feat_size, self.scale = skip, feat_size, head_dim ** -0.5
+        super().__init__("clip", dim, skip, HEADS)
+        self.feat_size = feat_size
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.pos_embed = nn.Parameter(torch.zeros(feat_size ** 2 + 1, dim))

@@ -115,6 +115,15 @@ def rows_per_image(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.bmm(un, xt) for un in u])
 
 
+class HeadedPool(StackedPool):
+    """A pooling whose attention splits the width into `heads` heads: the first `skip` tokens are dropped and
+    scores scaled by 1/sqrt(head width); a width the heads do not divide is a user error naming the kind."""
+
+    def __init__(self, kind: str, dim: int, skip: int, heads: int):
+        super().__init__()
+        self.skip, self.scale = skip, head_split(kind, dim, heads) ** -0.5
+
+
 def split_heads(q: torch.Tensor, w: torch.Tensor, heads: int) -> torch.Tensor:
     """Queries folded into token space per attention head: q (N, ..., H*c) and a key map w (N, H*c, D) give
     (N, ..., H, D), so that q_h . (W_h x) = out_h . x for every token x."""

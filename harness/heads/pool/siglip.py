@@ -11,18 +11,16 @@ import torch
 from torch import nn
 
 from harness.heads.kinds import Dims
-from harness.heads.pool.kernels import (Params, StackedPool, each_linear, head_split, head_values, mlp, mlp_module,
+from harness.heads.pool.kernels import (HeadedPool, Params, each_linear, head_values, mlp, mlp_module,
                                         pool_shared, row_blocks, rows_shared, split_heads)
 
 
 HEADS = 8
 
 
-class SiglipPool(StackedPool):
+class SiglipPool(HeadedPool):
     def __init__(self, dim: int, skip: int):
-        super().__init__()
-        head_dim = head_split("siglip", dim, HEADS)
-        self.skip, self.scale = skip, head_dim ** -0.5
+        super().__init__("siglip", dim, skip, HEADS)
         self.latent = nn.Parameter(torch.zeros(1, 1, dim))
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
