@@ -217,3 +217,28 @@ def test_command_writes_rows_and_prints_json(tmp_path, capsys):
     assert len(read_attention(tmp_path)) == len(rows)
     assert main(["attention", "--grid", "demo", "--images", "0", "--results-dir", str(tmp_path)]) == 2
     assert "--images 0" in capsys.readouterr().err
+
+
+def test_statements_show_the_block_the_probe_selected(tmp_path):
+    """Where a grid swept layers, each statement row also gives the probe's most often selected layer and the
+    measured values at that block; a layer of several blocks has no single block's values."""
+    from types import SimpleNamespace
+
+    from harness.report.attention import probe_layers, statement_rows
+
+    bb = harness.load_backbone("demo-mae-tiny")
+    frame = pd.DataFrame(attention_rows(bb, "digits", _Images(torch.randn(3, 3, 32, 32)), images=3, seed=0))
+    picks = [SimpleNamespace(layer=layer) for layer in ("0", "0", "-1")]
+    board = SimpleNamespace(dataset="digits", layer_curves=[SimpleNamespace(backbone="demo-mae-tiny", aggregator="cls")],
+                            rows=[SimpleNamespace(backbone="demo-mae-tiny", cells={
+                                "cls": SimpleNamespace(picks=picks), "mean": SimpleNamespace(picks=picks)})])
+    probes = probe_layers([board])
+    assert probes == {("demo-mae-tiny", "digits"): {"cls": "0"}}  # mean did not sweep layers on this board
+    (text, names, (row,)), *_ = statement_rows(frame, probes)
+    at_block0 = frame[(frame["block"] == 0) & (frame["head"] == "mean") & (frame["metric"] == "cls_self")].iloc[0]
+    assert names == ["[cls]→self", "cls probe's layer", "[cls]→self there"]
+    assert row[-2] == "cls: 0" and row[-1] == f"{at_block0.value:.3f} ± {at_block0.spread:.3f}"
+    patch_rows = statement_rows(frame, probes)[2][2]
+    assert patch_rows[0][-2:] == ["—", "—"]  # the mean probe swept no layers
+    several = statement_rows(frame, {("demo-mae-tiny", "digits"): {"cls": "last2"}})[0][2][0]
+    assert several[-2:] == ["cls: last2", "—"]

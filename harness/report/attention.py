@@ -7,6 +7,7 @@ Pure functions of the attention table (`harness.results.attention`): no torch, n
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pandas as pd
 from rich.console import Console
@@ -17,17 +18,21 @@ from harness.report.markdown import md_escape, md_table
 from harness.report.plain import html_text
 from harness.report.svg import _n, _text, color
 from harness.results.attention import METRICS
+from harness.tokens.layers import layer_blocks
 
 # Pre-training objective of each family: masked image modelling or joint embedding (contrastive/self-distillation)
 OBJECTIVE = {"mae": "MIM", "simmim": "MIM", "dino": "JEA", "ibot": "JEA", "ijepa": "JEA", "dinov2": "JEA",
              "dinov2_reg": "JEA", "dinov3": "JEA", "mocov3": "JEA"}
 
-# The four observations of "Beyond [cls]" (Przewięźlikowski et al., 2024) and the metrics that measure each.
+# The four observations of "Beyond [cls]" (Przewięźlikowski et al., 2024), the metrics that measure each, and the
+# probe whose selected layer (where a grid swept layers) is the other block shown: [cls] for the [cls] statements.
 STATEMENTS = (
-    ("MAE's [cls] token attends primarily to itself", ("cls_self",)),
-    ("it attends to the patches too uniformly to select the relevant ones", ("cls_patch_entropy", "cls_patch_top10")),
-    ("MIM patch tokens give more attention to themselves", ("patch_self",)),
-    ("MIM patch tokens attend to other patches more selectively than JEA ones", ("patch_entropy", "patch_top10")),
+    ("MAE's [cls] token attends primarily to itself", ("cls_self",), "cls"),
+    ("it attends to the patches too uniformly to select the relevant ones", ("cls_patch_entropy", "cls_patch_top10"),
+     "cls"),
+    ("MIM patch tokens give more attention to themselves", ("patch_self",), "mean"),
+    ("MIM patch tokens attend to other patches more selectively than JEA ones", ("patch_entropy", "patch_top10"),
+     "mean"),
 )
 SHORT = {"cls_self": "[cls]→self", "cls_patch_entropy": "[cls]→patch entropy", "cls_patch_top10": "[cls] top-10%",
          "patch_self": "patch→self", "patch_entropy": "patch entropy", "patch_top10": "patch top-10%",
@@ -60,24 +65,49 @@ def _last_block(frame: pd.DataFrame) -> pd.DataFrame:
     return mean[mean["block"] == last]
 
 
-def statement_rows(frame: pd.DataFrame) -> list[tuple[str, list[str], list[list[str]]]]:
-    """Per statement: (statement, column names, rows of backbone, dataset, objective, last block, values)."""
+def probe_layers(boards) -> dict[tuple[str, str], dict[str, str]]:
+    """(backbone, dataset) -> {aggregator: layer} for the aggregators that swept layers: the layer its seeds'
+    val-selected heads chose most often (ties: the first in text order), as the boards' lr* is chosen."""
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    for board in boards:
+        swept = {(c.backbone, c.aggregator) for c in board.layer_curves}
+        for row in board.rows:
+            for agg, cell in row.cells.items():
+                if (row.backbone, agg) in swept and cell.picks:
+                    layer = Counter(sorted(p.layer for p in cell.picks)).most_common(1)[0][0]
+                    out.setdefault((row.backbone, board.dataset), {})[agg] = layer
+    return out
+
+
+def statement_rows(frame: pd.DataFrame, probes: dict[tuple[str, str], dict[str, str]] | None = None
+                   ) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Per statement: (statement, column names, rows): backbone, dataset, objective, last block and its values,
+    then the probe's selected layer and the values at that block (where the probe swept layers; a layer of
+    several blocks has no single block's values)."""
+    mean = _means(frame)
     last = _last_block(frame)
     out = []
-    for text, metrics in STATEMENTS:
+    for text, metrics, probe in STATEMENTS:
         rows = []
         for (backbone, dataset), g in last.groupby(["backbone", "dataset"], sort=True):
             first = g.iloc[0]
             by_metric = {r.metric: r for r in g.itertuples()}
-            rows.append([_label(first), dataset, objective(first.family), str(int(first.block)),
-                         *(_value(by_metric[m].value, by_metric[m].spread) if m in by_metric else "n/a"
-                           for m in metrics)])
-        out.append((text, [SHORT[m] for m in metrics], rows))
+            cells = [_label(first), dataset, objective(first.family), str(int(first.block)),
+                     *(_value(by_metric[m].value, by_metric[m].spread) if m in by_metric else "n/a" for m in metrics)]
+            layer = (probes or {}).get((backbone, dataset), {}).get(probe)
+            blocks = layer_blocks(layer, int(first.block) + 1) if layer is not None else ()
+            at = mean[(mean["backbone"] == backbone) & (mean["dataset"] == dataset)]
+            at = {r.metric: r for r in at[at["block"] == blocks[0]].itertuples()} if len(blocks) == 1 else {}
+            cells += [f"{probe}: {layer}" if layer is not None else "—",
+                      *(_value(at[m].value, at[m].spread) if m in at else "—" for m in metrics)]
+            rows.append(cells)
+        out.append((text, [SHORT[m] for m in metrics] + [f"{probe} probe's layer"]
+                    + [f"{SHORT[m]} there" for m in metrics], rows))
     return out
 
 
-def markdown_section(frame: pd.DataFrame) -> str:
-    """The attention section of leaderboard.md ("" without attention rows)."""
+def markdown_section(frame: pd.DataFrame, probes: dict[tuple[str, str], dict[str, str]] | None = None) -> str:
+    """The attention section of leaderboard.md ("" without attention rows); `probes` as `probe_layers` gives."""
     if frame.empty:
         return ""
     lines = ["", "## Where the tokens look (attention diagnostic)", "",
@@ -85,8 +115,8 @@ def markdown_section(frame: pd.DataFrame) -> str:
              "(`harness attention`): mean over images ± their standard deviation, averaged over heads. MIM = masked "
              "image modelling, JEA = joint embedding. The statements are the paper's; the numbers are measured here.",
              ""]
-    for text, names, rows in statement_rows(frame):
-        lines += [f"**{md_escape(text)}** (last block)", ""]
+    for text, names, rows in statement_rows(frame, probes):
+        lines += [f"**{md_escape(text)}** (last block, and the block the probe selected)", ""]
         lines += md_table(["backbone", "dataset", "objective", "block", *names],
                           [[md_escape(c) for c in row] for row in rows]) + [""]
     mean = _means(frame)
@@ -154,7 +184,7 @@ def depth_plot(metric: str, g: pd.DataFrame, keys: list[tuple[str, str]]) -> str
     return "".join(parts) + "</svg>"
 
 
-def html_section(frame: pd.DataFrame) -> str:
+def html_section(frame: pd.DataFrame, probes: dict[tuple[str, str], dict[str, str]] | None = None) -> str:
     """The attention section of leaderboard.html ("" without attention rows); every string escaped."""
     if frame.empty:
         return ""
@@ -163,7 +193,7 @@ def html_section(frame: pd.DataFrame) -> str:
              "(<code>harness attention</code>): mean over images ± their standard deviation, averaged over heads. "
              "Solid lines: masked image modelling (MIM); dashed: joint embedding (JEA). The statements are the "
              "paper's; the numbers are measured here.</p>"]
-    for text, names, rows in statement_rows(frame):
+    for text, names, rows in statement_rows(frame, probes):
         head = "".join(f"<th>{html_text(h)}</th>" for h in ("backbone", "dataset", "objective", "block", *names))
         body = "".join("<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in row) + "</tr>" for row in rows)
         parts.append(f"<h3>{html_text(text)} (last block)</h3><table class=\"sortable\"><thead><tr>{head}</tr></thead>"

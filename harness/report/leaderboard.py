@@ -13,7 +13,7 @@ import pandas as pd
 from rich.console import Console
 from rich.text import Text
 
-from harness.report.attention import html_section, markdown_section
+from harness.report.attention import html_section, markdown_section, probe_layers
 from harness.report.claim import INPUT_COLUMNS, LoadCorrect, claim_analysis
 from harness.report.claim_pages import claim_html, claim_markdown
 from harness.report.html import html_page
@@ -115,9 +115,10 @@ def leaderboard_pages(results: pd.DataFrame, registry: Registry | None = None, *
     claim = claim_analysis(results, load_correct, selection)
     attention = pd.DataFrame() if attention is None else attention
     footer = provenance_text(results)
+    probes = probe_layers(boards)
     return boards, {
-        "leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention), footer),
-        "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention), footer, curves)}
+        "leaderboard.md": markdown_page(boards, claim_markdown(claim) + markdown_section(attention, probes), footer),
+        "leaderboard.html": html_page(boards, claim_html(claim) + html_section(attention, probes), footer, curves)}
 
 
 def regenerate(root: Path, registry: Registry | None = None, *,
