@@ -11,7 +11,7 @@ PROVENANCE_COLUMNS = ("harness_version", "git_commit", "device", "ended_at")
 def _values(results: pd.DataFrame, column: str) -> list[str]:
     if column not in results:
         return []
-    return sorted({str(v) for v in results[column].dropna() if str(v)})
+    return sorted({str(v) for v in results[column].dropna().unique() if str(v)})  # few distinct among many rows
 
 
 def provenance_text(results: pd.DataFrame) -> str:
@@ -20,7 +20,9 @@ def provenance_text(results: pd.DataFrame) -> str:
         return "Made from no result rows."
     devices = sorted({d.split(" [", 1)[0] for d in _values(results, "device")})  # without Ray's node suffix
     commits = [c[:12] + ("-dirty" if c.endswith("-dirty") else "") for c in _values(results, "git_commit")]
-    ended = pd.to_datetime(results["ended_at"], utc=True).max() if "ended_at" in results else None
+    # one timestamp per trial: parse the distinct values, not every row
+    ended = pd.to_datetime(pd.Series(results["ended_at"].dropna().unique()), utc=True).max() \
+        if "ended_at" in results else None
     return (f"Made from {len(results)} result rows by harness {', '.join(_values(results, 'harness_version')) or '?'}"
             f" at commit {', '.join(commits) or 'unknown (no git checkout)'}, last row written "
             f"{ended.strftime('%Y-%m-%d %H:%M UTC') if ended is not None and not pd.isna(ended) else '?'}, on "
