@@ -50,6 +50,11 @@ def registry_dirs() -> tuple[Path, ...]:
     return (registry_dir(), *user_registry_dirs())
 
 
+def backbone_label(name: str, random_init: bool) -> str:
+    """A backbone's name as every output shows it: random-init variants say so, their numbers mean nothing."""
+    return f"{name} (random-init)" if random_init else name
+
+
 class _Table:
     """Reads one TOML table with typed accessors; every error names the file and the field."""
 
@@ -184,8 +189,7 @@ class BackboneEntry:
 
     @property
     def label(self) -> str:
-        """The name as every output shows it: random-init variants say so."""
-        return f"{self.name} (random-init)" if self.random_init else self.name
+        return backbone_label(self.name, self.random_init)
 
 
 @dataclass(frozen=True)

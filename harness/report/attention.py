@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from harness.registry import backbone_label
 from harness.report.markdown import md_escape, md_table
 from harness.report.plain import html_text
 from harness.report.svg import _n, _text, color
@@ -45,7 +46,7 @@ def objective(family: str) -> str:
 
 
 def _label(row) -> str:
-    return f"{row.backbone} (random-init)" if row.random_init else str(row.backbone)
+    return backbone_label(str(row.backbone), bool(row.random_init))
 
 
 def _value(v, spread=None) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy import special
 
-from harness.registry import Registry, load_registry
+from harness.registry import Registry, backbone_label, load_registry
 from harness.results.selection import RECIPE_KEYS, SELECTION_KEYS, Selection, select, select_best
 from harness.results.store import HASH_PREFIX
 from harness.tokens.layers import DEFAULT_LAYER
@@ -131,7 +131,7 @@ class BoardRow:
 
     @property
     def label(self) -> str:
-        return f"{self.backbone} (random-init)" if self.random_init else self.backbone
+        return backbone_label(self.backbone, self.random_init)
 
     def published_text(self) -> str:
         numbers = ", ".join(f"{agg} {value:g}" for agg, value in self.published.items())

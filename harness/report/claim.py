@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import HarnessError
+from harness.registry import backbone_label
 from harness.report.claim_stats import (ALPHA, CLS_BETTER, EQUIVALENT, INCONCLUSIVE, MEAN_BETTER, NARROW,
                                         NOT_APPLICABLE, Comparison, compare, holm, sampling_variance)
 from harness.results.selection import SELECTION_KEYS, Selection, select
@@ -245,7 +246,7 @@ def _group_row(key: tuple, facts, tuned_pairs: list, untuned_pairs: list, correc
     if failed and untuned_verdict in (EQUIVALENT, MEAN_BETTER):
         untuned_verdict = INCONCLUSIVE
     row = dict(zip(GROUP_KEYS, key))
-    row.update(label=f"{key[0]} (random-init)" if facts.random_init else key[0], random_init=bool(facts.random_init),
+    row.update(label=backbone_label(key[0], bool(facts.random_init)), random_init=bool(facts.random_init),
                margin=float(facts.margin), seeds_vary="initialisation" if online else "initialisation and data order",
                test_images=tuned_test.images if tuned_test.variance is not None else 0,
                cls_lr=float(facts.cls_lr), cls_lr_edge=cls_edge, mean_lr=float(facts.mean_lr),
