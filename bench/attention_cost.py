@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from harness.diagnostics.attention import _Accumulator, explicit_attention, patch_grid
+from harness.diagnostics.attention import accumulator, measure_batch
 from harness.models.backbones import Backbone, build_model
 from harness.registry import load_registry
 
@@ -36,10 +36,7 @@ def main() -> None:
         bb.forward_tokens(x)
 
     def diagnostic() -> None:
-        acc = _Accumulator(bb.num_prefix_tokens, entry.class_token, patch_grid(bb))
-        with explicit_attention(bb.model, acc):
-            bb.forward_tokens(x)
-        acc.end_batch(len(x))
+        measure_batch(bb, accumulator(bb), x)
 
     times: dict[str, list[float]] = {"plain": [], "diagnostic": []}
     with torch.inference_mode():

@@ -152,12 +152,23 @@ def measure(backbone, dataset, *, images: int, seed: int, batch_size: int = 64,
         raise HarnessError("the attention diagnostic needs at least one image; accepted: --images >= 1.")
     chosen = np.sort(np.random.default_rng(seed).choice(len(dataset), size=n, replace=False))
     loader = DataLoader(Subset(dataset, chosen.tolist()), batch_size=batch_size, shuffle=False)
-    acc = _Accumulator(backbone.num_prefix_tokens, backbone.entry.class_token, patch_grid(backbone))
-    with torch.inference_mode(), explicit_attention(backbone.model, acc):
+    acc = accumulator(backbone)
+    with torch.inference_mode():
         for batch, _ in loader:
-            backbone.forward_tokens(batch.to(device))
-            acc.end_batch(len(batch))
+            measure_batch(backbone, acc, batch.to(device))
     return acc.sums, acc.images
+
+
+def accumulator(backbone) -> _Accumulator:
+    """An empty accumulator for `backbone`'s token layout."""
+    return _Accumulator(backbone.num_prefix_tokens, backbone.entry.class_token, patch_grid(backbone))
+
+
+def measure_batch(backbone, acc: _Accumulator, images: Tensor) -> None:
+    """One frozen pass over `images` with every block's attention reduced into `acc`."""
+    with explicit_attention(backbone.model, acc):
+        backbone.forward_tokens(images)
+    acc.end_batch(len(images))
 
 
 def attention_rows(backbone, dataset_name: str, dataset, *, images: int, seed: int, split: str = "val",
