@@ -148,3 +148,14 @@ def test_head_matmuls_are_float32_on_the_cpu_and_restore_the_setting():
     assert resolve("auto", torch.device("cuda")) == "tf32" and resolve("fp32", torch.device("cuda")) == "fp32"
     with pytest.raises(ValueError, match="accepted: auto, fp32, tf32"):
         resolve("bf16", torch.device("cpu"))
+
+
+def test_a_small_budget_splits_the_batch_without_changing_a_pixel():
+    """Chunking by padded size is an implementation detail: one image per chunk gives the same output."""
+    from harness.data.device_feed import batched_resized_crops, box_weights
+
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, h, w), generator=gen, dtype=torch.uint8) for h, w in SIZES]
+    weights = [box_weights(h, w, Box(0, 0, h, w, flip=k % 2 == 1), 32, "bicubic") for k, (h, w) in enumerate(SIZES)]
+    whole = batched_resized_crops(images, weights)
+    assert torch.equal(whole, batched_resized_crops(images, weights, budget=1))

@@ -112,34 +112,33 @@ def eval_box(height: int, width: int, resize: int, crop: int) -> tuple[tuple[int
 
 def batched_resized_crops(images: Sequence[Tensor], weights: Sequence[tuple[Tensor, Tensor]], *,
                           budget: int = 1 << 26) -> Tensor:
-    """uint8 (B, 3, S, S): each (3, H_i, W_i) image through its own (Wy_i, Wx_i), padded and multiplied in
-    batches of at most `budget` padded pixels (images sorted by size, so a huge one does not pad every other),
-    rounded and clamped to uint8 as torchvision's uint8 resize does."""
+    """uint8 (B, 3, S, S): each (3, H_i, W_i) image on the device through its own (Wy_i, Wx_i) (host tensors),
+    padded and multiplied in batches of at most `budget` padded pixels (images sorted by size, so a huge one does
+    not pad every other; the weights go to the device once per batch), rounded and clamped to uint8 as
+    torchvision's uint8 resize does."""
     order = sorted(range(len(images)), key=lambda i: images[i].shape[-2] * images[i].shape[-1])
     out_h, out_w = weights[0][0].shape[0], weights[0][1].shape[0]
     device = images[0].device
     result = torch.empty(len(images), images[0].shape[0], out_h, out_w, dtype=torch.uint8, device=device)
     start = 0
     while start < len(order):
-        end = start + 1
-        while end < len(order):
-            h = max(images[i].shape[-2] for i in order[start:end + 1])
-            w = max(images[i].shape[-1] for i in order[start:end + 1])
-            if (end + 1 - start) * h * w > budget:
+        h = w = 0
+        end = start
+        while end < len(order):  # grow the chunk while its padded size stays within the budget
+            grown_h, grown_w = max(h, images[order[end]].shape[-2]), max(w, images[order[end]].shape[-1])
+            if end > start and (end + 1 - start) * grown_h * grown_w > budget:
                 break
-            end += 1
+            h, w, end = grown_h, grown_w, end + 1
         chunk = order[start:end]
-        h = max(images[i].shape[-2] for i in chunk)
-        w = max(images[i].shape[-1] for i in chunk)
         padded = torch.zeros(len(chunk), images[0].shape[0], h, w, dtype=torch.float32, device=device)
-        wy = torch.zeros(len(chunk), 1, out_h, h, dtype=torch.float32, device=device)
-        wx = torch.zeros(len(chunk), 1, out_w, w, dtype=torch.float32, device=device)
+        wy = torch.zeros(len(chunk), 1, out_h, h, dtype=torch.float32)
+        wx = torch.zeros(len(chunk), 1, out_w, w, dtype=torch.float32)
         for k, i in enumerate(chunk):
             img = images[i]
             padded[k, :, : img.shape[-2], : img.shape[-1]] = img
             wy[k, 0, :, : img.shape[-2]] = weights[i][0]
             wx[k, 0, :, : img.shape[-1]] = weights[i][1]
-        out = wy @ padded @ wx.transpose(-1, -2)
+        out = wy.to(device, non_blocking=True) @ padded @ wx.to(device, non_blocking=True).transpose(-1, -2)
         result[torch.tensor(chunk, device=device)] = out.round_().clamp_(0, 255).to(torch.uint8)
         start = end
     return result
@@ -223,7 +222,6 @@ class DeviceFeed:
         weights = [box_weights(h, w, box, self.size, self.interpolation) if box is not None
                    else eval_weights(h, w, self.resize, self.size, self.interpolation)
                    for (h, w), box in zip(sizes, boxes)]
-        weights = [(wy.to(self.device), wx.to(self.device)) for wy, wx in weights]
         pixels = batched_resized_crops(images, weights)
         mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
