@@ -183,6 +183,7 @@ def online_rates(backbone: Backbone, entry: BackboneEntry, args: argparse.Namesp
     import tempfile
 
     from harness.data.device_feed import device_feed
+    from harness.data.order import EpochOrderSampler
     from harness.tokens.cache import backbone_autocast
 
     images = args.batch_size * args.iters
@@ -196,9 +197,9 @@ def online_rates(backbone: Backbone, entry: BackboneEntry, args: argparse.Namesp
         cpu = torch.utils.data.DataLoader(Cycle(files, images, lambda f: augment(Image.open(f).convert("RGB"))),
                                           batch_size=args.batch_size, num_workers=workers,
                                           pin_memory=device.type == "cuda")
-        feed = device_feed(files, [0] * images, augment=True, batch_size=args.batch_size, sampler=range(images),
-                           num_workers=workers, generator=None, device=device, size=entry.img_size,
-                           resize=entry.img_size, interpolation=entry.interpolation, mean=entry.mean, std=entry.std,
+        feed = device_feed(files, [0] * images, augment=True, batch_size=args.batch_size,
+                           sampler=EpochOrderSampler(images, 0), num_workers=workers, device=device,
+                           size=entry.img_size, resize=entry.img_size, interpolation=entry.interpolation, mean=entry.mean, std=entry.std,
                            drop_last=True)
 
         def through(batches) -> float:

@@ -12,6 +12,7 @@ from torchvision.transforms import v2
 
 from harness.data.device_feed import (Box, DeviceFeed, EncodedImages, _collate, crop_params, device_feed,
                                       eval_box, flip_param, resize_weights)
+from harness.data.order import epoch_order
 from harness.data.splits import build_transform
 from harness.registry import load_registry
 
@@ -91,21 +92,28 @@ def test_eval_box_is_torchvisions_resize_and_center_crop():
         assert v2.functional.center_crop(marker, 224)[0, 0, 0] == 1
 
 
-def test_feed_iterates_in_sampler_order_with_seeded_crops(tmp_path):
+def test_feed_iterates_in_sampler_order_with_each_images_own_crops(tmp_path):
+    """Batches follow the sampler; an image's crop depends on its draw seed alone, not on what was drawn before."""
+    from harness.data.order import EpochOrderSampler
+
     paths = _jpegs(tmp_path)
     labels = list(range(len(paths)))
 
-    def run() -> tuple[torch.Tensor, torch.Tensor]:
-        torch.manual_seed(3)
-        feed = device_feed(paths, labels, augment=True, batch_size=3, sampler=[4, 0, 2, 1, 3, 5], num_workers=0,
-                           generator=None, device=torch.device("cpu"), size=32, resize=36,
-                           interpolation="bicubic", mean=(0.5,) * 3, std=(0.25,) * 3, drop_last=True)
+    def run(skip: int) -> tuple[torch.Tensor, torch.Tensor]:
+        sampler = EpochOrderSampler(len(paths), seed=3)
+        sampler.start(0, skip=skip)
+        torch.manual_seed(skip)  # the global generator's state plays no part
+        feed = device_feed(paths, labels, augment=True, batch_size=3, sampler=sampler, num_workers=0,
+                           device=torch.device("cpu"), size=32, resize=36, interpolation="bicubic",
+                           mean=(0.5,) * 3, std=(0.25,) * 3, drop_last=True)
         batches = list(feed)
-        assert feed.batch_size == 3 and len(batches) == 2
+        assert feed.batch_size == 3 and len(batches) == (len(paths) - skip) // 3
         return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
-    (a, la), (b, lb) = run(), run()
-    assert la.tolist() == [4, 0, 2, 1, 3, 5] and torch.equal(a, b) and a.shape == (6, 3, 32, 32)
+    (a, la), (b, lb) = run(0), run(3)
+    order = epoch_order(len(paths), 3, 0).tolist()[:len(la)]  # full batches only
+    assert la.tolist() == order and lb.tolist() == order[3:] and a.shape == (6, 3, 32, 32)
+    assert torch.equal(a[3:], b)
 
 
 def test_online_loader_of_an_image_folder_becomes_a_device_feed(tmp_path):

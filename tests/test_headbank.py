@@ -15,7 +15,8 @@ from harness.heads.bank import HeadBank, HeadSpec
 from harness.heads.recipes import harness_default, lr_factor
 from harness.registry import AggregatorEntry
 from harness.tokens.cache import TokenSet
-from harness.heads.train import epoch_order, online_loader, token_batches, train_cached, train_online
+from harness.data.order import epoch_order
+from harness.heads.train import online_loader, token_batches, train_cached, train_online
 from single_thread import one_thread  # noqa: F401 (autouse fixture)
 
 D, T, C, PREFIX, HEADS = 16, 9, 5, 1, 4

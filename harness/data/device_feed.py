@@ -3,9 +3,9 @@
 On a GPU the CPU's JPEG decode and per-image transforms cap the online protocol far below the backbone's speed
 (ViT-B/16 on an H100: 1,092 images/s from JPEGs with 15 workers against 8,372 for the bf16 forward). Here the
 loader workers only read file bytes and draw each image's random crop and flip exactly as torchvision's
-`RandomResizedCrop` + `RandomHorizontalFlip` draw them (the same calls on the worker's seeded generator, in the
-same order, from the size in the file header); the device decodes the batch (`torchvision.io.decode_jpeg`) and
-applies every crop, flip and resize at once as two batched matrix products: resizing is linear and separable, so
+`RandomResizedCrop` + `RandomHorizontalFlip` draw them (the same calls on the image's own seeded generator,
+harness/data/order.py, in the same order, from the size in the file header); the device decodes the batch
+(`torchvision.io.decode_jpeg`) and applies every crop, flip and resize at once as two batched matrix products: resizing is linear and separable, so
 each image's output is Wy @ image @ Wx^T with antialiased bicubic weight rows (the same filter, support and
 normalisation as torch's `antialias=True` kernel) that are zero outside its crop and reversed for a flip. On a
 machine without a GPU the per-image torchvision path stays; the tests run this one on the CPU against it.
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from harness.data.order import EpochOrderSampler, SeededDraws
 
 SCALE, RATIO = (0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's defaults, as the probe recipes use them
 
@@ -200,6 +202,10 @@ class DeviceFeed:
     def batch_size(self) -> int:
         return self.loader.batch_size
 
+    @property
+    def sampler(self):
+        return self.loader.sampler
+
     def __len__(self) -> int:
         return len(self.loader)
 
@@ -233,27 +239,26 @@ class DeviceFeed:
 
 
 def device_feed(paths: Sequence[str], labels: Sequence[int], *, augment: bool, batch_size: int,
-                sampler, num_workers: int, generator: torch.Generator | None, device: torch.device, size: int,
+                sampler: EpochOrderSampler, num_workers: int, device: torch.device, size: int,
                 resize: int, interpolation: str, mean, std, drop_last: bool) -> DeviceFeed:
-    """A DeviceFeed over image files, batches in `sampler`'s order, crops drawn by the seeded workers."""
-    loader = DataLoader(EncodedImages(paths, labels, augment=augment), batch_size=batch_size, sampler=sampler,
-                        num_workers=num_workers, collate_fn=_collate, generator=generator, drop_last=drop_last,
+    """A DeviceFeed over image files, batches in `sampler`'s order, each image's crop drawn from its own seed."""
+    loader = DataLoader(SeededDraws(EncodedImages(paths, labels, augment=augment)), batch_size=batch_size,
+                        sampler=sampler, num_workers=num_workers, collate_fn=_collate, drop_last=drop_last,
                         persistent_workers=num_workers > 0)
     return DeviceFeed(loader, device, size, resize, interpolation, tuple(mean), tuple(std))
 
 
 def on_device(loader: DataLoader, view, backbone, device: torch.device) -> DeviceFeed | None:
     """The online protocol's `loader` over `view` (an augmented LabelledView for the `backbone` entry) as a
-    DeviceFeed: the same sampler,
-    batch size, workers and seeded generator, so the workers draw the crops the CPU path would draw. None when
-    the view's images are not files (in-memory sources keep the CPU path)."""
+    DeviceFeed: the same sampler (each image's draw seed), batch size and workers, so the workers draw the crops
+    the CPU path would draw. None when the view's images are not files (in-memory sources keep the CPU path)."""
     from harness.data.images import FolderImages
 
     if not isinstance(view.base, FolderImages) or not view.augment:
         return None
     paths = [view.base.samples[int(i)][0] for i in view.indices]
     return device_feed(paths, view.labels.tolist(), augment=True, batch_size=loader.batch_size,
-                       sampler=loader.sampler, num_workers=loader.num_workers, generator=loader.generator,
+                       sampler=loader.sampler, num_workers=loader.num_workers,
                        device=device, size=backbone.img_size, resize=backbone.img_size,
                        interpolation=backbone.interpolation, mean=backbone.mean, std=backbone.std,
                        drop_last=loader.drop_last)

@@ -121,6 +121,14 @@ class _Group:
         """(N, D') running mean and variance of the heads' BatchNorm, None without one."""
         raise NotImplementedError
 
+    def tensors(self) -> dict[str, Tensor]:
+        """Every tensor training changes, by name (parameters, statistics, optimizer state, bookkeeping): what a
+        checkpoint saves, and restores by copying into these."""
+        out = {f"param.{k}": p for k, p in enumerate(self.stacked())}
+        out |= {f"stat.{name}": v for name, v in self.statistics().items()}
+        out |= {f"opt.{k}.{key}": v for k, s in enumerate(self.state) for key, v in s.items()}
+        return out | {"bad_step": self.bad_step, "bad_why": self.bad_why, "loss_sum": self.loss_sum}
+
     def logits(self, tokens: Tensor, train: bool) -> Tensor:
         """(N, B, num_classes) logits of every head of the group."""
         raise NotImplementedError
@@ -214,6 +222,9 @@ class _LinearGroup(_Group):
         n = len(self.members)
         return self.norm.running_mean.expand(n, -1), self.norm.running_var.expand(n, -1)
 
+    def tensors(self) -> dict[str, Tensor]:
+        return super().tensors() | {f"norm.{name}": b for name, b in self.norm.named_buffers()}
+
     def _features(self, tokens: Tensor, train: bool) -> Tensor:
         self.norm.train(train)
         return self.norm(self.pool(tokens)).expand(len(self.members), -1, -1)
@@ -275,6 +286,9 @@ class _AttentionGroup(_Group):
 
     def running_stats(self) -> tuple[Tensor, Tensor] | None:
         return None if self.running is None else (self.running[0], self.running[1])
+
+    def tensors(self) -> dict[str, Tensor]:
+        return super().tensors() | {f"running.{k}": r for k, r in enumerate(self.running or [])}
 
     def logits(self, tokens: Tensor, train: bool) -> Tensor:
         *pool, weight, bias = self.params
@@ -340,6 +354,39 @@ class HeadBank:
         self.groups: list[_Group] = [
             (_AttentionGroup if isinstance(heads[0].pooler, StackedPool) else _LinearGroup)(
                 members, self.specs, heads, taps, batch_size, device) for members, heads, taps in stacks.values()]
+
+    def state(self) -> tuple[dict, dict[str, Tensor]]:
+        """Everything training has changed, as JSON-able metadata (outcomes so far, each stack's members and step
+        counts) and CPU copies of the tensors: what a mid-trial checkpoint holds (harness/run/checkpoints.py)."""
+        meta = {"outcomes": [{k: v for k, v in vars(o).items() if k != "test_predicted"} for o in self.outcomes],
+                "groups": [{"members": g.members, "step": g.step, "forwards": g.forwards, "loss_count": g.loss_count}
+                           for g in self.groups]}
+        tensors = {f"{k}.{name}": t.detach().to("cpu", copy=True) for k, g in enumerate(self.groups)
+                   for name, t in g.tensors().items()}
+        return meta, tensors
+
+    @torch.no_grad()
+    def restore(self, meta: dict, tensors: Mapping[str, Tensor]) -> None:
+        """Continue from `state()` of a bank built from the same specs: drop the stacks and heads it had retired,
+        then copy every saved tensor into place. A state of another bank is refused (ValueError)."""
+        fresh, self.groups = self.groups, []
+        for k, saved in enumerate(meta["groups"]):
+            g = next((g for g in fresh if saved["members"][0] in g.members), None)
+            if g is None or not set(saved["members"]) <= set(g.members):
+                raise ValueError(f"saved stack {k} holds heads {saved['members']}, which no stack of this bank holds")
+            if saved["members"] != g.members:
+                g.keep([g.members.index(i) for i in saved["members"]])
+            g.step, g.forwards, g.loss_count = saved["step"], saved["forwards"], saved["loss_count"]
+            own = g.tensors()
+            if set(own) != {name.split(".", 1)[1] for name in tensors if name.split(".", 1)[0] == str(k)}:
+                raise ValueError(f"saved stack {k} holds other tensors than this bank's")
+            for name, t in own.items():
+                t.copy_(tensors[f"{k}.{name}"])
+            self.groups.append(g)
+        if len(meta["outcomes"]) != len(self.outcomes):
+            raise ValueError(f"the state holds {len(meta['outcomes'])} heads, this bank {len(self.outcomes)}")
+        for outcome, saved in zip(self.outcomes, meta["outcomes"]):
+            vars(outcome).update(saved)
 
     @property
     def taps(self) -> list[str]:

@@ -10,16 +10,30 @@ Both protocols draw an epoch's order from `epoch_order`, so with augmentation of
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
+from harness.data.order import EpochOrderSampler, SeededDraws, epoch_order
 from harness.heads.bank import HeadBank, HeadOutcome
 from harness.tokens.cache import TokenSet, backbone_autocast
 
 EpochHook = Callable[[int, int, int, float | None], None]  # (epochs done, of, heads alive, best val top-1 so far)
-_EPOCH_STRIDE = 1_000_003  # seeds and epochs map to distinct generator seeds for fewer than this many epochs
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training stands: `epoch` epochs done and `step` steps of the next; `passes`: training images the
+    backbone has seen so far (online). A checkpoint records it; a restored trial continues from it."""
+
+    epoch: int = 0
+    step: int = 0
+    passes: int = 0
+
+
+CheckpointHook = Callable[[Position, bool], None]  # (position reached, whether at an epoch's end)
 
 
 def steps_per_epoch(num_train: int, batch_size: int) -> int:
@@ -35,33 +49,13 @@ def warmup_steps(num_train: int, batch_size: int, warmup_epochs: int) -> int:
     return steps_per_epoch(num_train, batch_size) * warmup_epochs
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The training order of one epoch: a permutation of range(n) fixed by (seed, epoch) alone."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * _EPOCH_STRIDE + epoch))
-
-
-class EpochOrderSampler(Sampler[int]):
-    """`epoch_order(n, seed, epoch)` for epoch 0, 1, ... on successive passes, as the cached loop draws it."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        order = epoch_order(self.n, self.seed, self.epoch)
-        self.epoch += 1
-        return iter(order.tolist())
-
-
 def online_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: int = 0,
                   pin_memory: bool = False) -> DataLoader:
-    """The online protocol's train loader: full batches in the seeded epoch order; `seed` also seeds the workers'
-    augmentation."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=EpochOrderSampler(len(dataset), seed),
+    """The online protocol's train loader: full batches in the seeded epoch order, each image's augmentation drawn
+    from its own (seed, epoch, index) generator (harness/data/order.py), so a restored trial draws the same."""
+    return DataLoader(SeededDraws(dataset), batch_size=batch_size, sampler=EpochOrderSampler(len(dataset), seed),
                       drop_last=len(dataset) >= batch_size, num_workers=num_workers, pin_memory=pin_memory,
-                      generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0)
 
 
 def token_batches(tokens: TokenSet, taps: list[str], batch_size: int,
@@ -91,20 +85,25 @@ def _end_epoch(bank: HeadBank, epoch: int, epochs: int, val: TokenSet, batch_siz
 
 
 def train_cached(bank: HeadBank, train: TokenSet, val: TokenSet, test: TokenSet, *, epochs: int, batch_size: int,
-                 device: torch.device | str = "cpu", on_epoch: EpochHook | None = None) -> list[HeadOutcome]:
-    """Train every head for `epochs` over the cached train tokens; report val and test metrics per head, and
-    each epoch's progress to `on_epoch`."""
+                 device: torch.device | str = "cpu", on_epoch: EpochHook | None = None, start: Position = Position(),
+                 checkpoint: CheckpointHook | None = None) -> list[HeadOutcome]:
+    """Train every head for `epochs` over the cached train tokens, from `start` (a restored bank's position); report
+    val and test metrics per head, each epoch's progress to `on_epoch`, and every step boundary to `checkpoint`."""
     n = len(train.labels)
     steps = steps_per_epoch(n, batch_size)
-    for epoch in range(epochs):
+    for epoch in range(start.epoch, epochs):
         seeds = bank.seeds
         orders = {seed: epoch_order(n, seed, epoch) for seed in seeds}
-        for k in range(steps):
+        for k in range(start.step if epoch == start.epoch else 0, steps):
             for seed in seeds:
                 idx = orders[seed][k * batch_size:(k + 1) * batch_size]
                 batch = {tap: train.tokens[tap][idx].to(device).float() for tap in bank.taps}
                 bank.step(batch, train.labels[idx].to(device), seed=seed)
+            if checkpoint is not None and k + 1 < steps:
+                checkpoint(Position(epoch, k + 1), False)
         _end_epoch(bank, epoch, epochs, val, batch_size, device, on_epoch)
+        if checkpoint is not None and epoch + 1 < epochs:
+            checkpoint(Position(epoch + 1), True)
     return _evaluate_and_finish(bank, val, test, batch_size, device)
 
 
@@ -122,17 +121,27 @@ def _tokens(backbone: Any, images: torch.Tensor, taps: list[str], chunk: int,
 
 def train_online(bank: HeadBank, backbone: Any, train_loader: DataLoader, val: TokenSet, test: TokenSet, *,
                  epochs: int, device: torch.device | str = "cpu", forward_chunk: int = 1024,
-                 on_epoch: EpochHook | None = None) -> tuple[list[HeadOutcome], int]:
-    """Train every head for `epochs` on backbone tokens of `train_loader`'s (augmented) batches: one backbone
-    pass per batch for the whole bank, in chunks of `forward_chunk` images. `val` and `test` are tokens extracted
-    once (un-augmented). Returns the outcomes and the number of images passed through the backbone."""
+                 on_epoch: EpochHook | None = None, start: Position = Position(),
+                 checkpoint: CheckpointHook | None = None) -> tuple[list[HeadOutcome], int]:
+    """Train every head for `epochs` on backbone tokens of `train_loader`'s (augmented) batches, from `start`: one
+    backbone pass per batch for the whole bank, in chunks of `forward_chunk` images. `val` and `test` are tokens
+    extracted once (un-augmented). The loader's `EpochOrderSampler` is set to each epoch (and to the restored step),
+    so the batches are those of an uninterrupted run. Returns the outcomes and the images passed through the
+    backbone in training (the restored position's included)."""
     device = torch.device(device)
-    passes = 0
-    for epoch in range(epochs):
+    sampler, batch_size = train_loader.sampler, train_loader.batch_size
+    steps, passes = steps_per_epoch(sampler.n, batch_size), start.passes
+    for epoch in range(start.epoch, epochs):
         if not bank.live():  # every head diverged: no reason to run the backbone again
             break
-        for images, labels in train_loader:
+        first = start.step if epoch == start.epoch else 0
+        sampler.start(epoch, skip=first * batch_size)
+        for k, (images, labels) in enumerate(train_loader, start=first):
             bank.step(_tokens(backbone, images, bank.taps, forward_chunk, device), labels.to(device, non_blocking=True))
             passes += len(labels)
-        _end_epoch(bank, epoch, epochs, val, train_loader.batch_size, device, on_epoch)
-    return _evaluate_and_finish(bank, val, test, train_loader.batch_size, device), passes
+            if checkpoint is not None and k + 1 < steps:
+                checkpoint(Position(epoch, k + 1, passes), False)
+        _end_epoch(bank, epoch, epochs, val, batch_size, device, on_epoch)
+        if checkpoint is not None and epoch + 1 < epochs:
+            checkpoint(Position(epoch + 1, 0, passes), True)
+    return _evaluate_and_finish(bank, val, test, batch_size, device), passes

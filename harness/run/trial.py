@@ -29,8 +29,9 @@ from harness.heads.knn import evaluate_knn, knn_taps
 from harness.run.plan import SWEPT_OPTIONS, TrialPlan
 from harness.registry import BackboneEntry
 from harness.tokens.cache import cached_tokens, extract_tokens, loader_workers
-from harness.heads.train import (EpochHook, online_loader, total_steps, train_cached, train_online,
+from harness.heads.train import (EpochHook, Position, online_loader, total_steps, train_cached, train_online,
                                  warmup_steps)
+from harness.run.checkpoints import CheckpointRefused, Checkpointing
 
 
 EXTRACT_BATCH = 512
@@ -50,11 +51,12 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
-              on_epoch: EpochHook | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu", on_epoch: EpochHook | None = None,
+              checkpointing: Checkpointing | None = None) -> tuple[list[dict], list[dict], list[dict]]:
     """Extract tokens once per split, train the head bank, and return (result rows, curve rows, prediction
     records: every ok head's top-1 class per test image); `on_epoch` hears each epoch's progress (the sweep's live
-    display)."""
+    display). With `checkpointing`, the bank's state is saved as training goes, and training continues from its
+    `resume` state (CheckpointRefused when that state is not this bank's)."""
     device = torch.device(device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -66,6 +68,14 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
     trained = [i for i, spec in enumerate(specs) if kinds()[spec.aggregator.kind].trained]
     untrained = [i for i in range(len(specs)) if i not in set(trained)]
     bank = make_bank(plan, [specs[i] for i in trained], backbone, splits, device)
+    start, resume = Position(), checkpointing.resume if checkpointing else None
+    if resume is not None:
+        try:
+            bank.restore(resume.bank, resume.tensors)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointRefused(f"its state does not fit this trial's heads ({e})") from None
+        start = resume.position
+    hook = checkpointing.hook(bank) if checkpointing else None
     knn_specs = [specs[i] for i in untrained]
     passes, extracted, extract_s = 0, 0, 0.0
     outcomes, test_labels = [HeadOutcome() for _ in specs], None
@@ -106,13 +116,13 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
             with head_matmuls(device):
                 trained_outcomes, n = train_online(bank, backbone, loader, token_sets["val"], token_sets["test"],
                                                    epochs=plan.epochs, device=device, forward_chunk=extract_batch,
-                                                   on_epoch=on_epoch)
+                                                   on_epoch=on_epoch, start=start, checkpoint=hook)
             passes += n
         elif bank.live():
             with head_matmuls(device):
                 trained_outcomes = train_cached(bank, token_sets["train"], token_sets["val"], token_sets["test"],
                                                 epochs=plan.epochs, batch_size=plan.batch_size, device=device,
-                                                on_epoch=on_epoch)
+                                                on_epoch=on_epoch, start=start, checkpoint=hook)
         for i, outcome in zip(trained, trained_outcomes):
             outcomes[i] = outcome
         if knn_specs:
@@ -125,7 +135,8 @@ def run_trial(plan: TrialPlan, *, device: torch.device | str = "cpu",
     shared = {
         **trial_columns(plan, backbone.entry, started), "weights_sha256": backbone.weights_sha256,
         "num_classes": splits.num_classes, "train_size": sizes["train"], "val_size": sizes["val"],
-        "test_size": sizes["test"], "split_seed": splits.split_seed, "wall_s": time.perf_counter() - t0,
+        "test_size": sizes["test"], "split_seed": splits.split_seed,
+        "wall_s": (checkpointing.earlier_s if checkpointing else 0.0) + time.perf_counter() - t0,
         "backbone_passes": passes, "images_per_s": extracted / extract_s if extract_s > 0 else 0.0,
         "device": device_name(device),
     }
