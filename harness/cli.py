@@ -199,6 +199,8 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
                         cpus_per_trial=grid.cpus_per_trial if args.cpus_per_trial is None else args.cpus_per_trial,
                         gpus_per_trial=grid.gpus_per_trial if args.gpus_per_trial is None else args.gpus_per_trial,
                         max_retries=grid.max_retries if args.max_retries is None else args.max_retries,
+                        checkpoint_minutes=grid.checkpoint_minutes if args.checkpoint_minutes is None
+                        else args.checkpoint_minutes,
                         address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                         console=None if args.no_progress else console,
                         manifest=describe_sweep(grid, reg, commit=commit))
@@ -207,6 +209,8 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
                   f"{ok} trials ok, {len(summary.failed)} failed, {len(summary.unfinished)} stopped before they "
                   f"finished, {len(summary.user_errors)} stopped by an error in their input. Manifest: "
                   f"{summary.manifest}", highlight=False)
+    for name, how in summary.resumed.items():
+        console.print(Text(printable(f"  {name}: {how}")))
     for name, why in summary.unwritten.items():
         console.print(Text(printable(f"  {name}: the results folder refused its rows ({why}); the next sweep "
                                      f"imports them from {results_dir / store.RECOVERY} (move them there if they "
@@ -217,7 +221,8 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
                            "trials' rows are kept, and the next sweep runs only what has no result.)")
     if summary.unfinished:
         console.print(f"Interrupted: {', '.join(summary.unfinished)} wrote no rows; rerun the same command to run "
-                      "only what has no result yet.", highlight=False)
+                      "only what has no result yet (a trial stopped mid-way continues from its last checkpoint).",
+                      highlight=False)
         return EXIT_INTERRUPTED
     if not args.no_leaderboard:
         cmd_leaderboard(args, console)
@@ -338,7 +343,8 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
              "--no-progress"]
     for flag, value in (("--backbones", args.backbones), ("--datasets", args.datasets), ("--epochs", args.epochs),
                         ("--seeds", args.seeds), ("--lrs", args.lrs), ("--limit-train", args.limit_train),
-                        ("--max-retries", args.max_retries), ("--results-dir", args.results_dir),
+                        ("--max-retries", args.max_retries), ("--checkpoint-minutes", args.checkpoint_minutes),
+                        ("--results-dir", args.results_dir),
                         ("--cache-dir", args.cache_dir), ("--cpus-per-trial", args.cpus_per_trial),
                         ("--gpus-per-trial", args.gpus_per_trial)):
         sweep += [flag, str(value)] if value is not None else []
@@ -534,6 +540,9 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
                    help="train on the first N training images per class (smoke tests; val and test stay whole)")
     p.add_argument("--force", action="store_true", help="rerun heads that already have results")
     p.add_argument("--max-retries", type=_retries, help="retries of a failing trial (default: the grid's max_retries)")
+    p.add_argument("--checkpoint-minutes", type=_number(positive=False), metavar="M",
+                   help="a running trial saves its heads' state at each epoch's end and at least every M minutes, and "
+                        "a retried or rerun trial continues from it (default: the grid's checkpoint_minutes, 10)")
     p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="token cache folder of the cached protocol, as the trials' nodes see it "

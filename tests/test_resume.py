@@ -155,6 +155,8 @@ def test_the_latest_checkpoint_of_a_trial_is_found_and_discarded_once_its_rows_a
         write_state(root / sweep / trial_dir / f"checkpoint_{epoch}{step}", key, state(epoch, step))
     (root / "sweep-c" / "t0" / "checkpoint_000000").mkdir(parents=True)  # killed before its JSON: skipped
     assert checkpoints.latest(root, "k1") == root / "sweep-a" / "t0" / "checkpoint_31"
+    (root / "sweep-a" / "t0" / "checkpoint_31" / checkpoints.TENSORS).write_bytes(b"cut short")
+    assert checkpoints.latest(root, "k1") == root / "sweep-a" / "t0" / "checkpoint_30"  # the furthest intact one
     assert checkpoints.latest(root, "k3") is None
     checkpoints.discard(root, {"k1"})
     assert sorted(p.name for p in root.iterdir()) == ["sweep-b"]

@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import io
+import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -388,6 +390,111 @@ def test_driver_killed_mid_sweep_resumes_without_duplicates(ray_head, tmp_path, 
 
     code, out = _run(capsys, "sweep", "--grid", TINY, "--results-dir", str(tmp_path))
     assert code == 0 and "Nothing to run: all 8 heads" in out
+
+
+RESUME = "tests/grids/resume.toml"
+EXECUTION = ("wall_s", "started_at", "ended_at", "images_per_s", "device")  # how a run went, not what it computed
+
+
+def _start_sweep(env: dict[str, str], *args: str) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "harness.cli", "sweep", "--no-leaderboard", "--no-progress", *args]
+    return subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _checkpoint_reached(results: Path, epoch: int, driver: subprocess.Popen, timeout: float = 240) -> dict:
+    """Wait for a checkpoint inside `epoch` (past its first step); its position."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and driver.poll() is None:
+        for state in (results / "checkpoints").glob("*/*/checkpoint_*/state.json"):
+            try:
+                position = json.loads(state.read_text())["position"]
+            except (OSError, ValueError):  # being written
+                continue
+            if position["epoch"] == epoch and position["step"] >= 1:
+                return position
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint in epoch {epoch}: {driver.communicate()[0] if driver.poll() else 'timeout'}")
+
+
+def _trial_workers(env: dict[str, str]) -> list[int]:
+    """Pids of the Tune trial workers of this module's Ray head (its auth token is in their environment)."""
+    token = f"RAY_AUTH_TOKEN={env['RAY_AUTH_TOKEN']}".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc") and \
+                    token in (proc / "environ").read_bytes().split(b"\0"):
+                pids.append(int(proc.name))
+        except OSError:  # gone, or another user's
+            continue
+    return pids
+
+
+def _computed(results: Path) -> tuple:
+    """A results folder's rows (less how the run went), curves and test predictions, in a fixed order."""
+    rows = store.read_results(results).drop(columns=list(EXECUTION)).sort_values("config_hash", ignore_index=True)
+    curves = store.read_curves(results).sort_values(["config_hash", "epoch"], ignore_index=True)
+    correct = store.read_correct(results, rows.config_hash.tolist())
+    return rows, curves, {h: v.tolist() for h, v in sorted(correct.items())}
+
+
+def _assert_same_results(a: Path, b: Path) -> None:
+    import pandas as pd
+
+    (rows_a, curves_a, correct_a), (rows_b, curves_b, correct_b) = _computed(a), _computed(b)
+    pd.testing.assert_frame_equal(rows_a, rows_b)
+    pd.testing.assert_frame_equal(curves_a, curves_b)
+    assert correct_a == correct_b and len(correct_a) == (rows_a.status == "ok").sum()
+
+
+@pytest.fixture(scope="module")
+def resume_reference(ray_head, tmp_path_factory) -> Path:
+    """The resume grid's trial run through without a failure."""
+    env, address = ray_head
+    results = tmp_path_factory.mktemp("uninterrupted")
+    run = _sweep(env, "--grid", RESUME, "--address", address, "--results-dir", str(results))
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = store.read_results(results)
+    assert sorted(rows.status) == ["diverged", "ok", "ok"]
+    return results
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint_to_the_uninterrupted_result(
+        ray_head, resume_reference, tmp_path):
+    env, address = ray_head
+    driver = _start_sweep(env, "--grid", RESUME, "--address", address, "--results-dir", str(tmp_path),
+                          "--checkpoint-minutes", "0")
+    reached = _checkpoint_reached(tmp_path, 1, driver)  # inside the second of four epochs
+    workers = _trial_workers(env)
+    assert len(workers) == 1, workers
+    os.kill(workers[0], signal.SIGKILL)
+    out = " ".join(driver.communicate(timeout=300)[0].split())
+    assert driver.returncode == 0, out
+    continued = re.search(r"continued from its checkpoint \(after a failure\) at epoch (\d+), step (\d+)", out)
+    assert continued, out
+    assert (1, reached["step"]) <= (int(continued[1]), int(continued[2])) < (4, 0)  # not from the start
+    _assert_same_results(resume_reference, tmp_path)
+    assert not any((tmp_path / "checkpoints").iterdir())  # deleted with the rows stored
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_trial_continues_it_from_its_checkpoint_when_rerun(ray_head, resume_reference, tmp_path):
+    env, address = ray_head
+    args = ["--grid", RESUME, "--address", address, "--results-dir", str(tmp_path), "--checkpoint-minutes", "0"]
+    driver = _start_sweep(env, *args)
+    reached = _checkpoint_reached(tmp_path, 1, driver)
+    driver.send_signal(signal.SIGKILL)  # its trial's worker goes with it
+    driver.communicate()
+    assert store.read_results(tmp_path).empty
+    rerun = _sweep(env, *args)
+    out = " ".join((rerun.stdout + rerun.stderr).split())
+    assert rerun.returncode == 0, out
+    continued = re.search(r"continued from its checkpoint \(an earlier sweep's\) at epoch (\d+), step (\d+)", out)
+    assert continued and (int(continued[1]), int(continued[2])) >= (1, reached["step"]), out
+    _assert_same_results(resume_reference, tmp_path)
+    assert not any((tmp_path / "checkpoints").iterdir())
 
 
 class _AgentStartingClient:

@@ -251,6 +251,7 @@ class Grid:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_retries: int = 1
+    checkpoint_minutes: float = 10.0  # a trial saves its heads' state at least this often (harness/run/checkpoints.py)
     claim_margin: float = 0.5  # equivalence margin of the mean-vs-cls test, in top-1 points
     limit_train: int | None = None  # train on the first N training images per class (smoke tests; never in a file)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # dataset -> some of TRIAL_SETTINGS
@@ -508,6 +509,15 @@ def _margin(t: _Table) -> float:
     return value
 
 
+def _checkpoint_minutes(t: _Table) -> float:
+    """How often a running trial saves its state: finite and >= 0 (0: at every step, for tests)."""
+    accepted = "a finite number of minutes >= 0, e.g. 10"
+    value = t.get("checkpoint_minutes", float, 10.0, accepted=accepted)
+    if not (math.isfinite(value) and value >= 0):
+        raise t.fail("checkpoint_minutes", f"is {value}", accepted)
+    return value
+
+
 def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
     check_name(path, "grid", path.stem)
     t = _Table(path, data, "")
@@ -568,6 +578,7 @@ def _parse_grid(path: Path, data: dict[str, Any], reg: Registry) -> Grid:
         cpus_per_trial=resources.get("cpus", float, 1.0),
         gpus_per_trial=resources.get("gpus", float, 0.0),
         max_retries=t.get("max_retries", int, 1, accepted=f"an integer from 0 to {RETRIES_MAX}"),
+        checkpoint_minutes=_checkpoint_minutes(t),
         claim_margin=_margin(t),
         overrides=overrides,
         defined_in=str(path),

@@ -102,13 +102,17 @@ def read_state(folder: Path, key: str) -> TrialState:
     meta = describe(folder)
     if meta.get("key") != key:
         raise CheckpointRefused(f"{folder} belongs to another trial (or other heads, weights or code)")
-    if not (folder / TENSORS).is_file() or _sha256(folder / TENSORS) != meta.get("sha256"):
+    if not _intact(folder, meta):
         raise CheckpointRefused(f"{folder / TENSORS} is missing or not the file its checkpoint recorded")
     try:
         tensors = torch.load(folder / TENSORS, map_location="cpu", weights_only=True)
         return TrialState(Position(**meta["position"]), meta["bank"], tensors, float(meta["elapsed_s"]))
     except Exception as e:  # a file that hashes right but does not load: written by another version
         raise CheckpointRefused(f"{folder / TENSORS} does not load ({type(e).__name__}: {e})") from None
+
+
+def _intact(folder: Path, meta: dict) -> bool:
+    return (folder / TENSORS).is_file() and _sha256(folder / TENSORS) == meta.get("sha256")
 
 
 def found(root: Path) -> Iterator[tuple[Path, dict]]:
@@ -121,9 +125,11 @@ def found(root: Path) -> Iterator[tuple[Path, dict]]:
 
 
 def latest(root: Path, key: str) -> Path | None:
-    """The checkpoint of trial `key` furthest into training, from any earlier sweep; None without one."""
-    mine = [(tuple(meta["position"].values()), folder) for folder, meta in found(root) if meta.get("key") == key]
-    return max(mine)[1] if mine else None
+    """The intact checkpoint of trial `key` furthest into training, from any earlier sweep (a worker killed while
+    its last one was copied may leave that one incomplete); None without one."""
+    mine = sorted(((tuple(meta["position"].values()), folder, meta) for folder, meta in found(root)
+                   if meta.get("key") == key), key=lambda c: c[0], reverse=True)
+    return next((folder for _, folder, meta in mine if _intact(folder, meta)), None)
 
 
 def discard(root: Path, keys: set[str]) -> None:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,13 +35,15 @@ from rich.text import Text
 from harness.results import store
 from harness.errors import HarnessError, TransientError
 from harness.report.plain import printable
+from harness.run import checkpoints
 from harness.run.manifest import write_manifest
 from harness.run.plan import TrialPlan
 
 
 
-def _trainable(config: dict, plans: list[TrialPlan]) -> None:
-    """Ray Tune entry point: run one trial on the device Ray assigned and report its rows."""
+def _trainable(config: dict, plans: list[TrialPlan], resume_from: dict[int, str], every_s: float) -> None:
+    """Ray Tune entry point: run one trial on the device Ray assigned and report its rows. Its checkpoints go to
+    Tune, which gives the latest back when the trial is retried; `resume_from` names an earlier sweep's."""
     import torch
 
     from harness.run.trial import run_trial
@@ -53,8 +55,26 @@ def _trainable(config: dict, plans: list[TrialPlan]) -> None:
     def on_epoch(epoch: int, epochs: int, alive: int, best: float | None) -> None:
         tune.report({"progress": json.dumps([epoch, epochs, alive, best])})
 
+    key = checkpoints.checkpoint_key(plan)
+
+    def save(state: checkpoints.TrialState) -> None:
+        try:
+            with tempfile.TemporaryDirectory(prefix="harness-checkpoint-") as folder:
+                checkpoints.write_state(Path(folder), key, state)
+                tune.report({"checkpoint": json.dumps(asdict(state.position))},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
+        except OSError as e:  # a full disk costs the trial its resumability, not its result
+            tune.report({"note": f"a checkpoint could not be written ({e.strerror or e}); training goes on"})
+
+    resume = _resume_state(key, resume_from.get(config["index"]))
     try:
-        rows, curves, predictions = run_trial(plan, device=device, on_epoch=on_epoch)
+        try:
+            rows, curves, predictions = run_trial(plan, device=device, on_epoch=on_epoch, checkpointing=
+                                                  checkpoints.Checkpointing(save, every_s=every_s, resume=resume))
+        except checkpoints.CheckpointRefused as e:
+            tune.report({"note": f"not continued from its checkpoint: {e}; trained from the start"})
+            rows, curves, predictions = run_trial(plan, device=device, on_epoch=on_epoch,
+                                                  checkpointing=checkpoints.Checkpointing(save, every_s=every_s))
     except TransientError:
         raise  # a download cut off: Tune retries it
     except HarnessError as e:  # the user's input, not a crash: reported once, never retried
@@ -66,6 +86,26 @@ def _trainable(config: dict, plans: list[TrialPlan]) -> None:
     tune.report({"payload": store.payload(rows, curves, predictions)})
 
 
+def _resume_state(key: str, earlier: str | None) -> checkpoints.TrialState | None:
+    """The state a trial continues from: its own last checkpoint when Tune retries it, else an earlier sweep's
+    (`earlier`); None to start afresh. A refused checkpoint is reported and not used."""
+    latest = tune.get_checkpoint()
+    try:
+        if latest is not None:
+            with latest.as_directory() as folder:
+                state, whose = checkpoints.read_state(Path(folder), key), "after a failure"
+        elif earlier is not None:
+            state, whose = checkpoints.read_state(Path(earlier), key), "an earlier sweep's"
+        else:
+            return None
+    except checkpoints.CheckpointRefused as e:
+        tune.report({"note": f"not continued from its checkpoint: {e}; trained from the start"})
+        return None
+    tune.report({"note": f"continued from its checkpoint ({whose}) at epoch {state.position.epoch}, step "
+                         f"{state.position.step}"})
+    return state
+
+
 @dataclass
 class SweepSummary:
     trials: int
@@ -75,6 +115,7 @@ class SweepSummary:
     unfinished: list[str] = field(default_factory=list)  # "backbone/dataset" of trials stopped before their end
     user_errors: dict[str, str] = field(default_factory=dict)  # "backbone/dataset" -> HarnessError message, no rows
     unwritten: dict[str, str] = field(default_factory=dict)  # "backbone/dataset" -> why the store refused, where kept
+    resumed: dict[str, str] = field(default_factory=dict)  # "backbone/dataset" -> its checkpoint notes, in order
     wall_s: float = 0.0
     manifest: str = ""  # the sweep's manifest file, when the caller described the sweep
 
@@ -89,6 +130,7 @@ class _StoreAndShow(tune.Callback):
         self.state = {i: "pending" for i in range(len(plans))}
         self.user_errors: dict[int, str] = {}  # trial index -> HarnessError message from its worker
         self.unwritten: dict[int, tuple[str, str]] = {}  # trial index -> (payload, why the store refused it)
+        self.notes: dict[int, list[str]] = {}  # trial index -> what its checkpoints did (continued, refused, ...)
         self.progress: dict[int, tuple[int, int, int, float | None]] = {}
         self.started = time.monotonic()
         self.first_start: float | None = None
@@ -128,6 +170,12 @@ class _StoreAndShow(tune.Callback):
                 best = before if best is None else max(best, before)
             self.progress[index] = (epoch, epochs, alive, best)
             self._log(index, f"epoch {_epoch_text(self.progress[index])}")
+            return
+        if "checkpoint" in result:  # a checkpoint Tune now holds
+            return
+        if "note" in result:
+            self.notes.setdefault(trial.config["index"], []).append(result["note"])
+            self._log(trial.config["index"], result["note"])
             return
         if "user_error" in result:
             self.user_errors[trial.config["index"]] = result["user_error"]
@@ -248,10 +296,13 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float, *, local: bool
 
 
 def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: float, gpus_per_trial: float,
-              max_retries: int, address: str | None = None, num_cpus: int | None = None,
-              num_gpus: float | None = None, console: Console | None = None,
+              max_retries: int, checkpoint_minutes: float = 10.0, address: str | None = None,
+              num_cpus: int | None = None, num_gpus: float | None = None, console: Console | None = None,
               manifest: dict | None = None) -> SweepSummary:
     """Run the trials on Ray Tune and write every finished trial's rows; failed trials become "failed" rows.
+    A running trial checkpoints its heads (every epoch, and every `checkpoint_minutes` within long epochs) into the
+    results folder's `checkpoints/`, Tune's storage: a retried trial, or the same trial in a later sweep, continues
+    from its latest; a trial's checkpoints are deleted once its rows are stored.
     `manifest` (`describe_sweep`) is completed with the Ray nodes and the outcome and written beside the rows."""
     from harness.run.trial import failed_rows
 
@@ -275,17 +326,21 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
                       f"{gpus_per_trial:g} GPUs.", highlight=False, markup=False)
     check_resources(cpus_per_trial, gpus_per_trial, local=not (address or os.environ.get("RAY_ADDRESS")),
                     console=console)
-    trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans),
+    storage = results_dir / checkpoints.FOLDER
+    keys = [checkpoints.checkpoint_key(plan) for plan in plans]
+    earlier = {i: str(found) for i, key in enumerate(keys) if (found := checkpoints.latest(storage, key))}
+    trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans, resume_from=earlier,
+                                                         every_s=checkpoint_minutes * 60),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-    with tempfile.TemporaryDirectory(prefix="harness-tune-") as storage, \
-            _StoreAndShow(plans, results_dir, console) as callback:
+    with _StoreAndShow(plans, results_dir, console) as callback:
         tuner = tune.Tuner(
             trainable,
             param_space={"index": tune.grid_search(list(range(len(plans))))},
             tune_config=tune.TuneConfig(reuse_actors=True),  # a worker imports torch and timm once, not per trial
-            run_config=tune.RunConfig(name="sweep", storage_path=storage, verbose=0, callbacks=[callback],
+            run_config=tune.RunConfig(name=f"sweep-{started:%Y%m%d-%H%M%S}-{os.getpid()}", storage_path=str(storage),
+                                      verbose=0, callbacks=[callback],
                                       failure_config=tune.FailureConfig(max_failures=max_retries),
-                                      checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
         )
         with _without_tune_loggers():
             grid = tuner.fit()
@@ -303,12 +358,17 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
         plan = plans[index]
         kept = store.keep_for_recovery(results_dir, text)
         summary.unwritten[f"{plan.backbone}/{plan.dataset}"] = f"{why}; its rows are kept in {kept}"
+    for index, notes in callback.notes.items():
+        summary.resumed[f"{plans[index].backbone}/{plans[index].dataset}"] = "; ".join(notes)
+    checkpoints.discard(storage, {keys[i] for i, state in callback.state.items()
+                                  if state == "done" and i not in callback.unwritten})
     summary.wall_s = time.monotonic() - t0
     if manifest is not None:
         summary.manifest = str(write_manifest(
             results_dir, manifest, started=started, ended=datetime.now(timezone.utc), nodes=_nodes(),
             summary={"trials": summary.trials, "heads": summary.heads, "failed": summary.failed,
-                     "unfinished": summary.unfinished, "wall_s": round(summary.wall_s, 3)}))
+                     "unfinished": summary.unfinished, "checkpoints": summary.resumed,
+                     "wall_s": round(summary.wall_s, 3)}))
     return summary
 
 
