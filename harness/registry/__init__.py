@@ -437,6 +437,11 @@ def _parse_datasets(path: Path, data: dict[str, Any]) -> dict[str, DatasetEntry]
         if not 0.0 < out[name].val_fraction < 1.0:
             raise t.fail("val_fraction", f"is {out[name].val_fraction}", "a fraction strictly between 0 and 1")
         t.finish()
+        counted = source_kinds()[out[name].source].num_classes
+        known = counted(out[name]) if counted is not None else None
+        if known is not None and known[0] != out[name].num_classes:
+            raise t.fail("num_classes", f"is {out[name].num_classes}, but {known[1]} has {known[0]} classes",
+                         str(known[0]))
     return out
 
 
