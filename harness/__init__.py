@@ -50,7 +50,8 @@ def sweep(grid: str | Path = "demo", *, backbones: Sequence[str] | None = None,
     todo = [dataclasses.replace(t, provenance={"git_commit": commit}, cache_dir=str(Path(cache_dir).resolve())
                                 if cache_dir else None) for t in todo]
     summary = run_sweep(todo, results_dir=root, cpus_per_trial=plan.cpus_per_trial,
-                        gpus_per_trial=plan.gpus_per_trial, max_retries=plan.max_retries, address=address,
+                        gpus_per_trial=plan.gpus_per_trial, max_retries=plan.max_retries,
+                        checkpoint_minutes=plan.checkpoint_minutes, address=address,
                         num_cpus=num_cpus, manifest=describe_sweep(plan, reg, commit=commit, argv=[]))
     if write_leaderboard and not summary.unfinished and store.completed_hashes(root):
         leaderboard(root)
