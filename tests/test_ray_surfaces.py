@@ -17,10 +17,11 @@ import pytest
 from conftest import ROOT
 
 # the driver starts the instance exactly as `harness sweep` without --address does, runs one task (so a worker's
-# own server is up too) and waits until the test has listed the sockets
+# own server is up too) and waits until the test has listed the sockets (at most 5 minutes: no hung test)
 _DRIVER = """
-import sys, ray
+import signal, sys, ray
 from harness.run.sweep import connect
+signal.alarm(300)
 connect(None, num_cpus=1)
 ray.get(ray.remote(lambda: 0).remote())
 print("ready", flush=True)
@@ -53,7 +54,9 @@ def _kind(pid: int, driver: int) -> str:
     if pid == driver:
         return "driver"
     args = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-    if args and args[0].startswith("ray::"):
+    if not args:  # a process that has just ended
+        return "ended"
+    if args[0].startswith("ray::"):
         return _NAMES.get(args[0].split()[0], "worker")
     names = [Path(a).name for a in args if not a.startswith("-")]
     name = names[1] if names[0].startswith("python") and len(names) > 1 else names[0]
@@ -94,13 +97,16 @@ def _kinds(found: set[tuple[str, str, int]]) -> set[str]:
 
 
 @pytest.mark.slow
-def test_a_local_sweeps_ray_instance_listens_on_loopback_only():
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="lists sockets through Linux's /proc")
+def test_a_local_sweeps_ray_instance_listens_on_loopback_only(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    driver = subprocess.Popen([sys.executable, "-c", _DRIVER], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              start_new_session=True)
+    log = tmp_path / "driver.log"
+    with open(log, "w") as err:
+        driver = subprocess.Popen([sys.executable, "-c", _DRIVER], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)},
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                                  start_new_session=True)
     try:
-        assert driver.stdout.readline().strip() == "ready"
+        assert driver.stdout.readline().strip() == "ready", log.read_text()[-3000:]
         deadline = time.monotonic() + 60  # the agents come up after ray.init returns
         found = listeners(driver.pid)
         while not _kinds(found) >= LISTENERS and time.monotonic() < deadline:
@@ -119,6 +125,33 @@ def test_a_local_sweeps_ray_instance_listens_on_loopback_only():
     exposed = sorted(f"{kind} {address}:{port}" for kind, address, port in found
                      if not ipaddress.ip_address(address).is_loopback)
     assert not exposed, "reachable from other machines:\n" + "\n".join(exposed)
+
+
+def test_only_an_instance_of_its_own_is_bound_to_loopback(monkeypatch):
+    """Joining a cluster (--address, RAY_ADDRESS) keeps Ray's own address resolution: other nodes must reach this
+    one; the loopback switch holds for the local `ray.init` only, and is back afterwards even if that failed."""
+    from ray._private import ray_constants
+
+    from harness.run import sweep
+
+    calls = []
+
+    def init(**kwargs):
+        calls.append((kwargs.get("_node_ip_address"), ray_constants.ENABLE_RAY_CLUSTER))
+        raise RuntimeError("no instance in a fast test")
+
+    monkeypatch.setattr(sweep.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(sweep.ray, "init", init)
+    clusters = ray_constants.ENABLE_RAY_CLUSTER
+    for address, env in (("10.0.0.1:6379", None), (None, "10.0.0.1:6379"), (None, None)):
+        if env:
+            monkeypatch.setenv("RAY_ADDRESS", env)
+        else:
+            monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        with pytest.raises(RuntimeError):
+            sweep.connect(address, num_cpus=1)
+        assert ray_constants.ENABLE_RAY_CLUSTER == clusters
+    assert calls == [(None, clusters), (None, clusters), ("127.0.0.1", False)]
 
 
 def _floor(requirement: str) -> tuple[int, ...]:
