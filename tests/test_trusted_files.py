@@ -2,6 +2,7 @@
 they were written with, weights given by path are identified by their sha256, and released checkpoints are checked
 against the lock file recorded at their first use."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -94,25 +95,23 @@ def test_a_files_sha256_is_cached_by_path_size_and_mtime(tmp_path, monkeypatch):
     weights = tmp_path / "big.pth"
     weights.write_bytes(b"x" * 1000)
     calls = []
-    real = digests.sha256_of
-    monkeypatch.setattr(digests, "sha256_of", lambda p: calls.append(p) or real(p))
+    real = digests.digest_of
+    monkeypatch.setattr(digests, "digest_of", lambda p, algorithm: calls.append(p) or real(p, algorithm))
     first = digests.cached_sha256(weights)
     assert digests.cached_sha256(weights) == first and len(calls) == 1  # the rerun does not re-hash
     weights.write_bytes(b"y" * 1000)
     os.utime(weights, ns=(1, 1))
-    assert digests.cached_sha256(weights) == real(weights) != first and len(calls) == 2
+    assert digests.cached_sha256(weights) == hashlib.sha256(b"y" * 1000).hexdigest() != first and len(calls) == 2
 
 
 def _released(tmp_path, monkeypatch, content: bytes):
-    """A released entry without a registered sha256 whose file sits in the local weights folder."""
-    from dataclasses import replace
-
+    """A released entry without a registered or published digest whose file sits in the local weights folder."""
     monkeypatch.setenv("HARNESS_WEIGHTS_DIR", str(tmp_path / "weights"))
     (tmp_path / "weights").mkdir(exist_ok=True)
-    entry = load_registry().backbone("mae-vit-b16")
-    assert entry.sha256 is None
+    entry = load_registry().backbone("dino-vit-b16")
+    assert entry.sha256 is None and entry.published_digest is None
     (tmp_path / "weights" / entry.filename).write_bytes(content)
-    return replace(entry, filename=entry.filename)
+    return entry
 
 
 def test_released_checkpoint_is_locked_at_first_use_and_a_changed_file_refused(tmp_path, monkeypatch):
@@ -123,7 +122,7 @@ def test_released_checkpoint_is_locked_at_first_use_and_a_changed_file_refused(t
     with open(path, "r+b") as f:  # one flipped byte
         f.seek(3)
         f.write(b"X")
-    with pytest.raises(HarnessError, match=r"weights lock.*harness weights --refresh mae-vit-b16"):
+    with pytest.raises(HarnessError, match=r"weights lock.*harness weights --refresh dino-vit-b16"):
         resolve_weights(entry)
     digests.refresh_lock(entry.name, path)  # a deliberate refresh accepts the new file
     assert resolve_weights(entry)[1] == digests.sha256_of(path)

@@ -3,9 +3,11 @@
 Resolution order: an explicit path (the CLI's `--weights`), the local weights folder
 (`setting("weights_dir")`) holding the entry's file name, the download cache (`setting("download_dir")`),
 then a download from the entry's URL into the cache. A file found by name is checked before it is unpickled
-against the entry's sha256 when the publisher gives one, else against the weights lock (`digests.check_lock`:
-the sha256 recorded at the file's first use); an explicit path is the user's own file and is only hashed (by
-content, cached by path, size and mtime), so its hash is what the plan and the results record. Unpickling uses `weights_only=True`: a pickle that would import code is refused.
+against the publisher's digest or prefix when the entry registers one (`published_digest`, e.g. MAE's md5
+prefixes; a download is checked before it is kept), then against the entry's sha256, else the weights lock
+(`digests.check_lock`: the sha256 recorded at the file's first use); an explicit path is the user's own file and is
+only hashed (by content, cached by path, size and mtime), so its hash is what the plan and the results record.
+Unpickling uses `weights_only=True`: a pickle that would import code is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 
 from harness.config import setting
-from harness.models.digests import cached_sha256, check_lock, remember_sha256
+from harness.models.digests import cached_sha256, check_lock, check_published, parse_published, remember_digests
 from harness.errors import HarnessError, TransientError
 from harness.registry import BackboneEntry
 
@@ -63,8 +65,15 @@ def unobtainable(entry: BackboneEntry) -> HarnessError | None:
                         "weights_dir to its folder, or pass its path with --weights).")
 
 
+def _what(entry: BackboneEntry) -> str:
+    return f"backbone {entry.name!r} ({entry.defined_in})"
+
+
 def verify_sha256(path: Path, entry: BackboneEntry) -> str:
-    """The file's sha256; raises when it differs from the entry's registered one, else from the weights lock."""
+    """The file's sha256; raises when the file does not begin with the publisher's digest, or its sha256 differs
+    from the entry's registered one, else from the weights lock."""
+    if entry.published_digest is not None:
+        check_published(path, entry.published_digest, _what(entry))
     actual = cached_sha256(path)
     if entry.sha256 is None:
         check_lock(entry.name, path, actual)
@@ -96,23 +105,26 @@ def resolve_weights(entry: BackboneEntry, weights: str | Path | None = None,
     missing = unobtainable(entry)
     if missing is not None:
         raise missing
-    name = file_name(entry)
-    path, actual = download(entry.url, setting("download_dir") / name, entry.sha256,
-                            f"backbone {entry.name!r} ({entry.defined_in})")
-    remember_sha256(path, actual)
+    expected = [("sha256", entry.sha256)] if entry.sha256 else []
+    if entry.published_digest is not None:
+        expected.append(parse_published(entry.published_digest))
+    path, found = download(entry.url, setting("download_dir") / file_name(entry), expected, _what(entry))
+    remember_digests(path, found)
     if entry.sha256 is None:
-        check_lock(entry.name, path, actual)
-    return path, actual
+        check_lock(entry.name, path, found["sha256"])
+    return path, found["sha256"]
 
 
-def download(url: str, target: Path, expected_sha256: str | None, what: str) -> tuple[Path, str]:
-    """Stream `url` to a temp file beside `target` with a progress bar, verify its sha256, then rename it in."""
+def download(url: str, target: Path, expected: list[tuple[str, str]], what: str) -> tuple[Path, dict[str, str]]:
+    """Stream `url` to a temp file beside `target` with a progress bar, hashing it with sha256 and each algorithm of
+    `expected`; rename it in only when every digest begins with its expected hex (a whole one or a publisher's
+    prefix). Returns the file and its digests."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
-    digest = hashlib.sha256()
+    hashes = {algorithm: hashlib.new(algorithm) for algorithm in {"sha256", *(a for a, _ in expected)}}
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -121,14 +133,17 @@ def download(url: str, target: Path, expected_sha256: str | None, what: str) -> 
                 task = progress.add_task(f"downloading {target.name}", total=total)
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
-                    digest.update(chunk)
+                    for h in hashes.values():
+                        h.update(chunk)
                     progress.advance(task, len(chunk))
-        actual = digest.hexdigest()
-        if expected_sha256 is not None and actual != expected_sha256:
-            raise TransientError(f"{url}: downloaded file has sha256 {actual}, but {what} registers {expected_sha256}; "
-                               "nothing was kept. Retry, or download it by hand and pass it with --weights.")
+        found = {algorithm: h.hexdigest() for algorithm, h in hashes.items()}
+        for algorithm, hexdigest in expected:
+            if not found[algorithm].startswith(hexdigest):
+                raise TransientError(f"{url}: downloaded file has {algorithm} {found[algorithm]}, but {what} registers "
+                                     f"{hexdigest}; nothing was kept. Retry, or download it by hand and pass it with "
+                                     "--weights.")
         os.replace(tmp, target)
-        return target, actual
+        return target, found
     except (urllib.error.URLError, OSError) as e:
         raise TransientError(f"{what}: downloading {url} failed ({getattr(e, 'reason', None) or e}); download it by "
                            f"hand and put it at {target}, or pass its path with --weights.") from None

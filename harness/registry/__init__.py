@@ -23,6 +23,7 @@ from harness.heads import recipes
 from harness.heads.kinds import kinds, resolve_options
 from harness.tokens.layers import ACCEPTED as LAYERS_ACCEPTED, DEFAULT_LAYER, layer_label
 from harness.data.sources import source_kinds
+from harness.models.digests import PUBLISHED_RULE, parse_published
 from harness.models.families import families
 
 REGISTRY_DIR = Path(__file__).resolve().parents[2] / "registry"
@@ -165,6 +166,7 @@ class BackboneEntry:
     url: str | None = None
     filename: str | None = None  # name in the local weights folder and download cache
     sha256: str | None = None
+    published_digest: str | None = None  # the publisher's "<algorithm>:<hex prefix>" of this entry's own file
     manual_download: str | None = None  # why and where, when the file cannot be fetched by script
     arch_overrides: dict[str, Any] = field(default_factory=dict)
     random_init: bool = False  # demo/pipeline-check variants: no weights, no scientific meaning
@@ -338,6 +340,13 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
     for key, value in published.items():
         if "/" not in key or not isinstance(value, (int, float)):
             raise t.fail("published", f"has {key!r} = {value!r}", "'dataset/aggregator' = top-1 number")
+    t.get("published_digest", str, None)
+    digest = raw[name][1].get("published_digest")  # like `published`, a digest is of its own file: not inherited
+    if digest is not None and parse_published(digest) is None:
+        raise t.fail("published_digest", f"is {digest!r}", PUBLISHED_RULE)
+    if digest is not None and timm_fields:
+        raise t.fail("published_digest", "is set on a timm entry, whose file timm finds from its own configuration",
+                     "no published_digest on a timm entry")
     random_init = t.get("random_init", bool, False)
     speed = t.get("images_per_s", float, None)
     entry = BackboneEntry(
@@ -353,6 +362,7 @@ def _backbone(name: str, raw: dict[str, tuple[Path, dict[str, Any]]]) -> Backbon
         url=t.get("url", str, None),
         filename=t.get("filename", str, None),
         sha256=t.get("sha256", str, None),
+        published_digest=digest,
         manual_download=t.get("manual_download", str, None),
         arch_overrides=dict(overrides),
         random_init=random_init,
@@ -427,6 +437,11 @@ def _parse_datasets(path: Path, data: dict[str, Any]) -> dict[str, DatasetEntry]
         if not 0.0 < out[name].val_fraction < 1.0:
             raise t.fail("val_fraction", f"is {out[name].val_fraction}", "a fraction strictly between 0 and 1")
         t.finish()
+        counted = source_kinds()[out[name].source].num_classes
+        known = counted(out[name]) if counted is not None else None
+        if known is not None and known[0] != out[name].num_classes:
+            raise t.fail("num_classes", f"is {out[name].num_classes}, but {known[1]} has {known[0]} classes",
+                         str(known[0]))
     return out
 
 

@@ -25,9 +25,12 @@ def checksum_status(entry: BackboneEntry, lock: dict) -> str:
     if entry.sha256:
         return f"published sha256 {entry.sha256}"
     pinned = lock.get(entry.name, {}).get("sha256") if isinstance(lock.get(entry.name), dict) else None
+    algorithm, _, prefix = (entry.published_digest or "").partition(":")
+    publisher = (f"the publisher's {algorithm} prefix {prefix} (checked at download and load)" if prefix
+                 else "no published sha256")
     if pinned:
-        return f"no published sha256; pinned by the weights lock at first use: {pinned}"
-    return "no published sha256; the weights lock pins the file's sha256 at its first use"
+        return f"{publisher}; pinned by the weights lock at first use: {pinned}"
+    return f"{publisher}; the weights lock pins the file's sha256 at its first use"
 
 
 def plain(value: Any) -> Any:

@@ -15,6 +15,9 @@ SourceKind fields:
 - `check`: `(dataset, download, root) -> None`, the driver's preflight before Ray starts: a cheap look at the files
   (folders there, class count) that raises the HarnessError `load` would raise later in a worker; None: nothing
   to check (embedded or generated data).
+- `num_classes`: entry -> (class count, what says so) when the source knows it without any file (a torchvision
+  class, scikit-learn's digits), else None; the registry refuses an entry whose `num_classes` differs. None: only
+  the files know it (image folders: their `check`), or the entry's `num_classes` defines it (generated data).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class SourceKind:
     whole_images: bool = False
     planned_counts: Callable[[DatasetEntry], Any] = registered_counts
     check: Callable[[DatasetEntry, bool, Path], None] | None = None
+    num_classes: Callable[[DatasetEntry], tuple[int, str] | None] | None = None
 
 
 # in the order listings and error messages show them

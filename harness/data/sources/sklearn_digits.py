@@ -30,4 +30,5 @@ def load(dataset: DatasetEntry, backbone: BackboneEntry, download: bool, root: P
                   labels[test], "scikit-learn's embedded digits")
 
 
-register(SourceKind(name="sklearn_digits", load=load, whole_images=True))
+register(SourceKind(name="sklearn_digits", load=load, whole_images=True,
+                    num_classes=lambda dataset: (10, "scikit-learn's digits (0 to 9)")))

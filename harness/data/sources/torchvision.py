@@ -12,6 +12,17 @@ if TYPE_CHECKING:
     from harness.data.images import Source
     from harness.registry import BackboneEntry, DatasetEntry
 
+# Classes of a torchvision.datasets class, known without its files (torchvision's documentation and sources), so
+# the registry refuses a wrong `num_classes` where it is typed. Where a keyword picks the labels, KEYWORD_COUNTS
+# holds (keyword, torchvision's default, count per value).
+CLASS_COUNTS = {"CIFAR10": 10, "CIFAR100": 100, "STL10": 10, "Flowers102": 102, "DTD": 47, "Food101": 101,
+                "MNIST": 10, "FashionMNIST": 10, "KMNIST": 10, "QMNIST": 10, "SVHN": 10, "EuroSAT": 10, "GTSRB": 43,
+                "StanfordCars": 196, "Country211": 211, "SUN397": 397}
+KEYWORD_COUNTS = {
+    "FGVCAircraft": ("annotation_level", "variant", {"variant": 100, "family": 70, "manufacturer": 30}),
+    "OxfordIIITPet": ("target_types", "category", {"category": 37, "binary-category": 2}),
+}
+
 
 def load(dataset: DatasetEntry, backbone: BackboneEntry, download: bool, root: Path) -> Source:
     """`options.class` built once per `options.train` table (concatenated into the pool) and once for `test`."""
@@ -63,4 +74,22 @@ def check(dataset: DatasetEntry, download: bool, root: Path) -> None:
                            f"{folder}, or {root_hint(folder)}.")
 
 
-register(SourceKind(name="torchvision", load=load, check=check))
+def num_classes(dataset: DatasetEntry) -> tuple[int, str] | None:
+    """The classes `options.class` has with the entry's keywords (every split's the same), None when not known."""
+    name = option(dataset, "class", str)
+    if name in CLASS_COUNTS:
+        return CLASS_COUNTS[name], f"torchvision's {name}"
+    if name not in KEYWORD_COUNTS:
+        return None
+    keyword, default, counts = KEYWORD_COUNTS[name]
+    common = option(dataset, "kwargs", dict, {})
+    train = dataset.options.get("train")
+    splits = [*(train if isinstance(train, list) else []), dataset.options.get("test")]
+    splits = [split for split in splits if isinstance(split, dict)]
+    values = {str(split.get(keyword, common.get(keyword, default))) for split in splits}
+    if len(values) != 1 or (value := values.pop()) not in counts:  # malformed or unusual: `load` reports it
+        return None
+    return counts[value], f"torchvision's {name} with {keyword} = {value!r}"
+
+
+register(SourceKind(name="torchvision", load=load, check=check, num_classes=num_classes))
