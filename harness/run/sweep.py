@@ -266,7 +266,8 @@ def git_commit() -> str:
 
 
 def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float | None = None) -> None:
-    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local Ray instance for this process."""
+    """Join the Ray cluster at `address` (or RAY_ADDRESS), else start a local Ray instance for this process, every
+    one of its servers listening on 127.0.0.1 only."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -274,8 +275,25 @@ def connect(address: str | None, *, num_cpus: int | None = None, num_gpus: float
     if address:
         ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                 object_store_memory=200 * 1024**2, **quiet)
+        with _single_node():
+            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     object_store_memory=200 * 1024**2, **quiet)
+
+
+@contextmanager
+def _single_node() -> Iterator[None]:
+    """Ray's servers (GCS, raylet, workers, agents, metrics) bind 127.0.0.1 only when the node's address is
+    127.0.0.1, and all interfaces otherwise; on Linux `ray.init` turns a loopback `_node_ip_address` into the
+    machine's address unless clusters are off, as on macOS and Windows (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which
+    Ray reads once, on import, into this constant). Off while this process starts an instance no node joins."""
+    from ray._private import ray_constants
+
+    clusters = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = clusters
 
 
 def check_resources(cpus_per_trial: float, gpus_per_trial: float, *, local: bool,
