@@ -182,7 +182,9 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     from harness.run.preflight import hold_results_dir, preflight
 
     local = not (args.address or os.environ.get("RAY_ADDRESS"))
-    preflight(todo, results_dir=results_dir, download=args.download, local=local)  # user errors before Ray starts
+    checkpoint_dir = Path(args.checkpoint_dir).resolve() if args.checkpoint_dir else None
+    preflight(todo, results_dir=results_dir, download=args.download, local=local,  # user errors before Ray starts
+              checkpoint_dir=checkpoint_dir)
     lock = hold_results_dir(results_dir)  # noqa: F841 (held until this process ends)
     from harness.run.sweep import git_commit, run_sweep
 
@@ -201,6 +203,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
                         max_retries=grid.max_retries if args.max_retries is None else args.max_retries,
                         checkpoint_minutes=grid.checkpoint_minutes if args.checkpoint_minutes is None
                         else args.checkpoint_minutes,
+                        checkpoint_dir=checkpoint_dir,
                         address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                         console=None if args.no_progress else console,
                         manifest=describe_sweep(grid, reg, commit=commit))
@@ -334,7 +337,8 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
 
     reg = load_registry()
     grid = _sweep_grid(args, reg)  # fail here, not on the cluster, on a bad grid or name
-    for flag, value in (("--results-dir", args.results_dir), ("--cache-dir", args.cache_dir)):
+    for flag, value in (("--results-dir", args.results_dir), ("--cache-dir", args.cache_dir),
+                        ("--checkpoint-dir", args.checkpoint_dir)):
         if value and not Path(value).is_absolute():
             raise HarnessError(f"{flag} {value!r} is relative; a job runs in a temporary copy of the project, so "
                                "accepted: an absolute path on the cluster's nodes.")
@@ -344,7 +348,7 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
     for flag, value in (("--backbones", args.backbones), ("--datasets", args.datasets), ("--epochs", args.epochs),
                         ("--seeds", args.seeds), ("--lrs", args.lrs), ("--limit-train", args.limit_train),
                         ("--max-retries", args.max_retries), ("--checkpoint-minutes", args.checkpoint_minutes),
-                        ("--results-dir", args.results_dir),
+                        ("--results-dir", args.results_dir), ("--checkpoint-dir", args.checkpoint_dir),
                         ("--cache-dir", args.cache_dir), ("--cpus-per-trial", args.cpus_per_trial),
                         ("--gpus-per-trial", args.gpus_per_trial)):
         sweep += [flag, str(value)] if value is not None else []
@@ -543,6 +547,9 @@ def _grid_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-minutes", type=_number(positive=False), metavar="M",
                    help="a running trial saves its heads' state at each epoch's end and at least every M minutes, and "
                         "a retried or rerun trial continues from it (default: the grid's checkpoint_minutes, 10)")
+    p.add_argument("--checkpoint-dir", metavar="DIR",
+                   help="where running trials keep their checkpoints, as every node sees it: on a multi-node cluster "
+                        "a folder all nodes share (NFS); default: the results folder's checkpoints/")
     p.add_argument("--no-leaderboard", action="store_true", help="do not regenerate the leaderboard at the end")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="token cache folder of the cached protocol, as the trials' nodes see it "

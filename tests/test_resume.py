@@ -200,3 +200,33 @@ def test_checkpoints_at_epoch_ends_are_skipped_while_they_would_cost_more_than_t
     reached(Position(60, 5), False)
     assert saved[-1].position == Position(60, 5)
     assert json.dumps(dataclasses.asdict(saved[-1].position))  # positions are JSON
+
+
+def test_a_checkpoint_tune_cannot_store_turns_checkpoints_off_and_the_trial_trains_on():
+    """On a multi-node cluster whose checkpoint folder a node does not share, Tune raises from `report`."""
+    from harness.heads.train import Position
+    from harness.run.sweep import _TuneCheckpoints
+
+    reports = []
+
+    def report(metrics, checkpoint=None):
+        if checkpoint is not None:
+            raise RuntimeError("Unable to set up cluster storage with the following settings:\nStorageContext<...>")
+        reports.append(metrics)
+
+    save = _TuneCheckpoints("key", report)
+    state = checkpoints.TrialState(Position(1), {"outcomes": [], "groups": []}, {"x": torch.zeros(1)})
+    save(state)
+    save(state)  # off now: no second attempt, no second note
+    assert len(reports) == 1 and "checkpoints are off for this trial" in reports[0]["note"]
+    assert "Unable to set up cluster storage" in reports[0]["note"] and "--checkpoint-dir" in reports[0]["note"]
+
+
+def test_an_unwritable_checkpoint_folder_is_refused_before_ray_starts(tmp_path, capsys):
+    from harness.cli import main
+
+    (tmp_path / "file").write_text("")
+    code = main(["sweep", "--grid", "tests/grids/tiny.toml", "--results-dir", str(tmp_path / "results"),
+                 "--checkpoint-dir", str(tmp_path / "file" / "checkpoints")])
+    err = capsys.readouterr().err
+    assert code == 2 and "checkpoint folder" in err and "--checkpoint-dir" in err and "Traceback" not in err

@@ -482,19 +482,21 @@ def test_a_worker_killed_mid_trial_is_retried_from_its_checkpoint_to_the_uninter
 @pytest.mark.slow
 def test_a_sweep_killed_mid_trial_continues_it_from_its_checkpoint_when_rerun(ray_head, resume_reference, tmp_path):
     env, address = ray_head
-    args = ["--grid", RESUME, "--address", address, "--results-dir", str(tmp_path), "--checkpoint-minutes", "0"]
+    shared = tmp_path / "shared"  # as a cluster's NFS folder would be
+    args = ["--grid", RESUME, "--address", address, "--results-dir", str(tmp_path / "results"),
+            "--checkpoint-minutes", "0", "--checkpoint-dir", str(shared / "checkpoints")]
     driver = _start_sweep(env, *args)
-    reached = _checkpoint_reached(tmp_path, 1, driver)
+    reached = _checkpoint_reached(shared, 1, driver)
     driver.send_signal(signal.SIGKILL)  # its trial's worker goes with it
     driver.communicate()
-    assert store.read_results(tmp_path).empty
+    assert store.read_results(tmp_path / "results").empty
     rerun = _sweep(env, *args)
     out = " ".join((rerun.stdout + rerun.stderr).split())
     assert rerun.returncode == 0, out
     continued = re.search(r"continued from its checkpoint \(an earlier sweep's\) at epoch (\d+), step (\d+)", out)
     assert continued and (int(continued[1]), int(continued[2])) >= (1, reached["step"]), out
-    _assert_same_results(resume_reference, tmp_path)
-    assert not any((tmp_path / "checkpoints").iterdir())
+    _assert_same_results(resume_reference, tmp_path / "results")
+    assert not any((shared / "checkpoints").iterdir()) and not (tmp_path / "results" / "checkpoints").exists()
 
 
 class _AgentStartingClient:

@@ -56,16 +56,7 @@ def _trainable(config: dict, plans: list[TrialPlan], resume_from: dict[int, str]
         tune.report({"progress": json.dumps([epoch, epochs, alive, best])})
 
     key = checkpoints.checkpoint_key(plan)
-
-    def save(state: checkpoints.TrialState) -> None:
-        try:
-            with tempfile.TemporaryDirectory(prefix="harness-checkpoint-") as folder:
-                checkpoints.write_state(Path(folder), key, state)
-                tune.report({"checkpoint": json.dumps(asdict(state.position))},
-                            checkpoint=tune.Checkpoint.from_directory(folder))
-        except OSError as e:  # a full disk costs the trial its resumability, not its result
-            tune.report({"note": f"a checkpoint could not be written ({e.strerror or e}); training goes on"})
-
+    save = _TuneCheckpoints(key, tune.report)
     resume = _resume_state(key, resume_from.get(config["index"]))
     try:
         try:
@@ -84,6 +75,30 @@ def _trainable(config: dict, plans: list[TrialPlan], resume_from: dict[int, str]
     for row in rows:
         row["device"] += f" [ray node {node[:8]}, gpus {','.join(map(str, gpu_ids)) or 'none'}]"
     tune.report({"payload": store.payload(rows, curves, predictions)})
+
+
+class _TuneCheckpoints:
+    """A trial's `save`: each state written to a temporary folder and reported to Ray Tune, which copies it into
+    the sweep's checkpoint storage. A checkpoint that cannot be stored (a full disk; on a multi-node cluster, a
+    storage folder the trial's node does not share: Tune's RuntimeError) costs the trial its resumability, never its
+    result: checkpoints stop for that trial, with one note saying why and what to set."""
+
+    def __init__(self, key: str, report):
+        self.key, self.report, self.off = key, report, False
+
+    def __call__(self, state: checkpoints.TrialState) -> None:
+        if self.off:
+            return
+        try:
+            with tempfile.TemporaryDirectory(prefix="harness-checkpoint-") as folder:
+                checkpoints.write_state(Path(folder), self.key, state)
+                self.report({"checkpoint": json.dumps(asdict(state.position))},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
+        except (OSError, RuntimeError) as e:
+            self.off = True
+            why = (e.strerror or str(e)) if isinstance(e, OSError) else (str(e).splitlines() or [repr(e)])[0]
+            self.report({"note": f"checkpoints are off for this trial, which trains on without them: {why} "
+                                 "(accepted: a --checkpoint-dir every node can write, e.g. a shared NFS folder)"})
 
 
 def _resume_state(key: str, earlier: str | None) -> checkpoints.TrialState | None:
@@ -314,13 +329,15 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float, *, local: bool
 
 
 def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: float, gpus_per_trial: float,
-              max_retries: int, checkpoint_minutes: float = 10.0, address: str | None = None,
+              max_retries: int, checkpoint_minutes: float = 10.0, checkpoint_dir: Path | None = None,
+              address: str | None = None,
               num_cpus: int | None = None, num_gpus: float | None = None, console: Console | None = None,
               manifest: dict | None = None) -> SweepSummary:
     """Run the trials on Ray Tune and write every finished trial's rows; failed trials become "failed" rows.
-    A running trial checkpoints its heads (every epoch, and every `checkpoint_minutes` within long epochs) into the
-    results folder's `checkpoints/`, Tune's storage: a retried trial, or the same trial in a later sweep, continues
-    from its latest; a trial's checkpoints are deleted once its rows are stored.
+    A running trial checkpoints its heads (every epoch, and every `checkpoint_minutes` within long epochs) into
+    `checkpoint_dir` (default: the results folder's `checkpoints/`), Tune's storage, which on a multi-node cluster
+    must be a folder every node shares: a retried trial, or the same trial in a later sweep, continues from its
+    latest; a trial's checkpoints are deleted once its rows are stored.
     `manifest` (`describe_sweep`) is completed with the Ray nodes and the outcome and written beside the rows."""
     from harness.run.trial import failed_rows
 
@@ -344,7 +361,7 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
                       f"{gpus_per_trial:g} GPUs.", highlight=False, markup=False)
     check_resources(cpus_per_trial, gpus_per_trial, local=not (address or os.environ.get("RAY_ADDRESS")),
                     console=console)
-    storage = results_dir / checkpoints.FOLDER
+    storage = checkpoint_dir.resolve() if checkpoint_dir else results_dir / checkpoints.FOLDER
     keys = [checkpoints.checkpoint_key(plan) for plan in plans]
     earlier = {i: str(found) for i, key in enumerate(keys) if (found := checkpoints.latest(storage, key))}
     trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans, resume_from=earlier,
