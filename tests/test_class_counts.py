@@ -87,3 +87,20 @@ def test_image_folders_keep_the_driver_preflight(tmp_path, monkeypatch):
     _user_dataset(tmp_path, monkeypatch, "mine", 'source = "imagefolder"\noptions = { folder = "mine" }', 3)
     with pytest.raises(HarnessError, match="has 1 class folders, but the entry says num_classes = 3"):
         check_source(load_registry().dataset("mine"), download=False, root=tmp_path / "data")
+
+
+@pytest.mark.parametrize("labels, num_classes", [([0, 1, 2, 3], 6), ([0, 1, 5], 3)])
+def test_labels_that_do_not_fill_num_classes_are_refused_where_the_data_is_read(labels, num_classes):
+    """A source without a count of its own (a user's torchvision class): its labels must be exactly
+    0..num_classes-1, or every head gets outputs no image has (too many) or an image no output (too few)."""
+    import dataclasses
+
+    import numpy as np
+
+    from harness.data.images import Source
+    from harness.data.splits import _check_counts
+
+    entry = dataclasses.replace(load_registry().dataset("digits"), num_classes=num_classes)
+    source = Source(None, np.array(labels), None, np.array(labels[:2]), "/data/user-set")
+    with pytest.raises(HarnessError, match=rf"labels in 0\.\.{max(labels)}.*'num_classes' is {num_classes}"):
+        _check_counts(entry, source)

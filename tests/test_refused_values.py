@@ -17,6 +17,8 @@ LRS = DEMO.split("[heads.cls]")[1].split("lr = ")[1].split("\n")[0]
 
 @pytest.mark.parametrize("edit, field, accepted", [
     (("claim_margin", "max_retries = -1\nclaim_margin"), "max_retries", "0 to 100"),
+    (("claim_margin", "checkpoint_minutes = -1\nclaim_margin"), "checkpoint_minutes", "minutes >= 0"),
+    (("claim_margin", "checkpoint_minutes = nan\nclaim_margin"), "checkpoint_minutes", "minutes >= 0"),
     ((f"lr = {LRS}", "lr = [0.0, 0.1]"), "heads.cls.lr", "positive"),
     ((f"lr = {LRS}", "lr = { min = 0.01, max = 1.0, num = 100000000 }"), "heads.cls.lr.num", "at most 1000"),
     ((f"lr = {LRS}", "lr = [0.1, 0.1, 0.3]"), "heads.cls.lr", "distinct"),
@@ -41,6 +43,7 @@ def test_bad_grid_values_are_refused_with_file_field_and_accepted(tmp_path, edit
     ("--cpus-per-trial", "-1", "a number > 0"),
     ("--gpus-per-trial", "-1", "a number >= 0"),
     ("--cpus-per-trial", "nan", "a number > 0"),
+    ("--checkpoint-minutes", "-1", "a number >= 0"),
 ])
 def test_bad_flags_are_refused_before_ray(flag, value, accepted):
     out = subprocess.run([sys.executable, "-m", "harness.cli", "sweep", "--grid", "demo", flag, value, "--dry-run"],

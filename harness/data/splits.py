@@ -107,12 +107,15 @@ def build_transform(dataset: DatasetEntry, backbone: BackboneEntry, *, augment: 
 
 
 def _check_counts(dataset: DatasetEntry, source: Source) -> None:
-    """Labels within num_classes, and the official image counts (`options.num_images`) when the entry records them."""
+    """Labels exactly 0..num_classes-1 in the training pool (fewer classes would give every head outputs no image
+    has), and the official image counts (`options.num_images`) when the entry records them."""
     found = int(max(source.pool_labels.max(), source.test_labels.max())) + 1
-    if found > dataset.num_classes or min(source.pool_labels.min(), source.test_labels.min()) < 0:
+    if found > dataset.num_classes or min(source.pool_labels.min(), source.test_labels.min()) < 0 or \
+            len(np.unique(source.pool_labels)) != dataset.num_classes:
         raise HarnessError(f"{dataset.defined_in}: dataset '{dataset.name}' read from {source.location} has labels "
-                           f"in 0..{found - 1}, but its field 'num_classes' is {dataset.num_classes}; accepted: the "
-                           "number of classes.")
+                           f"in 0..{found - 1} ({len(np.unique(source.pool_labels))} classes in its training pool), "
+                           f"but its field 'num_classes' is {dataset.num_classes}; accepted: the number of classes, "
+                           "each with training images.")
     expected = option(dataset, "num_images", dict, {})
     got = {"pool": len(source.pool_labels), "test": len(source.test_labels)}
     for split, n in expected.items():
