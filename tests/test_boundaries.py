@@ -1,5 +1,6 @@
 """Import boundaries: registry, plan, results and report code (with every plug-in declaration) imports neither torch
-nor Ray, so `harness list`, `--dry-run` and leaderboard regeneration stay instant; only the sweep imports Ray."""
+nor Ray, so `harness list`, `--dry-run` and leaderboard regeneration stay instant (and the sweep's driver finds
+earlier checkpoints without torch); only the sweep imports Ray."""
 
 import ast
 import subprocess
@@ -7,8 +8,8 @@ import sys
 from pathlib import Path
 
 HARNESS = Path(__file__).resolve().parent.parent / "harness"
-TORCH_FREE = ("registry", "run/plan.py", "results", "report", "heads/kinds", "heads/spec.py", "models/families",
-              "data/sources", "tokens/space.py", "plugins.py", "config.py")
+TORCH_FREE = ("registry", "run/plan.py", "run/checkpoints.py", "results", "report", "heads/kinds", "heads/spec.py",
+              "models/families", "data/sources", "tokens/space.py", "plugins.py", "config.py")
 
 
 def _modules(parts: tuple[str, ...]) -> list[str]:
