@@ -230,3 +230,13 @@ def test_an_unwritable_checkpoint_folder_is_refused_before_ray_starts(tmp_path, 
                  "--checkpoint-dir", str(tmp_path / "file" / "checkpoints")])
     err = capsys.readouterr().err
     assert code == 2 and "checkpoint folder" in err and "--checkpoint-dir" in err and "Traceback" not in err
+
+
+def test_the_key_names_the_trials_heads_weights_and_code(tmp_path, monkeypatch):
+    plan = _plan(tmp_path, "online")
+    key = checkpoint_key(plan)
+    assert checkpoint_key(plan) == key and len(key) == 64
+    assert checkpoint_key(dataclasses.replace(plan, heads=plan.heads[1:])) != key
+    assert checkpoint_key(dataclasses.replace(plan, weights_sha256="ab" * 32)) != key
+    monkeypatch.setattr(checkpoints, "source_digest", lambda: "edited")  # the code changed between two attempts
+    assert checkpoint_key(plan) != key

@@ -8,13 +8,14 @@ computes what an uninterrupted one computes. The sweep hands the files to Ray Tu
 gives them back to a retried trial; a later sweep finds them under the results folder's `checkpoints/`.
 
 A checkpoint is two files: `state.pt`, the tensors (read with `weights_only`), and `state.json`, the rest with the
-sha256 of `state.pt` and the key of the trial it belongs to: the trial's heads, weights and code. A checkpoint whose
+sha256 of `state.pt` and the key of the trial it belongs to: the trial's heads, weights and code (its source). A checkpoint whose
 key or digest does not match is never continued from. Imports no torch until a checkpoint is written or read, so
 the driver scans for them at no cost.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -55,10 +56,21 @@ class TrialState:
 
 def checkpoint_key(plan: TrialPlan) -> str:
     """The identity a checkpoint must carry to be continued: the trial, every head's configuration hash (a bank of
-    other heads stacks otherwise), the weights' content and the code (version and commit)."""
+    other heads stacks otherwise), the weights' content and the code that trains them (its source, so an edit
+    between two attempts, committed or not, starts the trial afresh)."""
     identity = {"trial": plan.trial_id, "heads": [h.config_hash for h in plan.heads], "weights": plan.weights_sha256,
-                "harness": harness.__version__, "commit": plan.provenance.get("git_commit", "")}
+                "harness": harness.__version__, "source": source_digest()}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+@functools.cache
+def source_digest() -> str:
+    """sha256 over the harness package's Python files (paths and bytes), read once per process."""
+    root = Path(harness.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def _sha256(path: Path) -> str:
