@@ -202,8 +202,13 @@ def test_checkpoints_at_epoch_ends_are_skipped_while_they_would_cost_more_than_t
     assert json.dumps(dataclasses.asdict(saved[-1].position))  # positions are JSON
 
 
-def test_a_checkpoint_tune_cannot_store_turns_checkpoints_off_and_the_trial_trains_on():
-    """On a multi-node cluster whose checkpoint folder a node does not share, Tune raises from `report`."""
+@pytest.mark.parametrize("error, why", [
+    # a multi-node cluster whose checkpoint folder this node does not share: Tune raises from `report`
+    (RuntimeError("Unable to set up cluster storage with the following settings:\nStorageContext<...>"),
+     "Unable to set up cluster storage"),
+    (OSError(28, "No space left on device"), "No space left on device"),
+])
+def test_a_checkpoint_tune_cannot_store_turns_checkpoints_off_and_the_trial_trains_on(error, why):
     from harness.heads.train import Position
     from harness.run.sweep import _TuneCheckpoints
 
@@ -211,7 +216,7 @@ def test_a_checkpoint_tune_cannot_store_turns_checkpoints_off_and_the_trial_trai
 
     def report(metrics, checkpoint=None):
         if checkpoint is not None:
-            raise RuntimeError("Unable to set up cluster storage with the following settings:\nStorageContext<...>")
+            raise error
         reports.append(metrics)
 
     save = _TuneCheckpoints("key", report)
@@ -219,7 +224,7 @@ def test_a_checkpoint_tune_cannot_store_turns_checkpoints_off_and_the_trial_trai
     save(state)
     save(state)  # off now: no second attempt, no second note
     assert len(reports) == 1 and "checkpoints are off for this trial" in reports[0]["note"]
-    assert "Unable to set up cluster storage" in reports[0]["note"] and "--checkpoint-dir" in reports[0]["note"]
+    assert why in reports[0]["note"] and "--checkpoint-dir" in reports[0]["note"]
 
 
 def test_an_unwritable_checkpoint_folder_is_refused_before_ray_starts(tmp_path, capsys):
