@@ -418,13 +418,13 @@ def _checkpoint_reached(results: Path, epoch: int, driver: subprocess.Popen, tim
 
 
 def _trial_workers(env: dict[str, str]) -> list[int]:
-    """Pids of the Tune trial workers of this module's Ray head running a trial (its auth token is in their
-    environment; an earlier sweep's idle worker may still be on its way out)."""
+    """Pids of the Tune trial workers of this module's Ray head (its auth token is in their environment; their title
+    is `ray::ImplicitFunc.train` while Tune's `train` call runs, `ray::ImplicitFunc` between two)."""
     token = f"RAY_AUTH_TOKEN={env['RAY_AUTH_TOKEN']}".encode()
     pids = []
     for proc in Path("/proc").iterdir():
         try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc.train") and \
+            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::ImplicitFunc") and \
                     token in (proc / "environ").read_bytes().split(b"\0"):
                 pids.append(int(proc.name))
         except OSError:  # gone, or another user's
