@@ -158,8 +158,10 @@ def test_the_latest_checkpoint_of_a_trial_is_found_and_discarded_once_its_rows_a
     (root / "sweep-a" / "t0" / "checkpoint_31" / checkpoints.TENSORS).write_bytes(b"cut short")
     assert checkpoints.latest(root, "k1") == root / "sweep-a" / "t0" / "checkpoint_30"  # the furthest intact one
     assert checkpoints.latest(root, "k3") is None
-    checkpoints.discard(root, {"k1"})
-    assert sorted(p.name for p in root.iterdir()) == ["sweep-b"]
+    (root / "sweep-d" / "t0").mkdir(parents=True)  # another sweep sharing the folder, no checkpoint yet
+    (root / "sweep-e" / "t0").mkdir(parents=True)  # this one's, its trials all stored
+    checkpoints.discard(root, {"k1"}, own="sweep-e")
+    assert sorted(p.name for p in root.iterdir()) == ["sweep-b", "sweep-c", "sweep-d"]
     assert checkpoints.latest(root, "k2") is not None and checkpoints.latest(root, "k1") is None
 
 

@@ -144,14 +144,17 @@ def latest(root: Path, key: str) -> Path | None:
     return next((folder for _, folder, meta in mine if _intact(folder, meta)), None)
 
 
-def discard(root: Path, keys: set[str]) -> None:
-    """Delete the checkpoints of the trials `keys` (their rows are stored), then every sweep folder left with none."""
+def discard(root: Path, keys: set[str], own: str) -> None:
+    """Delete the checkpoints of the trials `keys` (their rows are stored), then the sweep folders left without any
+    among this sweep's (`own`) and those just emptied; another sweep sharing `root` keeps its folder."""
+    emptied = {own}
     for folder, meta in list(found(root)):
         if meta.get("key") in keys:
             shutil.rmtree(folder, ignore_errors=True)
-    for sweep in root.glob("*/"):
-        if not any(sweep.glob(f"*/checkpoint_*/{STATE}")):
-            shutil.rmtree(sweep, ignore_errors=True)
+            emptied.add(folder.parent.parent.name)
+    for name in emptied:
+        if not any((root / name).glob(f"*/checkpoint_*/{STATE}")):
+            shutil.rmtree(root / name, ignore_errors=True)
 
 
 class Checkpointing:

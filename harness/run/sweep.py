@@ -367,12 +367,13 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
     trainable = tune.with_resources(tune.with_parameters(_trainable, plans=plans, resume_from=earlier,
                                                          every_s=checkpoint_minutes * 60),
                                     {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    name = f"sweep-{started:%Y%m%d-%H%M%S}-{os.getpid()}"  # this sweep's folder in the checkpoint storage
     with _StoreAndShow(plans, results_dir, console) as callback:
         tuner = tune.Tuner(
             trainable,
             param_space={"index": tune.grid_search(list(range(len(plans))))},
             tune_config=tune.TuneConfig(reuse_actors=True),  # a worker imports torch and timm once, not per trial
-            run_config=tune.RunConfig(name=f"sweep-{started:%Y%m%d-%H%M%S}-{os.getpid()}", storage_path=str(storage),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage),
                                       verbose=0, callbacks=[callback],
                                       failure_config=tune.FailureConfig(max_failures=max_retries),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
@@ -396,7 +397,7 @@ def run_sweep(plans: list[TrialPlan], *, results_dir: Path, cpus_per_trial: floa
     for index, notes in callback.notes.items():
         summary.resumed[f"{plans[index].backbone}/{plans[index].dataset}"] = "; ".join(notes)
     checkpoints.discard(storage, {keys[i] for i, state in callback.state.items()
-                                  if state == "done" and i not in callback.unwritten})
+                                  if state == "done" and i not in callback.unwritten}, own=name)
     summary.wall_s = time.monotonic() - t0
     if manifest is not None:
         summary.manifest = str(write_manifest(
