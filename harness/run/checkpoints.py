@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import harness
+from harness.models.digests import sha256_of
 from harness.run.plan import TrialPlan
 
 if TYPE_CHECKING:
@@ -73,14 +74,6 @@ def source_digest() -> str:
     return digest.hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_state(folder: Path, key: str, state: TrialState) -> None:
     """Write `state` into `folder` as a checkpoint of the trial `key`: tensors first, then the JSON that vouches
     for them, so a folder cut short by a crash is refused on reading, never half-read."""
@@ -89,7 +82,7 @@ def write_state(folder: Path, key: str, state: TrialState) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(state.tensors, folder / TENSORS)
     meta = {"format": FORMAT, "key": key, "position": asdict(state.position), "bank": state.bank,
-            "elapsed_s": state.elapsed_s, "sha256": _sha256(folder / TENSORS), "written_at": time.time()}
+            "elapsed_s": state.elapsed_s, "sha256": sha256_of(folder / TENSORS), "written_at": time.time()}
     (folder / STATE).write_text(json.dumps(meta))
 
 
@@ -124,7 +117,7 @@ def read_state(folder: Path, key: str) -> TrialState:
 
 
 def _intact(folder: Path, meta: dict) -> bool:
-    return (folder / TENSORS).is_file() and _sha256(folder / TENSORS) == meta.get("sha256")
+    return (folder / TENSORS).is_file() and sha256_of(folder / TENSORS) == meta.get("sha256")
 
 
 def found(root: Path) -> Iterator[tuple[Path, dict]]:
