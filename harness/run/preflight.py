@@ -24,19 +24,19 @@ from harness.run.plan import TrialPlan
 RESULTS_FREE_BYTES = 64 * 1024**2  # rows and curves of a trial are kilobytes; less than this is a disk about to fill
 
 
-def check_results_dir(results_dir: Path, what: str = "results folder",
-                      flags: str = "--results-dir, HARNESS_RESULTS_DIR or [paths] results_dir") -> None:
-    """A folder (created if missing) that this process can write a file into, with RESULTS_FREE_BYTES free."""
+def check_writable_folder(folder: Path, what: str, flags: str) -> None:
+    """`folder` (created if missing) is one this process can write a file into, with RESULTS_FREE_BYTES free;
+    `what` names it and `flags` says where it is set, in the error."""
     accepted = f"accepted: a writable folder with at least {RESULTS_FREE_BYTES // 1024**2} MiB free ({flags})"
     try:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=results_dir, prefix=".writable-"):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".writable-"):
             pass
-        free = shutil.disk_usage(results_dir).free
+        free = shutil.disk_usage(folder).free
     except OSError as e:
-        raise HarnessError(f"{what} {results_dir} cannot be written ({e.strerror or e}); {accepted}.") from None
+        raise HarnessError(f"{what} {folder} cannot be written ({e.strerror or e}); {accepted}.") from None
     if free < RESULTS_FREE_BYTES:
-        raise HarnessError(f"{what} {results_dir} has only {free / 1024**2:.1f} MiB free; {accepted}.")
+        raise HarnessError(f"{what} {folder} has only {free / 1024**2:.1f} MiB free; {accepted}.")
 
 
 def hold_results_dir(results_dir: Path) -> IO[str]:
@@ -66,9 +66,9 @@ def preflight(trials: list[TrialPlan], *, results_dir: Path, download: bool, loc
     from harness.data.sources import check_source
     from harness.models.weights import unobtainable
 
-    check_results_dir(results_dir)
+    check_writable_folder(results_dir, "results folder", "--results-dir, HARNESS_RESULTS_DIR or [paths] results_dir")
     if checkpoint_dir is not None:
-        check_results_dir(checkpoint_dir, "checkpoint folder", "--checkpoint-dir")
+        check_writable_folder(checkpoint_dir, "checkpoint folder", "--checkpoint-dir")
     if not local:
         return
     registry = load_registry()

@@ -62,8 +62,8 @@ def _trainable(config: dict, plans: list[TrialPlan], resume_from: dict[int, str]
         try:
             rows, curves, predictions = run_trial(plan, device=device, on_epoch=on_epoch, checkpointing=
                                                   checkpoints.Checkpointing(save, every_s=every_s, resume=resume))
-        except checkpoints.CheckpointRefused as e:
-            tune.report({"note": f"not continued from its checkpoint: {e}; trained from the start"})
+        except checkpoints.CheckpointRefused as e:  # a state that does not fit this trial's heads
+            _report_refused(e)
             rows, curves, predictions = run_trial(plan, device=device, on_epoch=on_epoch,
                                                   checkpointing=checkpoints.Checkpointing(save, every_s=every_s))
     except TransientError:
@@ -101,6 +101,10 @@ class _TuneCheckpoints:
                                  "(accepted: a --checkpoint-dir every node can write, e.g. a shared NFS folder)"})
 
 
+def _report_refused(e: checkpoints.CheckpointRefused) -> None:
+    tune.report({"note": f"not continued from its checkpoint: {e}; trained from the start"})
+
+
 def _resume_state(key: str, earlier: str | None) -> checkpoints.TrialState | None:
     """The state a trial continues from: its own last checkpoint when Tune retries it, else an earlier sweep's
     (`earlier`); None to start afresh. A refused checkpoint is reported and not used."""
@@ -114,7 +118,7 @@ def _resume_state(key: str, earlier: str | None) -> checkpoints.TrialState | Non
         else:
             return None
     except checkpoints.CheckpointRefused as e:
-        tune.report({"note": f"not continued from its checkpoint: {e}; trained from the start"})
+        _report_refused(e)
         return None
     tune.report({"note": f"continued from its checkpoint ({whose}) at epoch {state.position.epoch}, step "
                          f"{state.position.step}"})
